@@ -1,0 +1,56 @@
+"""JSON errors with a stable machine-readable `code` and a human `message`."""
+
+from __future__ import annotations
+
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def error_body(code: str, message: str, errors=None) -> dict:
+    return {"code": code, "message": message, "errors": errors or []}
+
+
+def exception_handler(exc, context):
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.APIException):
+        detail = exc.detail
+        code = exc.get_codes() if not isinstance(detail, dict | list) else None
+        if isinstance(detail, dict | list):
+            return Response(
+                error_body(
+                    "invalid", "The request is not valid.", _flatten(exc.get_full_details())
+                ),
+                status=response.status_code,
+                headers=_headers(response),
+            )
+        return Response(
+            error_body(str(code), str(detail)),
+            status=response.status_code,
+            headers=_headers(response),
+        )
+    return response
+
+
+def _headers(response) -> dict:
+    return {k: v for k, v in response.items() if k in {"WWW-Authenticate", "Retry-After", "Allow"}}
+
+
+def _flatten(details, path: str = "") -> list[dict]:
+    out: list[dict] = []
+    if isinstance(details, dict) and "code" in details and "message" in details:
+        return [
+            {"field": path or None, "code": details["code"], "message": str(details["message"])}
+        ]
+    if isinstance(details, dict):
+        for key, value in details.items():
+            out.extend(_flatten(value, f"{path}.{key}" if path else str(key)))
+    elif isinstance(details, list):
+        for idx, value in enumerate(details):
+            if isinstance(value, dict) and "code" in value and "message" in value:
+                out.extend(_flatten(value, path))
+            else:
+                out.extend(_flatten(value, f"{path}[{idx}]"))
+    return out

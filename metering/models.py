@@ -1,0 +1,283 @@
+"""Metering: accounts, meters, API keys, usage events and their quarantine.
+
+Events are append-only. Nothing edits or deletes a UsageEvent; a correction is a new event
+(kind=correction) that references what it corrects.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from simple_history.models import HistoricalRecords
+
+CODE_VALIDATOR = RegexValidator(
+    r"^[a-z0-9][a-z0-9_\-]{0,62}$",
+    "Use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit.",
+    code="invalid_code",
+)
+CURRENCY_VALIDATOR = RegexValidator(
+    r"^[A-Z]{3}$", "Use a three-letter ISO 4217 code such as USD.", code="invalid_currency"
+)
+
+
+def validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(
+            "%(value)s is not an IANA time zone (for example Europe/Berlin).",
+            code="invalid_timezone",
+            params={"value": value},
+        )
+
+
+class AccountQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status=Account.Status.ACTIVE)
+
+
+class Account(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        CLOSED = "closed", "Closed"
+
+    external_id = models.CharField(max_length=255, unique=True)
+    name = models.CharField(max_length=255, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    currency = models.CharField(max_length=3, default="USD", validators=[CURRENCY_VALIDATOR])
+    tier = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    provider_customer_id = models.CharField(max_length=255, blank=True, db_index=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+    objects = AccountQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["external_id"]
+        indexes = [models.Index(fields=["name"], name="account_name_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})" if self.name else self.external_id
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+class Meter(models.Model):
+    class Aggregation(models.TextChoices):
+        COUNT = "count", "Count of events"
+        SUM = "sum", "Sum of a property"
+        MAX = "max", "Maximum of a property"
+        UNIQUE_COUNT = "unique_count", "Distinct values of a property"
+        LATEST = "latest", "Latest value of a property"
+
+    code = models.CharField(max_length=63, unique=True, validators=[CODE_VALIDATOR])
+    name = models.CharField(max_length=255)
+    aggregation = models.CharField(max_length=16, choices=Aggregation.choices)
+    # The property whose value is aggregated; empty only for `count`.
+    value_property = models.CharField(max_length=255, blank=True)
+    # Property keys that usage can be broken down by, e.g. ["endpoint", "region"].
+    dimensions = models.JSONField(default=list, blank=True)
+    unit = models.CharField(max_length=64, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+    @property
+    def is_numeric(self) -> bool:
+        """Meters whose property must be a finite decimal (unique_count takes any scalar)."""
+        return self.aggregation in {
+            self.Aggregation.SUM,
+            self.Aggregation.MAX,
+            self.Aggregation.LATEST,
+        }
+
+    def clean(self) -> None:
+        if self.aggregation != self.Aggregation.COUNT and not self.value_property:
+            raise ValidationError(
+                {"value_property": "Every aggregation but count needs a value property."}
+            )
+        if not isinstance(self.dimensions, list) or not all(
+            isinstance(d, str) and d for d in self.dimensions
+        ):
+            raise ValidationError({"dimensions": "Dimensions must be a list of property names."})
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValidationError({"dimensions": "Dimensions must not repeat."})
+
+
+class ApiKey(models.Model):
+    class Scope(models.TextChoices):
+        INGEST = "ingest", "Send usage events"
+        READ = "read", "Read accounts, meters and usage"
+        MANAGE = "manage", "Create and change accounts and meters"
+
+    name = models.CharField(max_length=255)
+    # The first characters of the key, shown in the admin to tell keys apart.
+    prefix = models.CharField(max_length=16, unique=True)
+    # SHA-256 of the whole key; the key itself is never stored.
+    key_hash = models.CharField(max_length=64, unique=True)
+    scopes = models.JSONField(default=list)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    history = HistoricalRecords(excluded_fields=["last_used_at"])
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in (self.scopes or [])
+
+
+class UsageEventQuerySet(models.QuerySet):
+    def for_account(self, account):
+        return self.filter(account=account)
+
+
+class UsageEvent(models.Model):
+    """One usage event, exactly once.
+
+    Identity is (account, source, transaction_id): `source` is empty for Lago-format events and
+    the CloudEvents `source` otherwise (the CloudEvents spec makes source + id unique).
+    `content_hash` is a SHA-256 over the canonical content (meter code, timestamp, properties)
+    so that a retry can be told apart from a conflicting reuse of the same key without
+    comparing JSON.
+    """
+
+    class Kind(models.TextChoices):
+        NORMAL = "normal", "Normal"
+        CORRECTION = "correction", "Correction"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="events")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="events")
+    transaction_id = models.CharField(max_length=255)
+    source = models.CharField(max_length=255, blank=True, default="")
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+    # Decimal value for count (1), sum, max and latest; NULL for unique_count.
+    value = models.DecimalField(max_digits=38, decimal_places=12, null=True, blank=True)
+    # The distinct key for unique_count meters (the property's value as text).
+    unique_value = models.CharField(max_length=255, blank=True, default="")
+    properties = models.JSONField(default=dict, blank=True)
+    content_hash = models.BinaryField(max_length=32)
+    is_late = models.BooleanField(default=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.NORMAL)
+    corrects = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="corrections"
+    )
+
+    objects = UsageEventQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "source", "transaction_id"], name="usage_event_identity"
+            ),
+        ]
+        indexes = [
+            # Account-leading, so a move to Citus (sharded by account) needs no schema change.
+            models.Index(fields=["account", "meter", "occurred_at"], name="usage_event_acct_time"),
+            models.Index(fields=["occurred_at"], name="usage_event_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.transaction_id} ({self.meter_id} @ {self.occurred_at:%Y-%m-%d %H:%M})"
+
+
+class QuarantinedEvent(models.Model):
+    """An event we could not attribute yet: kept with its reason, replayed once it can be."""
+
+    class Reason(models.TextChoices):
+        UNKNOWN_ACCOUNT = "unknown_account", "Unknown account"
+        UNKNOWN_METER = "unknown_meter", "Unknown meter"
+        INACTIVE_METER = "inactive_meter", "Meter inactive"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for the account or meter"
+        REPLAYABLE = "replayable", "Ready to replay"
+        REPLAYED = "replayed", "Replayed"
+        FAILED = "failed", "Replay failed"
+
+    external_customer_id = models.CharField(max_length=255)
+    meter_code = models.CharField(max_length=255)
+    transaction_id = models.CharField(max_length=255)
+    source = models.CharField(max_length=255, blank=True, default="")
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+    properties = models.JSONField(default=dict, blank=True)
+    content_hash = models.BinaryField(max_length=32)
+    # The original item as received, so a replay uses exactly what the client sent.
+    payload = models.JSONField(default=dict)
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    replay_result = models.CharField(max_length=32, blank=True)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    event = models.ForeignKey(
+        UsageEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    history = HistoricalRecords(excluded_fields=["payload", "properties"])
+
+    class Meta:
+        constraints = [
+            # Retrying a quarantined event must not quarantine it twice.
+            models.UniqueConstraint(
+                fields=["external_customer_id", "source", "transaction_id"],
+                name="quarantine_identity",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "external_customer_id"], name="quarantine_status_acct"),
+            models.Index(fields=["status", "meter_code"], name="quarantine_status_meter"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.transaction_id} ({self.get_reason_display()})"
+
+
+class RollupInbox(models.Model):
+    """Events not yet folded into rollups.
+
+    A statement-level trigger on the event table (see migration 0002) inserts one row per new
+    event in the same transaction as the event, for every write path (API, COPY, replays). The
+    rollup drains it with DELETE ... RETURNING in the same transaction as its upsert, so a row
+    whose transaction commits late is simply drained later: nothing can be skipped the way a
+    watermark on an id or a timestamp would skip it.
+    """
+
+    event_id = models.BigIntegerField(primary_key=True)
+
+    class Meta:
+        managed = True
+        verbose_name = "rollup inbox entry"
+        verbose_name_plural = "rollup inbox"
+
+    def __str__(self) -> str:
+        return f"event {self.event_id}"
