@@ -1,6 +1,13 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class MeteringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "metering"
+
+    def ready(self) -> None:
+        from metering.roles import roles_sync
+
+        # Runs after every app's migrate; dispatch_uid keeps it to one call per signal.
+        post_migrate.connect(roles_sync, dispatch_uid="metering.roles_sync")

@@ -253,6 +253,7 @@ class QuarantinedEvent(models.Model):
                 name="quarantine_identity",
             ),
         ]
+        permissions = [("replay_quarantinedevent", "Can replay quarantined events")]
         indexes = [
             models.Index(fields=["status", "external_customer_id"], name="quarantine_status_acct"),
             models.Index(fields=["status", "meter_code"], name="quarantine_status_meter"),
