@@ -1,0 +1,97 @@
+"""Billing reads: current subscription, periods, a plan's prices as engine specs, a period's
+usage."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from billing.models import BillingPeriod, Plan, Price, Subscription
+from billing.periods import local_date
+from billing.pricing import PriceSpec
+from metering.models import Account
+from metering.rollup_selectors import usage_daily_by_meter
+
+
+def subscription_current(*, account: Account, at: dt.datetime | None = None) -> Subscription | None:
+    """The subscription covering the instant `at` (default now) in the account's zone, if any.
+
+    Judged by dates, not status: a canceled subscription still covers the days before its end,
+    and a pending one covers its days once they come.
+    """
+    on = local_date(at or timezone.now(), account.timezone)
+    return (
+        Subscription.objects.filter(account=account, started_at__lte=on)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=on))
+        .select_related("plan", "account")
+        .order_by("-started_at")
+        .first()
+    )
+
+
+def period_containing(*, account: Account, at: dt.datetime) -> BillingPeriod | None:
+    """The account's period whose [starts_at, ends_at) contains `at`, whatever its state.
+
+    Use it to tell late usage apart: an event whose period is closing or closed belongs to an
+    invoice already being issued and must be shown as such, not added to it.
+    """
+    return (
+        BillingPeriod.objects.for_account(account)
+        .containing(at)
+        .select_related("subscription__plan")
+        .order_by("-starts_at")
+        .first()
+    )
+
+
+def period_open(*, account: Account, at: dt.datetime | None = None) -> BillingPeriod | None:
+    """The account's open period containing `at` (default now); None if none is open there."""
+    period = period_containing(account=account, at=at or timezone.now())
+    if period is None or period.state != BillingPeriod.State.OPEN:
+        return None
+    return period
+
+
+def period_previous(*, period: BillingPeriod) -> BillingPeriod | None:
+    """The account's period that ended last before this one began (across plan changes)."""
+    return (
+        BillingPeriod.objects.for_account(period.account_id)
+        .filter(ends_at__lte=period.starts_at)
+        .select_related("subscription__plan")
+        .order_by("-starts_at")
+        .first()
+    )
+
+
+def periods_for_account(*, account: Account) -> QuerySet[BillingPeriod]:
+    """The account's periods, newest first."""
+    return (
+        BillingPeriod.objects.for_account(account)
+        .select_related("subscription__plan")
+        .order_by("-starts_at")
+    )
+
+
+def plan_prices(*, plan: Plan) -> list[tuple[Price, PriceSpec]]:
+    """The plan's prices with their engine specs, ordered by meter code (one query)."""
+    prices = Price.objects.filter(plan=plan).select_related("meter", "plan").order_by("meter__code")
+    return [(price, price.to_spec()) for price in prices]
+
+
+def period_usage(*, period: BillingPeriod) -> dict[str, Decimal]:
+    """Usage of each meter priced on the period's plan over the period's local days, exact, by
+    meter code (0 where nothing was used). Read from metering's daily rollups (three queries).
+
+    Daily rollups are cut in the account's current zone; a period keeps the zone it was cut in
+    (`period.timezone`), and the two only differ if the account's zone changed mid-period.
+    """
+    meters = [price.meter for price in period.subscription.plan.prices.select_related("meter")]
+    if not meters:
+        return {}
+    usage = usage_daily_by_meter(
+        account=period.account, first=period.start_date, end=period.end_date, meters=meters
+    )
+    return {row.meter.code: row.total or Decimal(0) for row in usage}
