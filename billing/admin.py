@@ -7,16 +7,15 @@ history with the acting user.
 
 from __future__ import annotations
 
-import json
-
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.utils import timezone
-from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
+import billing.admin_projection  # noqa: F401  (registers the projected-invoice panel)
+from billing import admin_providers  # noqa: F401  (registers the billing-provider admins)
 from billing.models import BillingPeriod, Plan, Price, Subscription
 from billing.services.periods import (
     PeriodNotEnded,
@@ -29,31 +28,7 @@ from billing.services.subscriptions import (
     subscription_check_new,
     subscription_create,
 )
-from metering.admin import AuditedAdminMixin
-
-
-def _reason_form(model_cls: type) -> type[forms.ModelForm]:
-    """A ModelForm for `model_cls` with a required 'why' that lands in the history."""
-
-    class ReasonForm(forms.ModelForm):
-        change_reason = forms.CharField(
-            label="Reason for this change",
-            max_length=100,
-            help_text="Recorded in the history with your name, for auditors.",
-        )
-
-        class Meta:
-            model = model_cls
-            # ModelAdmin.get_form passes the fields it shows; this is only the default.
-            fields = "__all__"  # noqa: DJ007
-
-    ReasonForm.__name__ = f"{model_cls.__name__}ReasonForm"
-    return ReasonForm
-
-
-def _pretty_json(value) -> str:
-    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, default=str))
-
+from metering.admin import AuditedAdminMixin, change_reason_form, pretty_json
 
 # --- plans and prices ------------------------------------------------------------------------
 
@@ -89,7 +64,7 @@ class PlanAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     readonly_fields = ("created_at", "updated_at")
     inlines = (PriceInline,)
     actions = ("deactivate_selected",)
-    change_form_class = _reason_form(Plan)
+    change_form_class = change_reason_form(Plan)
 
     def get_queryset(self, request):
         return (
@@ -152,7 +127,7 @@ class PriceAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     search_fields = ("plan__code", "meter__code", "name")
     autocomplete_fields = ("plan", "meter")
     readonly_fields = ("created_at", "updated_at")
-    change_form_class = _reason_form(Price)
+    change_form_class = change_reason_form(Price)
 
 
 # --- subscriptions ---------------------------------------------------------------------------
@@ -205,7 +180,7 @@ class SubscriptionAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     search_fields = ("account__external_id", "account__name", "provider_subscription_id")
     autocomplete_fields = ("account", "plan")
     actions = ("open_current_period", "cancel_at_period_end")
-    change_form_class = _reason_form(Subscription)
+    change_form_class = change_reason_form(Subscription)
     # Dates and anchor shape the billing periods; change them with the actions, not by hand.
     fixed_after_create = (
         "account",
@@ -325,7 +300,7 @@ class BillingPeriodAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
     @admin.display(description="Invoice lines")
     def invoice_lines_pretty(self, obj: BillingPeriod) -> str:
-        return _pretty_json(obj.invoice_lines) if obj.invoice_lines else "-"
+        return pretty_json(obj.invoice_lines) if obj.invoice_lines else "-"
 
     @admin.action(permissions=["change"], description="Begin closing (ended periods only)")
     def begin_closing(self, request, queryset):

@@ -218,8 +218,49 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 
 # The periodic schedule lives here, in code; `manage.py sync_schedule` (run by migrate's
 # post-migrate hook) writes it into django-celery-beat's tables so it shows in the admin.
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
-_ = crontab  # used by schedule entries as features land
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    # Every minute: fold newly ingested events into the hourly and daily rollups.
+    "rollup-drain": {
+        "task": "metering.tasks.rollup_drain",
+        "schedule": crontab(minute="*"),
+        "options": {"expire_seconds": 55},
+    },
+    # Every night at 03:17 UTC: compare the last 3 days of rollups with the raw events and
+    # repair any drift (off the hour, away from other nightly jobs).
+    "rollup-self-check": {
+        "task": "metering.tasks.rollup_self_check",
+        "schedule": crontab(minute=17, hour=3),
+        "options": {"expire_seconds": 3600},
+    },
+    # Every hour at minute 40: snapshot each subscribed account's projected invoice for its own
+    # local day. A later run on the same local day rewrites that day's row, so every zone ends
+    # up with an end-of-day snapshot.
+    "projection-snapshots": {
+        "task": "billing.tasks.projection_snapshots_take_daily",
+        "schedule": crontab(minute=40),
+        "options": {"expire_seconds": 3600},
+    },
+    # Every minute: push new usage to the billing provider through the push ledger.
+    "billing-usage-push": {
+        "task": "billing.tasks.billing_usage_push",
+        "schedule": crontab(minute="*"),
+        "options": {"expire_seconds": 55},
+    },
+    # Every hour at minute 23: pull the provider's daily usage summaries and invoices for
+    # reconciliation (off the hour, away from the snapshot and the self-check).
+    "billing-provider-pull": {
+        "task": "billing.tasks.billing_provider_pull",
+        "schedule": crontab(minute=23),
+        "options": {"expire_seconds": 3300},
+    },
+}
+
+# --- Rollups ---
+# Distinct values of one dimension kept per account, meter and local day; the rest fold into
+# "other" (and the page says so).
+ROLLUP_MAX_DIMENSION_VALUES = env_int("ROLLUP_MAX_DIMENSION_VALUES", 100)
+# Events per rollup transaction: bounds lock time and memory of one drain step.
+ROLLUP_BATCH_SIZE = env_int("ROLLUP_BATCH_SIZE", 50_000)
 
 # --- Billing provider ---
 BILLING_PROVIDER = env_str("BILLING_PROVIDER", "simulated")
@@ -237,5 +278,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # The stripe SDK logs every request at INFO; the push ledger keeps what matters.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "stripe": {"level": "WARNING"}},
 }

@@ -1,27 +1,49 @@
 """The content fingerprint that tells a retry (same content) from a conflict (different content).
 
 Two deliveries of one event are the same event when their meter code, timestamp and properties
-are equal. Timestamps are compared as UTC instants at microsecond precision, properties as
-canonical JSON (sorted keys), so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same content.
+are equal. Timestamps are compared as instants at microsecond precision (microseconds since the
+Unix epoch, so the zone they were written in does not matter), properties as canonical JSON
+(sorted keys, one spelling per number), so `{"a":1,"b":2.0}` and `{"b":2,"a":1}` are the same
+content. Numbers are exact decimals (see metering.exact_json), never floats.
+
+An event sent without a timestamp (Lago then uses the time of reception) hashes with a null
+timestamp, so a retry of it is recognised as the same event although it arrives later.
+
+The hashed text is the canonical JSON of {"code", "properties", "timestamp"}.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from metering import exact_json
 
-def event_content_hash(*, meter_code: str, occurred_at: datetime, properties: dict) -> bytes:
-    if occurred_at.tzinfo is None:
-        raise ValueError("occurred_at must be timezone-aware")
-    canonical = orjson.dumps(
-        {
-            "code": meter_code,
-            "timestamp": occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "properties": properties,
-        },
-        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def event_content_hash(*, meter_code: str, occurred_at: datetime | None, properties: dict) -> bytes:
+    return canonical_content_hash(
+        meter_code=meter_code,
+        occurred_at=occurred_at,
+        canonical_properties=exact_json.canonical_dumps(properties),
     )
-    return hashlib.sha256(canonical).digest()
+
+
+def canonical_content_hash(
+    *, meter_code: str, occurred_at: datetime | None, canonical_properties: bytes
+) -> bytes:
+    """The same hash from properties already serialised by `exact_json.canonical_dumps`."""
+    if occurred_at is None:
+        timestamp = b"null"
+    elif occurred_at.tzinfo is None:
+        raise ValueError("occurred_at must be timezone-aware")
+    else:
+        timestamp = b"%d" % ((occurred_at - _EPOCH) // _MICROSECOND)
+    return hashlib.sha256(
+        b'{"code":%s,"properties":%s,"timestamp":%s}'
+        % (orjson.dumps(meter_code), canonical_properties, timestamp)
+    ).digest()

@@ -6,9 +6,11 @@ Events are append-only. Nothing edits or deletes a UsageEvent; a correction is a
 
 from __future__ import annotations
 
+import functools
 import zoneinfo
 
 from django.conf import settings
+from django.contrib.postgres.indexes import BrinIndex
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
@@ -24,8 +26,14 @@ CURRENCY_VALIDATOR = RegexValidator(
 )
 
 
+@functools.cache
+def _iana_timezones() -> frozenset[str]:
+    # available_timezones() walks the tz database on disk (~90 ms a call); read it once.
+    return frozenset(zoneinfo.available_timezones())
+
+
 def validate_timezone(value: str) -> None:
-    if value not in zoneinfo.available_timezones():
+    if value not in _iana_timezones():
         raise ValidationError(
             "%(value)s is not an IANA time zone (for example Europe/Berlin).",
             code="invalid_timezone",
@@ -282,3 +290,146 @@ class RollupInbox(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.event_id}"
+
+
+# --- Rollups ---------------------------------------------------------------------------------
+# Derived data, rebuilt from the events at will (metering.services.rollups). The foreign keys
+# carry no database constraint: a referential check per upserted row would cost more than the
+# upsert itself, and the events they are derived from already hold the constraints.
+
+ROLLUP_OTHER = "other"
+
+
+class RollupBucket(models.Model):
+    """What a rollup row holds for one bucket; see metering.services.rollups for the rules.
+
+    `dim_key == ""` (and `dim_value == ""`) is the row for the whole meter; otherwise the row is
+    for events whose property `dim_key` has the value `dim_value` (text, "" when the event
+    lacks it). Values past ROLLUP_MAX_DIMENSION_VALUES per account, meter, local day and key
+    fold into `dim_value == "other"`, and that row has `folded` set.
+
+    - count: events with a value (a void correction has none);
+    - sum, max: of the values; latest_*: the value of the event with the greatest
+      (occurred_at, id), kept with both so buckets combine without ambiguity;
+    - unique_count: distinct non-empty unique values in the bucket (the values themselves are
+      in the matching *Distinct table, so a range's count is exact, never a sum).
+    """
+
+    account = models.ForeignKey(
+        Account, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    meter = models.ForeignKey(
+        Meter, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    dim_key = models.CharField(max_length=255, blank=True, default="")
+    dim_value = models.CharField(max_length=255, blank=True, default="")
+    count = models.BigIntegerField(default=0)
+    sum = models.DecimalField(max_digits=50, decimal_places=12, default=0)
+    max = models.DecimalField(max_digits=38, decimal_places=12, null=True, blank=True)
+    latest_value = models.DecimalField(max_digits=38, decimal_places=12, null=True, blank=True)
+    latest_at = models.DateTimeField(null=True, blank=True)
+    latest_event_id = models.BigIntegerField(null=True, blank=True)
+    unique_count = models.BigIntegerField(default=0)
+    folded = models.BooleanField(default=False)
+
+    class Meta:
+        abstract = True
+
+
+class RollupHourly(RollupBucket):
+    """One UTC hour of one account and meter (and dimension value)."""
+
+    pk = models.CompositePrimaryKey("account", "meter", "dim_key", "hour", "dim_value")
+    hour = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "hourly rollup"
+        indexes = [BrinIndex(fields=["hour"], name="rollup_hourly_hour_brin")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id}/{self.meter_id} {self.hour:%Y-%m-%d %H:00} {self.dim_key}"
+
+
+class RollupDaily(RollupBucket):
+    """One day in the account's time zone of one account and meter (and dimension value)."""
+
+    pk = models.CompositePrimaryKey("account", "meter", "dim_key", "day", "dim_value")
+    day = models.DateField()
+
+    class Meta:
+        verbose_name = "daily rollup"
+        indexes = [BrinIndex(fields=["day"], name="rollup_daily_day_brin")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id}/{self.meter_id} {self.day} {self.dim_key}"
+
+
+class RollupDistinct(models.Model):
+    """The distinct unique values of a unique_count meter's bucket (dimension as in rollups)."""
+
+    account = models.ForeignKey(
+        Account, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    meter = models.ForeignKey(
+        Meter, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    dim_key = models.CharField(max_length=255, blank=True, default="")
+    dim_value = models.CharField(max_length=255, blank=True, default="")
+    value = models.CharField(max_length=255)
+
+    class Meta:
+        abstract = True
+
+
+class RollupHourlyDistinct(RollupDistinct):
+    pk = models.CompositePrimaryKey("account", "meter", "dim_key", "hour", "dim_value", "value")
+    hour = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "hourly distinct value"
+        indexes = [BrinIndex(fields=["hour"], name="rollup_hdistinct_hour_brin")]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RollupDailyDistinct(RollupDistinct):
+    pk = models.CompositePrimaryKey("account", "meter", "dim_key", "day", "dim_value", "value")
+    day = models.DateField()
+
+    class Meta:
+        verbose_name = "daily distinct value"
+        indexes = [BrinIndex(fields=["day"], name="rollup_ddistinct_day_brin")]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RollupCheck(models.Model):
+    """One run of the rollup self-check: what it compared, what drifted, what it repaired."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        CLEAN = "clean", "No drift"
+        REPAIRED = "repaired", "Drift repaired"
+        FAILED = "failed", "Failed"
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    # The local days checked (each account's own zone for daily rows; UTC hours from the
+    # start of `since` in UTC for hourly rows).
+    since = models.DateField()
+    until = models.DateField()
+    buckets_checked = models.BigIntegerField(default=0)
+    drifted = models.BigIntegerField(default=0)
+    repaired = models.BigIntegerField(default=0)
+    # A bounded sample of the drifted buckets, with expected and found values.
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        get_latest_by = "started_at"
+
+    def __str__(self) -> str:
+        return f"rollup check {self.started_at:%Y-%m-%d %H:%M} ({self.get_status_display()})"

@@ -32,6 +32,11 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "metering.change_account",
         "metering.add_meter",
         "metering.change_meter",
+        # Billing: subscriptions and periods, and re-sending failed pushes to the provider.
+        "billing.add_subscription",
+        "billing.change_subscription",
+        "billing.change_billingperiod",
+        "billing.change_pushledgerentry",
     ),
 }
 

@@ -18,6 +18,10 @@ PORT="${PORT:-8000}"
 
 "$UV" run --frozen python manage.py migrate --no-input
 "$UV" run --frozen python manage.py demo --if-empty
+"$UV" run --frozen python manage.py demo_billing
+# Fold the demo history into the rollups now, so the dashboards are full on first load
+# (the worker keeps them current every minute after this).
+"$UV" run --frozen python manage.py rollup
 
 pids=()
 cleanup() {
@@ -43,6 +47,7 @@ cat <<MSG
       support  Support group
       manager  Manager group
       auditor  Auditor group (read-only)
+    Demo API key (ingest, read, manage): mo_demo_local-development-only-key
     Broker:    $CELERY_BROKER_URL
   Press Ctrl-C to stop.
 

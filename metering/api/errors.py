@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rest_framework import exceptions
+from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -11,7 +11,34 @@ def error_body(code: str, message: str, errors=None) -> dict:
     return {"code": code, "message": message, "errors": errors or []}
 
 
+class ApiError(exceptions.APIException):
+    """An error with our own status, code and (optional) field errors."""
+
+    def __init__(self, status_code: int, code: str, message: str, errors: list | None = None):
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+        self.error_code = code
+        self.errors = errors or []
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(
+        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        "body_too_large",
+        f"The request body is larger than {limit} bytes. Send fewer events per request.",
+    )
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, ApiError):
+        return Response(
+            error_body(exc.error_code, str(exc.detail), exc.errors), status=exc.status_code
+        )
+    if isinstance(exc, exceptions.ParseError):
+        # DRF's parsers (account and meter bodies) speak of "parse_error"; we say what it is.
+        return Response(
+            error_body("malformed_json", str(exc.detail)), status=status.HTTP_400_BAD_REQUEST
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

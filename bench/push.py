@@ -1,0 +1,167 @@
+"""Benchmark: push usage events through the Stripe adapter (the real SDK) to the fake Stripe
+server, and count the HTTP calls.
+
+    uv run python bench/push.py                  # 10,000 events, v2 meter event stream
+    uv run python bench/push.py --events 50000
+    uv run python bench/push.py --v1             # one v1 request per event, for comparison
+
+It works in its own database (`meterops_bench_push` on the server of $DATABASE_URL),
+recreated at each run. Steps:
+
+1. migrate; create the accounts and a count meter; insert the events (the insert trigger fills
+   the push inbox, as for any write);
+2. start the fake Stripe server (tests/billing/fake_stripe.py) on 127.0.0.1;
+3. time one push run (`usage_push`): drain the inbox into the ledger, then send every entry
+   through the adapter and record each answer; the two phases are also timed alone;
+4. print events/s and the HTTP calls per 10,000 events (v2: about 100 stream requests plus
+   the meter event session, the customers and the meter), and check the fake counted every
+   event exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--accounts", type=int, default=10)
+    parser.add_argument("--v1", action="store_true", help="v1 meter events only (no stream)")
+    parser.add_argument("--database", default="meterops_bench_push")
+    return parser.parse_args()
+
+
+def bench_url(database: str) -> tuple[str, str]:
+    base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/meterops"))
+    return (
+        urlunparse(base._replace(path=f"/{database}", query="")),
+        urlunparse(base._replace(path="/postgres", query="")),
+    )
+
+
+def recreate_database(database: str, maintenance_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(maintenance_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}"')
+
+
+def setup_django(url: str) -> None:
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DEBUG", "true")
+    os.environ["BILLING_PROVIDER"] = "simulated"  # the bench passes its own Stripe adapter
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+
+
+def seed(events: int, accounts: int) -> tuple[list, object]:
+    from metering.models import Account, Meter, UsageEvent
+
+    rows = Account.objects.bulk_create(
+        [Account(external_id=f"push-{i:04d}", name=f"Push {i}") for i in range(accounts)]
+    )
+    meter = Meter.objects.create(code="api_calls", name="API calls", aggregation="count")
+    now = datetime.now(UTC).replace(microsecond=0)
+    batch = []
+    for i in range(events):
+        txn = f"p{i}"
+        batch.append(
+            UsageEvent(
+                account=rows[i % accounts],
+                meter=meter,
+                transaction_id=txn,
+                occurred_at=now - timedelta(hours=2, seconds=i),
+                received_at=now,
+                value=Decimal(1),
+                properties={},
+                content_hash=hashlib.sha256(txn.encode()).digest(),
+            )
+        )
+    UsageEvent.objects.bulk_create(batch, batch_size=5000)
+    return rows, meter
+
+
+def main() -> None:
+    args = parse_args()
+    url, maintenance = bench_url(args.database)
+    recreate_database(args.database, maintenance)
+    setup_django(url)
+
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+    from billing.models import PushLedgerEntry
+    from billing.providers.stripe import StripeProvider
+    from billing.services.push import push_ledger_enqueue, push_ledger_send
+    from tests.billing.fake_stripe import FakeStripe
+
+    started = time.perf_counter()
+    accounts, _meter = seed(args.events, args.accounts)
+    print(
+        f"seeded {args.events:,} events for {args.accounts} accounts in "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+
+    fake = FakeStripe()
+    base = fake.start()
+    adapter = StripeProvider(
+        api_key=fake.api_key, api_base=base, v2_threshold=10**9 if args.v1 else 10
+    )
+    try:
+        t0 = time.perf_counter()
+        drained, created, _ = push_ledger_enqueue(provider_name="stripe")
+        t1 = time.perf_counter()
+        result = push_ledger_send(provider=adapter)
+        t2 = time.perf_counter()
+    finally:
+        fake.stop()
+
+    total = t2 - t0
+    by_path: dict[str, int] = {}
+    for request in fake.requests:
+        key = f"{request['method']} {request['path']}"
+        by_path[key] = by_path.get(key, 0) + 1
+    counted = sum(
+        fake.total(event_name="mo_api_calls", customer=a.provider_customer_id)
+        for a in type(accounts[0]).objects.all()
+    )
+    done = PushLedgerEntry.objects.filter(status__in=["sent", "acknowledged"]).count()
+    per_10k = fake.request_count * 10_000 / args.events
+
+    print(f"mode: {'v1 meter events' if args.v1 else 'v2 meter event stream (100 per request)'}")
+    print(
+        f"enqueue (inbox -> ledger): {drained:,} events, {created:,} entries in {t1 - t0:.2f}s "
+        f"({drained / (t1 - t0):,.0f} events/s)"
+    )
+    print(
+        f"send (adapter -> fake Stripe, answers recorded): {result.attempted:,} entries in "
+        f"{t2 - t1:.2f}s ({result.attempted / (t2 - t1):,.0f} events/s)"
+    )
+    print(f"push end to end: {args.events / total:,.0f} events/s")
+    print(f"HTTP calls: {fake.request_count:,} in all = {per_10k:,.0f} per 10,000 events")
+    for key, count in sorted(by_path.items()):
+        print(f"  {count:>6,}  {key}")
+    print(
+        f"ledger sent/acknowledged: {done:,}; counted by the fake: {counted:,} "
+        f"({'exact' if counted == args.events == done else 'MISMATCH'})"
+    )
+
+
+if __name__ == "__main__":
+    main()

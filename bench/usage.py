@@ -1,0 +1,341 @@
+"""Benchmark: the usage API and the admin account usage page, against raw-event GROUP BYs.
+
+    uv run python bench/usage.py                      # the database bench/rollup.py left
+    uv run python bench/usage.py --db NAME            # any migrated, rolled-up database
+    uv run python bench/usage.py --requests 100       # fewer requests per measurement
+
+Which data: `--db NAME` if given; else the database bench/rollup.py keeps
+(`meterops_bench_rollup`, then `meterops_bench_rollup_quick`) when it exists and is fully
+rolled up; else it seeds `meterops_bench_usage` itself with bench/rollup.py's seeding (COPY,
+default 1,000,000 events for 1,000 accounts over 30 days) and one rollup drain. All on the
+server of $DATABASE_URL.
+
+What it measures, server-side, in this process through Django's test Client (the whole request:
+middleware, authentication, view, selectors, rendering; no network), for `--requests` random
+accounts, interleaved:
+
+1. GET /api/v1/accounts/{id}/usage, day granularity, the last 30 local days, one meter;
+2. the same with group_by (the meter's first dimension);
+3. GET /admin/metering/account/{id}/usage/ as a Support user (charts, totals, recent events);
+
+and, for comparison without HTTP, the same questions read straight from the rollups (the
+selectors the views call) and answered from the raw events with plain SQL:
+4. the daily series of (1): `usage_series`, and a GROUP BY over the account's events;
+5. the daily series by dimension value of (2): the same, by dimension value;
+6. the page's data: `account_usage_dashboard`, and a GROUP BY of every meter by local day over
+   this and the previous calendar month.
+
+Targets: API p95 < 30 ms, page p95 < 150 ms. Settings are production-like (DEBUG off, so no
+query log). Everything the run writes (a Support user, an API key, a session) is rolled back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ROLLUP_DATABASES = ("meterops_bench_rollup", "meterops_bench_rollup_quick")
+OWN_DATABASE = "meterops_bench_usage"
+TARGETS = {"api": 30.0, "page": 150.0}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default=None, help="database to read (default: see above)")
+    parser.add_argument("--requests", type=int, default=300, help="requests per measurement")
+    parser.add_argument("--events", type=int, default=1_000_000, help="events if seeding")
+    parser.add_argument("--accounts", type=int, default=1_000, help="accounts if seeding")
+    parser.add_argument("--days", type=int, default=30, help="days of events if seeding")
+    parser.add_argument("--seed", type=int, default=11)
+    return parser.parse_args()
+
+
+def server_url(database: str) -> str:
+    base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/meterops"))
+    return urlunparse(base._replace(path=f"/{database}", query=""))
+
+
+def is_rolled_up(database: str) -> bool:
+    """The database exists, has events, and its rollup inbox is empty."""
+    import psycopg
+
+    try:
+        with psycopg.connect(server_url(database), connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM metering_usageevent),"
+                " NOT EXISTS (SELECT 1 FROM metering_rollupinbox)"
+            ).fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row[0] and row[1])
+
+
+def load_rollup_bench():
+    spec = importlib.util.spec_from_file_location("bench_rollup", ROOT / "bench" / "rollup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def production_like_env(database: str) -> None:
+    os.environ["DATABASE_URL"] = server_url(database)
+    os.environ["DEBUG"] = "false"
+    os.environ.setdefault("SECRET_KEY", "bench-usage-only")
+    os.environ["ALLOWED_HOSTS"] = "testserver,localhost"
+    os.environ["SECURE_SSL_REDIRECT"] = "false"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+def seed_own(args) -> None:
+    """A smaller data set of the same shape as bench/rollup.py's, rolled up."""
+    rollup_bench = load_rollup_bench()
+    _url, maintenance = rollup_bench.bench_url(OWN_DATABASE)
+    print(f"Seeding {OWN_DATABASE}: {args.events:,} events, {args.accounts:,} accounts")
+    rollup_bench.recreate_database(OWN_DATABASE, maintenance)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from metering.services import rollups
+
+    call_command("migrate", verbosity=0)
+    rng = random.Random(args.seed)
+    account_ids, meters = rollup_bench.seed_catalog(args.accounts, rng)
+    seed_args = argparse.Namespace(events=args.events, days=args.days)
+    rollup_bench.seed_events(seed_args, account_ids, meters, rng)
+    started = time.perf_counter()
+    result = rollups.rollup_drain()
+    print(f"  rolled up {result.events:,} events in {time.perf_counter() - started:,.1f} s")
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+
+
+def percentiles(samples: list[float]) -> tuple[float, float, float, float]:
+    ordered = sorted(samples)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return cuts[49], cuts[94], cuts[98], ordered[-1]
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
+
+
+def run(args, database: str) -> None:
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.db import connection, transaction
+    from django.test import Client
+    from django.utils import timezone
+
+    from metering import periods
+    from metering.dashboard_selectors import account_usage_dashboard, calendar_month_periods
+    from metering.models import Account, Meter
+    from metering.rollup_selectors import usage_series
+    from metering.services.api_keys import api_key_create
+
+    meters = list(Meter.objects.order_by("code"))
+    with_dims = [m for m in meters if m.dimensions]
+    meter = next(
+        (m for m in with_dims if m.code == "api_calls"), with_dims[0] if with_dims else meters[0]
+    )
+    dimension = meter.dimensions[0] if meter.dimensions else None
+    accounts = list(Account.objects.order_by("pk"))
+    rng = random.Random(args.seed)
+    sample = [rng.choice(accounts) for _ in range(args.requests)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT reltuples::bigint FROM pg_class WHERE relname = 'metering_usageevent'),"
+            " (SELECT reltuples::bigint FROM pg_class WHERE relname = 'metering_rollupdaily'),"
+            " (SELECT reltuples::bigint FROM pg_class WHERE relname = 'metering_rolluphourly')"
+        )
+        events, daily, hourly = cursor.fetchone()
+    print(
+        f"Database {database}: ~{events:,} events, {len(accounts):,} accounts, "
+        f"~{daily:,} daily and ~{hourly:,} hourly rollup rows"
+    )
+    print(
+        f"Meter {meter.code} ({meter.aggregation}), group_by {dimension}; "
+        f"{args.requests} random accounts per measurement"
+    )
+    print(f"Load before: {Path('/proc/loadavg').read_text().strip()}")
+
+    now = timezone.now()
+    raw_daily = """
+        SELECT (occurred_at AT TIME ZONE %(tz)s)::date AS day, count(value), sum(value)
+        FROM metering_usageevent
+        WHERE account_id = %(a)s AND meter_id = %(m)s AND occurred_at >= %(lo)s
+          AND occurred_at < %(hi)s
+        GROUP BY 1 ORDER BY 1"""
+    raw_grouped = """
+        SELECT (occurred_at AT TIME ZONE %(tz)s)::date AS day, properties ->> %(dim)s,
+               count(value), sum(value)
+        FROM metering_usageevent
+        WHERE account_id = %(a)s AND meter_id = %(m)s AND occurred_at >= %(lo)s
+          AND occurred_at < %(hi)s
+        GROUP BY 1, 2 ORDER BY 1, 2"""
+    raw_page = """
+        SELECT meter_id, (occurred_at AT TIME ZONE %(tz)s)::date AS day, count(value),
+               sum(value), max(value), count(DISTINCT nullif(unique_value, ''))
+        FROM metering_usageevent
+        WHERE account_id = %(a)s AND meter_id = ANY(%(ms)s) AND occurred_at >= %(lo)s
+          AND occurred_at < %(hi)s
+        GROUP BY 1, 2"""
+    meter_ids = [m.pk for m in meters]
+
+    results: dict[str, list[float]] = {
+        "api": [],
+        "api_group": [],
+        "page": [],
+        "rollup": [],
+        "rollup_group": [],
+        "rollup_page": [],
+        "raw": [],
+        "raw_group": [],
+        "raw_page": [],
+    }
+    with transaction.atomic():
+        user = get_user_model().objects.create_user(
+            username="bench-usage-support", password="unused-bench-9", is_staff=True
+        )
+        user.groups.add(Group.objects.get(name="Support"))
+        _key, raw_key = api_key_create(name="bench usage", scopes=["read"])
+        staff = Client()
+        staff.force_login(user)
+        api = Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+
+        def one(account, record: bool) -> None:
+            today = periods.local_date(now, account.timezone)
+            first, end = today - timedelta(days=29), today + timedelta(days=1)
+            lo, hi = periods.days_bounds_utc(first, end, account.timezone)
+            url = f"/api/v1/accounts/{account.external_id}/usage"
+            params = {"meter": meter.code, "from": first.isoformat(), "to": end.isoformat()}
+            month = calendar_month_periods(account=account, at=now)
+            page_lo, page_hi = periods.days_bounds_utc(
+                month.previous.first, month.current.end, account.timezone
+            )
+            sql = {"tz": account.timezone, "a": account.pk, "m": meter.pk, "lo": lo, "hi": hi}
+            checks = []
+
+            def get(client, path, query=None):
+                response = client.get(path, query or {})
+                checks.append(response.status_code)
+
+            def query(statement, values):
+                with connection.cursor() as cursor:
+                    cursor.execute(statement, values)
+                    cursor.fetchall()
+
+            timings = {
+                "api": timed(lambda: get(api, url, params)),
+                "api_group": timed(
+                    lambda: get(
+                        api, url, {**params, "group_by": dimension} if dimension else params
+                    )
+                ),
+                "page": timed(lambda: get(staff, f"/admin/metering/account/{account.pk}/usage/")),
+                "rollup": timed(
+                    lambda: usage_series(account=account, meter=meter, start=first, end=end)
+                ),
+                "rollup_group": timed(
+                    lambda: usage_series(
+                        account=account,
+                        meter=meter,
+                        start=first,
+                        end=end,
+                        group_by=dimension,
+                        top=25,
+                    )
+                ),
+                "rollup_page": timed(lambda: account_usage_dashboard(account=account, at=now)),
+                "raw": timed(lambda: query(raw_daily, sql)),
+                "raw_group": timed(lambda: query(raw_grouped, {**sql, "dim": dimension or ""})),
+                "raw_page": timed(
+                    lambda: query(raw_page, {**sql, "ms": meter_ids, "lo": page_lo, "hi": page_hi})
+                ),
+            }
+            if any(code != 200 for code in checks):
+                raise SystemExit(f"a request failed for {account.external_id}: {checks}")
+            if record:
+                for name, ms in timings.items():
+                    results[name].append(ms)
+
+        for account in sample[:10]:  # warm-up: imports, template compilation, caches
+            one(account, record=False)
+        started = time.perf_counter()
+        for account in sample:
+            one(account, record=True)
+        wall = time.perf_counter() - started
+        transaction.set_rollback(True)
+
+    labels = [
+        ("api", "usage API, day, 30 days", "p95 < 30 ms"),
+        ("api_group", f"usage API, day, 30 days, group_by={dimension}", "p95 < 30 ms"),
+        ("page", "admin account usage page", "p95 < 150 ms"),
+        ("rollup", "rollups: the API's question (selector only)", ""),
+        ("rollup_group", "rollups: the API's question by dimension", ""),
+        ("rollup_page", "rollups: the page's data (selector only)", ""),
+        ("raw", "raw events: the API's question", ""),
+        ("raw_group", "raw events: the API's question by dimension", ""),
+        ("raw_page", "raw events: the page's daily data (2 months)", ""),
+    ]
+    print()
+    print(
+        f"{'measurement':<48} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}  target"
+    )
+    for key, label, target in labels:
+        p50, p95, p99, worst = percentiles(results[key])
+        verdict = ""
+        if key in ("api", "api_group", "page"):
+            limit = TARGETS["page" if key == "page" else "api"]
+            verdict = f"{target} {'ok' if p95 < limit else 'MISSED'}"
+        print(
+            f"{label:<48} {len(results[key]):>5} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} "
+            f"{worst:>8.1f}  {verdict}"
+        )
+    for rollup_key, raw_key in (
+        ("rollup", "raw"),
+        ("rollup_group", "raw_group"),
+        ("rollup_page", "raw_page"),
+    ):
+        ratio = statistics.median(results[raw_key]) / statistics.median(results[rollup_key])
+        print(f"  median {raw_key} / median {rollup_key}: {ratio:.2f}x")
+    print(f"\nWall time {wall:,.1f} s. Load after: {Path('/proc/loadavg').read_text().strip()}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.db:
+        database = args.db
+        if not is_rolled_up(database):
+            raise SystemExit(f"{database} is missing, empty or not fully rolled up.")
+    else:
+        database = next((name for name in ROLLUP_DATABASES if is_rolled_up(name)), None)
+        if database is None:
+            database = OWN_DATABASE
+            if not is_rolled_up(database):
+                production_like_env(database)
+                seed_own(args)
+    production_like_env(database)
+    run(args, database)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The billing-provider adapter interface and the values that cross it.
+
+An adapter speaks to one billing platform. It knows nothing of our ledger or models beyond the
+plain values here: the push service (billing.services.push) decides what to send and records
+the answers; the pull service (billing.services.pull) stores what the adapter lists.
+
+Provider facts every adapter honours (Stripe's, which the simulated provider mirrors):
+
+- meters aggregate only sum, count or last;
+- a meter event identifier is unique for only about 24 hours;
+- a usage timestamp must be within the past 35 days and at most 5 minutes ahead;
+- daily usage summaries are UTC days.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+# Stripe accepts meter event timestamps "within the past 35 calendar days".
+PUSH_WINDOW = timedelta(days=35)
+# ... and "up to 5 minutes in the future".
+FUTURE_TOLERANCE = timedelta(minutes=5)
+# Stripe enforces identifier uniqueness "within a rolling period of at least 24 hours".
+IDENTIFIER_WINDOW = timedelta(hours=24)
+
+
+class ProviderError(Exception):
+    """The provider could not be reached or refused the request as a whole."""
+
+
+class ProviderUnavailable(ProviderError):
+    """A transient failure (rate limit past our retries, 5xx, network): try again later."""
+
+
+class ProviderMisconfigured(ProviderError):
+    """Authentication or configuration is wrong: retrying will not help."""
+
+
+class WebhookSignatureError(ValueError):
+    """A webhook's signature is missing, wrong or too old."""
+
+
+class ItemStatus(enum.StrEnum):
+    RECORDED = "recorded"  # the provider recorded it (synchronous answer)
+    ACCEPTED = "accepted"  # accepted for asynchronous processing (v2 meter event stream)
+    DUPLICATE = "duplicate"  # the provider already has this identifier
+    TOO_OLD = "too_old"  # outside the provider's timestamp window
+    REJECTED = "rejected"  # refused for good (bad customer, meter, value)
+    RETRY = "retry"  # transient failure: send again later with the same identifier
+
+
+@dataclass(frozen=True)
+class UsageItem:
+    """One value for one provider meter and customer, as the provider receives it."""
+
+    identifier: str
+    idempotency_key: str
+    event_name: str
+    customer_id: str
+    value: Decimal
+    timestamp: datetime
+
+    @property
+    def value_text(self) -> str:
+        return decimal_text(self.value)
+
+    @property
+    def unix_timestamp(self) -> int:
+        return int(self.timestamp.timestamp())
+
+    def as_payload(self) -> dict:
+        """The JSON we keep in the ledger: enough to send the very same item again."""
+        return {
+            "event_name": self.event_name,
+            "identifier": self.identifier,
+            "idempotency_key": self.idempotency_key,
+            "payload": {"stripe_customer_id": self.customer_id, "value": self.value_text},
+            "timestamp": self.unix_timestamp,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> UsageItem:
+        return cls(
+            identifier=payload["identifier"],
+            idempotency_key=payload["idempotency_key"],
+            event_name=payload["event_name"],
+            customer_id=payload["payload"]["stripe_customer_id"],
+            value=Decimal(payload["payload"]["value"]),
+            timestamp=datetime.fromtimestamp(int(payload["timestamp"]), tz=UTC),
+        )
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    identifier: str
+    status: ItemStatus
+    code: str = ""
+    message: str = ""
+    response: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MeterSpec:
+    """What we ask for when making sure a provider meter exists."""
+
+    meter_code: str
+    display_name: str
+    event_name: str
+    aggregation: str  # "sum" | "count" | "last"
+
+
+@dataclass(frozen=True)
+class ProviderMeterInfo:
+    provider_meter_id: str
+    event_name: str
+    aggregation: str
+
+
+@dataclass(frozen=True)
+class MeterSummary:
+    """The provider's aggregate of one meter for one customer over [start, end) (a UTC day)."""
+
+    provider_meter_id: str
+    customer_id: str
+    start: datetime
+    end: datetime
+    value: Decimal
+
+
+@dataclass(frozen=True)
+class InvoiceLineData:
+    line_id: str
+    description: str
+    quantity: Decimal | None
+    amount_minor: int
+    price_id: str
+    period_start: datetime | None
+    period_end: datetime | None
+    raw: dict
+    # Our meter's code when the adapter knows it (else the pull maps price_id to a Price).
+    meter_code: str = ""
+
+
+@dataclass(frozen=True)
+class InvoiceData:
+    invoice_id: str
+    customer_id: str
+    number: str
+    status: str
+    currency: str
+    total_minor: int
+    period_start: datetime | None
+    period_end: datetime | None
+    created: datetime | None
+    lines: list[InvoiceLineData]
+    raw: dict
+
+
+class BillingProvider(abc.ABC):
+    """One billing platform. Every method may raise ProviderUnavailable (try later) or
+    ProviderMisconfigured (fix the settings)."""
+
+    name: str
+    # Whether the customer id belongs on Account.provider_customer_id (a real provider's id)
+    # or is derived each time (the simulated provider's).
+    stores_customer_on_account: bool = False
+
+    @abc.abstractmethod
+    def ensure_customer(self, *, external_id: str, name: str, existing_id: str = "") -> str:
+        """The provider's customer id for our account, creating the customer if needed."""
+
+    @abc.abstractmethod
+    def ensure_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo:
+        """The provider meter for `spec.event_name`, creating it if needed."""
+
+    @abc.abstractmethod
+    def report_usage(self, items: Sequence[UsageItem]) -> list[ItemResult]:
+        """Send usage; one result per item, in order. Retries transient failures itself and
+        answers RETRY for what still failed (the caller sends those again later, unchanged)."""
+
+    @abc.abstractmethod
+    def list_meter_event_summaries(
+        self, *, provider_meter_id: str, customer_id: str, start: datetime, end: datetime
+    ) -> Iterator[MeterSummary]:
+        """Daily (UTC) summaries over [start, end), both UTC midnights, every page."""
+
+    @abc.abstractmethod
+    def list_invoices(
+        self, *, customer_id: str, created_since: datetime | None = None
+    ) -> Iterator[InvoiceData]:
+        """The customer's invoices with their lines, every page."""
+
+
+def decimal_text(value: Decimal) -> str:
+    """A decimal as plain digits ("1000", "0.5"), never exponent notation, for the wire."""
+    text = format(value, "f")  # exact: normalize() would round past 28 digits
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in {"-0", ""} else text
+
+
+def utc_day_start(at: datetime) -> datetime:
+    at = at.astimezone(UTC)
+    return datetime(at.year, at.month, at.day, tzinfo=UTC)

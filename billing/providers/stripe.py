@@ -1,0 +1,423 @@
+"""The Stripe adapter: the only module that imports the `stripe` SDK.
+
+- The API version is pinned here (STRIPE_API_VERSION), not taken from the SDK, so an SDK
+  upgrade cannot change the shape of what we read.
+- `STRIPE_API_BASE`, when set, replaces the SDK's base addresses (the REST API and the meter
+  event stream host) so the adapter can talk to a Stripe-compatible test server.
+- Usage goes through the v2 meter event stream (100 events per request, authenticated by a
+  15-minute meter event session) when a call has at least `v2_threshold` items, and through
+  v1 `POST /v1/billing/meter_events` (form-encoded, one event per call, a synchronous answer
+  per event) otherwise, or when Stripe refuses a whole v2 request (so each item still gets
+  its own answer).
+- 429 answers (and 5xx and network errors) are retried with exponential backoff, honouring
+  Retry-After; every retry sends the same identifier and the same idempotency key. The SDK's
+  own retries are off so that this is the one retry policy.
+- Amounts and quantities are read from the raw JSON as decimals (the SDK parses numbers into
+  floats).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import stripe
+
+from billing.providers.base import (
+    BillingProvider,
+    InvoiceData,
+    InvoiceLineData,
+    ItemResult,
+    ItemStatus,
+    MeterSpec,
+    MeterSummary,
+    ProviderMeterInfo,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    UsageItem,
+    WebhookSignatureError,
+)
+
+STRIPE_API_VERSION = "2026-10-28.endive"
+V2_BATCH_SIZE = 100  # the v2 meter event stream takes at most 100 events per request
+DEFAULT_V2_THRESHOLD = 10
+PAGE_SIZE = 100
+# Renew the meter event session this long before Stripe says it expires.
+SESSION_MARGIN = timedelta(seconds=60)
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+# Error codes Stripe answers for a meter event, as we treat them.
+TOO_OLD_CODES = {"timestamp_too_far_in_past"}
+DUPLICATE_CODES = {"resource_already_exists", "duplicate_meter_event"}
+
+
+def _header(headers, name: str) -> str | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _exact(response) -> dict:
+    """The response body parsed with decimals for every number with a fraction."""
+    raw = getattr(response, "last_response", None)
+    if raw is None or not raw.body:
+        return {}
+    return json.loads(raw.body, parse_float=Decimal)
+
+
+def _ts(value) -> datetime | None:
+    if value in (None, ""):
+        return None
+    return datetime.fromtimestamp(int(value), tz=UTC)
+
+
+def _rfc3339(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _parse_rfc3339(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class StripeProvider(BillingProvider):
+    name = "stripe"
+    stores_customer_on_account = True
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_base: str = "",
+        max_retries: int = 6,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        v2_threshold: int = DEFAULT_V2_THRESHOLD,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not api_key:
+            raise ProviderMisconfigured("STRIPE_API_KEY is not set.")
+        base = api_base.rstrip("/")
+        self.client = stripe.StripeClient(
+            api_key,
+            stripe_version=STRIPE_API_VERSION,
+            base_addresses={"api": base, "meter_events": base} if base else None,
+            max_network_retries=0,
+        )
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.v2_threshold = v2_threshold
+        self._sleep = sleep
+        self._clock = clock
+        self._session_token: str | None = None
+        self._session_expires: float = 0.0
+        # Figures for the bench and the push summary.
+        self.http_calls = 0
+        self.retries = 0
+        self.slept: list[float] = []
+
+    # --- the one retry policy ----------------------------------------------------------------
+
+    def _delay(self, exc: stripe.StripeError, attempt: int) -> float:
+        retry_after = _header(getattr(exc, "headers", None), "Retry-After")
+        if retry_after is not None:
+            try:
+                return max(0.0, float(retry_after))
+            except ValueError:
+                pass
+        return min(self.backoff_cap, self.backoff_base * (2**attempt))
+
+    def _call(self, fn: Callable, *args, **kwargs):
+        attempt = 0
+        while True:
+            self.http_calls += 1
+            try:
+                return fn(*args, **kwargs)
+            except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
+                status = getattr(exc, "http_status", None)
+                if isinstance(exc, stripe.APIError) and status is not None and status < 500:
+                    raise
+                if attempt >= self.max_retries:
+                    raise ProviderUnavailable(f"Stripe: {exc.user_message or exc}") from exc
+                delay = self._delay(exc, attempt)
+                self.retries += 1
+                self.slept.append(delay)
+                self._sleep(delay)
+                attempt += 1
+            except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+                raise ProviderMisconfigured(f"Stripe refused our key: {exc.user_message}") from exc
+
+    # --- customers and meters ----------------------------------------------------------------
+
+    def ensure_customer(self, *, external_id: str, name: str, existing_id: str = "") -> str:
+        if existing_id:
+            return existing_id
+        customer = self._call(
+            self.client.v1.customers.create,
+            {"name": name or external_id, "metadata": {"meterops_account": external_id}},
+            # A crash before we store the id must not create a second customer on retry.
+            {"idempotency_key": f"mo-customer-{external_id}"},
+        )
+        return customer.id
+
+    def ensure_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo:
+        for meter in self._meters():
+            if meter.get("event_name") == spec.event_name:
+                return ProviderMeterInfo(
+                    provider_meter_id=meter["id"],
+                    event_name=spec.event_name,
+                    aggregation=meter.get("default_aggregation", {}).get("formula", ""),
+                )
+        meter = self._call(
+            self.client.v1.billing.meters.create,
+            {
+                "display_name": spec.display_name,
+                "event_name": spec.event_name,
+                "default_aggregation": {"formula": spec.aggregation},
+                "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+                "value_settings": {"event_payload_key": "value"},
+            },
+            {"idempotency_key": f"mo-meter-{spec.event_name}"},
+        )
+        return ProviderMeterInfo(
+            provider_meter_id=meter.id, event_name=spec.event_name, aggregation=spec.aggregation
+        )
+
+    def _meters(self) -> Iterator[dict]:
+        params: dict = {"limit": PAGE_SIZE, "status": "active"}
+        while True:
+            page = _exact(self._call(self.client.v1.billing.meters.list, params))
+            yield from page.get("data", [])
+            if not page.get("has_more") or not page.get("data"):
+                return
+            params["starting_after"] = page["data"][-1]["id"]
+
+    # --- usage ---------------------------------------------------------------------------------
+
+    def report_usage(self, items: Sequence[UsageItem]) -> list[ItemResult]:
+        if len(items) < self.v2_threshold:
+            return [self._report_v1(item) for item in items]
+        results: list[ItemResult] = []
+        for start in range(0, len(items), V2_BATCH_SIZE):
+            results.extend(self._report_v2(items[start : start + V2_BATCH_SIZE]))
+        return results
+
+    def _report_v1(self, item: UsageItem) -> ItemResult:
+        params = {
+            "event_name": item.event_name,
+            "identifier": item.identifier,
+            "payload": {"stripe_customer_id": item.customer_id, "value": item.value_text},
+            "timestamp": item.unix_timestamp,
+        }
+        try:
+            event = self._call(
+                self.client.v1.billing.meter_events.create,
+                params,
+                {"idempotency_key": item.idempotency_key},
+            )
+        except ProviderUnavailable as exc:
+            return ItemResult(item.identifier, ItemStatus.RETRY, message=str(exc))
+        except stripe.IdempotencyError as exc:
+            return ItemResult(
+                item.identifier,
+                ItemStatus.REJECTED,
+                code="idempotency_error",
+                message=exc.user_message or str(exc),
+            )
+        except stripe.InvalidRequestError as exc:
+            return self._item_error(item, exc)
+        body = _exact(event)
+        replayed = _header(event.last_response.headers, "Idempotent-Replayed") == "true"
+        return ItemResult(
+            item.identifier,
+            ItemStatus.RECORDED,
+            response={
+                "api": "v1",
+                "object": body.get("object", ""),
+                "created": body.get("created"),
+                "idempotent_replay": replayed,
+            },
+        )
+
+    @staticmethod
+    def _item_error(item: UsageItem, exc: stripe.InvalidRequestError) -> ItemResult:
+        code = exc.code or ""
+        if code in TOO_OLD_CODES:
+            status = ItemStatus.TOO_OLD
+        elif code in DUPLICATE_CODES:
+            status = ItemStatus.DUPLICATE
+        else:
+            status = ItemStatus.REJECTED
+        return ItemResult(
+            item.identifier,
+            status,
+            code=code,
+            message=exc.user_message or str(exc),
+            response={"api": "v1", "http_status": exc.http_status},
+        )
+
+    def _session(self, *, renew: bool = False) -> str:
+        if renew or not self._session_token or self._clock() >= self._session_expires:
+            session = self._call(self.client.v2.billing.meter_event_session.create)
+            expires = _parse_rfc3339(session.expires_at).timestamp()
+            self._session_token = session.authentication_token
+            self._session_expires = expires - SESSION_MARGIN.total_seconds()
+        return self._session_token
+
+    def _report_v2(self, items: Sequence[UsageItem]) -> list[ItemResult]:
+        events = [
+            {
+                "event_name": item.event_name,
+                "identifier": item.identifier,
+                "payload": {"stripe_customer_id": item.customer_id, "value": item.value_text},
+                "timestamp": _rfc3339(item.timestamp),
+            }
+            for item in items
+        ]
+        # The same batch retried carries the same key; a batch is fixed by its identifiers.
+        digest = hashlib.sha256("\n".join(i.idempotency_key for i in items).encode()).hexdigest()
+        key = f"mo-batch-{digest[:48]}"
+        try:
+            for renewed in (False, True):
+                try:
+                    self._call(
+                        self.client.v2.billing.meter_event_stream.create,
+                        {"events": events},
+                        {"api_key": self._session(renew=renewed), "idempotency_key": key},
+                    )
+                    break
+                except ProviderMisconfigured:
+                    # An expired or revoked session token: get a new session, once.
+                    if renewed:
+                        raise
+        except ProviderUnavailable as exc:
+            return [ItemResult(i.identifier, ItemStatus.RETRY, message=str(exc)) for i in items]
+        except stripe.InvalidRequestError:
+            # Stripe refused the request as a whole: find out per item, synchronously.
+            return [self._report_v1(item) for item in items]
+        return [
+            ItemResult(i.identifier, ItemStatus.ACCEPTED, response={"api": "v2", "batch": key})
+            for i in items
+        ]
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def list_meter_event_summaries(
+        self, *, provider_meter_id: str, customer_id: str, start: datetime, end: datetime
+    ) -> Iterator[MeterSummary]:
+        params: dict = {
+            "customer": customer_id,
+            "start_time": int(start.timestamp()),
+            "end_time": int(end.timestamp()),
+            "value_grouping_window": "day",
+            "limit": PAGE_SIZE,
+        }
+        while True:
+            page = _exact(
+                self._call(
+                    self.client.v1.billing.meters.event_summaries.list, provider_meter_id, params
+                )
+            )
+            for summary in page.get("data", []):
+                yield MeterSummary(
+                    provider_meter_id=provider_meter_id,
+                    customer_id=customer_id,
+                    start=_ts(summary["start_time"]),
+                    end=_ts(summary["end_time"]),
+                    value=Decimal(summary["aggregated_value"]),
+                )
+            if not page.get("has_more") or not page.get("data"):
+                return
+            params["starting_after"] = page["data"][-1]["id"]
+
+    def list_invoices(
+        self, *, customer_id: str, created_since: datetime | None = None
+    ) -> Iterator[InvoiceData]:
+        params: dict = {"customer": customer_id, "limit": PAGE_SIZE}
+        if created_since is not None:
+            params["created"] = {"gte": int(created_since.timestamp())}
+        while True:
+            page = _exact(self._call(self.client.v1.invoices.list, params))
+            for invoice in page.get("data", []):
+                yield self._invoice(invoice)
+            if not page.get("has_more") or not page.get("data"):
+                return
+            params["starting_after"] = page["data"][-1]["id"]
+
+    def _invoice(self, invoice: dict) -> InvoiceData:
+        embedded = invoice.get("lines") or {}
+        lines = list(embedded.get("data", []))
+        if embedded.get("has_more") and lines:
+            params: dict = {"limit": PAGE_SIZE, "starting_after": lines[-1]["id"]}
+            while True:
+                page = _exact(
+                    self._call(self.client.v1.invoices.line_items.list, invoice["id"], params)
+                )
+                lines.extend(page.get("data", []))
+                if not page.get("has_more") or not page.get("data"):
+                    break
+                params["starting_after"] = page["data"][-1]["id"]
+        return InvoiceData(
+            invoice_id=invoice["id"],
+            customer_id=invoice.get("customer") or "",
+            number=invoice.get("number") or "",
+            status=invoice.get("status") or "",
+            currency=(invoice.get("currency") or "").upper(),
+            total_minor=int(invoice.get("total") or 0),
+            period_start=_ts(invoice.get("period_start")),
+            period_end=_ts(invoice.get("period_end")),
+            created=_ts(invoice.get("created")),
+            lines=[line_from_stripe(line) for line in lines],
+            raw={k: v for k, v in invoice.items() if k != "lines"},
+        )
+
+
+def line_from_stripe(line: dict) -> InvoiceLineData:
+    """An invoice line item, exact: quantity_decimal when Stripe gives it, else quantity."""
+    quantity = line.get("quantity_decimal")
+    if quantity in (None, ""):
+        quantity = line.get("quantity")
+    pricing = line.get("pricing") or {}
+    price_id = (pricing.get("price_details") or {}).get("price") or ""
+    if not price_id and isinstance(line.get("price"), dict):
+        price_id = line["price"].get("id", "")
+    period = line.get("period") or {}
+    return InvoiceLineData(
+        line_id=line["id"],
+        description=line.get("description") or "",
+        quantity=None if quantity is None else Decimal(str(quantity)),
+        amount_minor=int(line.get("amount") or 0),
+        price_id=price_id,
+        period_start=_ts(period.get("start")),
+        period_end=_ts(period.get("end")),
+        raw=line,
+    )
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+def webhook_verify(
+    *, payload: bytes, signature: str, secret: str, tolerance: int = WEBHOOK_TOLERANCE_SECONDS
+) -> dict:
+    """Check a webhook's Stripe-Signature (HMAC-SHA256 of "<t>.<body>", timestamp within
+    `tolerance` seconds) with the SDK's own verifier, and return the parsed event."""
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookSignatureError(str(exc.user_message or exc)) from exc
+    try:
+        event = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WebhookSignatureError("The payload is not JSON.") from exc
+    if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
+        raise WebhookSignatureError("The payload is not a Stripe event (no id or type).")
+    return event

@@ -1,0 +1,158 @@
+"""API shapes.
+
+Accounts and meters use DRF serializers (a request carries one object). Event ingestion does not:
+a batch is validated item by item in plain Python (metering.services.ingest), which is about a
+hundred times cheaper than a serializer per item. The event serializers below exist only to
+document those shapes in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from metering.models import Meter
+
+# --- accounts and meters ------------------------------------------------------------------------
+
+
+class AccountInputSerializer(serializers.Serializer):
+    """The whole account: a field left out takes its default (PUT replaces the representation)."""
+
+    name = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    timezone = serializers.CharField(
+        max_length=64, required=False, default="UTC", help_text="IANA time zone, e.g. Europe/Berlin"
+    )
+    currency = serializers.CharField(
+        max_length=3, required=False, default="USD", help_text="ISO 4217 code, e.g. USD"
+    )
+    tier = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    metadata = serializers.DictField(required=False, default=dict)
+
+
+class AccountOutputSerializer(serializers.Serializer):
+    external_id = serializers.CharField()
+    name = serializers.CharField()
+    timezone = serializers.CharField()
+    currency = serializers.CharField()
+    tier = serializers.CharField()
+    status = serializers.CharField()
+    metadata = serializers.DictField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class MeterInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=255)
+    aggregation = serializers.ChoiceField(choices=Meter.Aggregation.choices)
+    value_property = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="The property aggregated; required for every aggregation but count.",
+    )
+    dimensions = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        required=False,
+        default=list,
+        help_text="Property keys usage can be broken down by.",
+    )
+    unit = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+
+
+class MeterOutputSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+    aggregation = serializers.CharField()
+    value_property = serializers.CharField()
+    dimensions = serializers.ListField(child=serializers.CharField())
+    unit = serializers.CharField()
+    active = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class FieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(allow_null=True)
+    code = serializers.CharField(help_text="Stable, machine-readable.")
+    message = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, machine-readable.")
+    message = serializers.CharField()
+    errors = FieldErrorSerializer(many=True)
+
+
+# --- events (documentation only) ----------------------------------------------------------------
+
+STATUSES = ("accepted", "duplicate", "quarantined", "conflict", "rejected")
+
+
+class LagoEventSerializer(serializers.Serializer):
+    transaction_id = serializers.CharField(
+        max_length=255, help_text="Unique per account: a retry with the same id is a duplicate."
+    )
+    external_customer_id = serializers.CharField(max_length=255, help_text="The account.")
+    code = serializers.CharField(max_length=255, help_text="The meter code.")
+    timestamp = serializers.CharField(
+        required=False,
+        help_text="Unix seconds (integer, decimal or numeric string) or an RFC 3339 time with "
+        "an offset. At most 5 minutes in the future. Defaults to the time of reception.",
+    )
+    properties = serializers.DictField(
+        required=False, help_text="Numbers are kept exactly (no float rounding)."
+    )
+    external_subscription_id = serializers.CharField(
+        required=False, help_text="Accepted for Lago compatibility and ignored."
+    )
+
+
+class LagoSingleSerializer(serializers.Serializer):
+    event = LagoEventSerializer()
+
+
+class LagoBatchSerializer(serializers.Serializer):
+    events = LagoEventSerializer(many=True)
+
+
+class CloudEventSerializer(serializers.Serializer):
+    specversion = serializers.ChoiceField(choices=["1.0"])
+    id = serializers.CharField(max_length=255, help_text="Unique per source (source + id).")
+    source = serializers.CharField(max_length=255)
+    type = serializers.CharField(max_length=255, help_text="The meter code.")
+    subject = serializers.CharField(max_length=255, help_text="The account's external id.")
+    time = serializers.DateTimeField(required=False, help_text="RFC 3339.")
+    data = serializers.DictField(required=False, help_text="The event's properties.")
+
+
+class EventResultSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["accepted", "duplicate", "quarantined"])
+    transaction_id = serializers.CharField()
+    event_id = serializers.IntegerField(
+        allow_null=True, help_text="The stored event (null while quarantined)."
+    )
+
+
+class EventRejectedSerializer(ErrorSerializer):
+    status = serializers.ChoiceField(choices=["conflict", "rejected"])
+    transaction_id = serializers.CharField(allow_null=True)
+
+
+class BatchItemResultSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Position of the item in the request.")
+    transaction_id = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(choices=STATUSES)
+    errors = FieldErrorSerializer(many=True)
+
+
+class BatchResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    quarantined = serializers.IntegerField()
+    conflicts = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    results = BatchItemResultSerializer(many=True, help_text="One per item, in request order.")

@@ -1,0 +1,44 @@
+"""Celery tasks of metering: thin wrappers, one service call each, safe to run twice.
+
+Retries are for transient database trouble only (a dropped connection, a deadlock, a
+serialization failure: Django raises OperationalError for all of them); anything else is a bug
+and fails loudly. Both tasks take the rollup advisory lock inside the service, so two beats or
+a redelivered message (acks_late) cannot apply anything twice: a second drain that finds the
+lock held returns at once, and whatever it would have drained is still in the inbox for the
+next run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from celery import shared_task
+from django.db import OperationalError
+
+from metering.services import rollups
+
+# One run drains at most this many batches (ROLLUP_BATCH_SIZE events each) so that a backlog
+# is worked off in bounded runs, one per minute, instead of one run that never ends.
+DRAIN_MAX_BATCHES = 100
+
+TRANSIENT = {
+    "bind": True,
+    "acks_late": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": True,
+    "max_retries": 5,
+}
+
+
+@shared_task(**TRANSIENT)
+def rollup_drain(self) -> dict:
+    """Fold pending events into the rollups (every minute)."""
+    result = rollups.rollup_drain(wait=False, max_batches=DRAIN_MAX_BATCHES)
+    return asdict(result)
+
+
+@shared_task(**TRANSIENT)
+def rollup_self_check(self, days: int = 3) -> int:
+    """Compare recent rollups with the raw events and repair drift (nightly). Returns the id of
+    the RollupCheck that records the outcome."""
+    return rollups.rollup_self_check(days=days).pk

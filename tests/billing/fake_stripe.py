@@ -1,0 +1,678 @@
+"""A stateful fake of the parts of Stripe Meterops talks to, served over real HTTP.
+
+Started inside the test process (a thread running http.server on 127.0.0.1, a free port) and
+reached by the real `stripe` SDK through STRIPE_API_BASE. It enforces what Stripe enforces and
+our adapter must cope with:
+
+- v1 requests are form-encoded (`application/x-www-form-urlencoded`; anything else is a 400),
+  v2 requests are JSON;
+- `Authorization: Bearer <secret key>` on v1 and on meter event session creation; the v2
+  meter event stream takes a session's authentication token instead (valid 15 minutes);
+- meter event identifiers are unique within 24 hours (of the fake's clock, which tests can
+  move): a v1 duplicate is a 400 `resource_already_exists`, a v2 duplicate is dropped silently
+  (Stripe processes the stream asynchronously);
+- `Idempotency-Key`: the same key with the same request within 24 hours replays the first
+  answer (header `Idempotent-Replayed: true`); with a different request, a 400
+  `idempotency_error`;
+- meter event timestamps within the past 35 days and at most 5 minutes ahead (400
+  `timestamp_too_far_in_past` / `timestamp_in_future`);
+- at most 100 events per v2 stream request (400 beyond);
+- rate limits: every Nth request (`rate_limit_every`), or the next few requests
+  (`fail_next`), is answered 429 with a Retry-After header;
+- meter event summaries aggregated per UTC day (sum, count or last), paged with
+  `starting_after`; start and end must be UTC midnights for the `day` window;
+- invoices (made by tests with `create_invoice`) listed per customer, newest first, paged,
+  with their lines (the first `embedded_lines` embedded, the rest under /lines).
+
+Numbers in answers are written as JSON numbers from exact decimals, as Stripe does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+DAY = 86_400
+IDENTIFIER_WINDOW = DAY
+PAST_WINDOW = 35 * DAY
+FUTURE_WINDOW = 300
+SESSION_SECONDS = 15 * 60
+V2_MAX_EVENTS = 100
+
+
+_DECIMAL = re.compile(r'"@dec:(-?[0-9.]+)@"')
+
+
+def _mark_decimals(value):
+    if isinstance(value, Decimal):
+        return f"@dec:{plain(value)}@"
+    if isinstance(value, dict):
+        return {k: _mark_decimals(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mark_decimals(v) for v in value]
+    return value
+
+
+def plain(value: Decimal) -> str:
+    """Exact digits, no exponent, no trailing zeros (normalize() would round past 28 digits)."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in {"", "-0"} else text
+
+
+def dumps(value) -> bytes:
+    """JSON with every Decimal written as a JSON number with its exact digits."""
+    text = json.dumps(_mark_decimals(value), default=str)
+    return _DECIMAL.sub(r"\1", text).encode()
+
+
+def nest_form(pairs: list[tuple[str, str]]) -> dict:
+    """a[b][c]=1 -> {"a": {"b": {"c": "1"}}} (Stripe's form encoding; a[0][x] lists too)."""
+    out: dict = {}
+    for key, value in pairs:
+        parts = re.findall(r"[^\[\]]+", key)
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+@dataclass
+class MeterEvent:
+    identifier: str
+    event_name: str
+    customer: str
+    value: Decimal
+    timestamp: int
+    received: float
+    api: str
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict
+    headers: dict = field(default_factory=dict)
+
+
+class StripeError(Exception):
+    def __init__(self, status: int, code: str, message: str, type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.answer = Answer(status, {"error": {"type": type_, "code": code, "message": message}})
+
+
+class FakeStripe:
+    def __init__(
+        self,
+        *,
+        api_key: str = "sk_test_fake",
+        rate_limit_every: int = 0,
+        retry_after: str | None = "0",
+        embedded_lines: int = 10,
+    ) -> None:
+        self.api_key = api_key
+        self.rate_limit_every = rate_limit_every
+        self.retry_after = retry_after
+        self.embedded_lines = embedded_lines
+        self.lock = threading.RLock()
+        self.clock_offset = 0.0
+        self.customers: dict[str, dict] = {}
+        self.meters: dict[str, dict] = {}
+        self.events: list[MeterEvent] = []
+        self.identifiers: dict[str, float] = {}
+        self.idempotency: dict[str, tuple[str, Answer, float]] = {}
+        self.sessions: dict[str, float] = {}
+        self.invoices: list[dict] = []
+        self.requests: list[dict] = []
+        self.request_count = 0
+        self.forced: deque[int] = deque()
+        self.stripe_versions: set[str] = set()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> str:
+        fake = self
+
+        class Handler(_Handler):
+            state = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # --- test controls -----------------------------------------------------------------------
+
+    def now(self) -> float:
+        import time
+
+        return time.time() + self.clock_offset
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.clock_offset += seconds
+
+    def fail_next(self, count: int, status: int = 429) -> None:
+        with self.lock:
+            self.forced.extend([status] * count)
+
+    def calls(self, path_prefix: str = "", method: str | None = None) -> list[dict]:
+        return [
+            r
+            for r in self.requests
+            if r["path"].startswith(path_prefix) and (method is None or r["method"] == method)
+        ]
+
+    def add_customer(self, customer_id: str | None = None, **fields) -> str:
+        with self.lock:
+            customer_id = customer_id or f"cus_{secrets.token_hex(6)}"
+            self.customers[customer_id] = {"id": customer_id, "object": "customer", **fields}
+            return customer_id
+
+    def meter_by_event(self, event_name: str) -> dict | None:
+        return next((m for m in self.meters.values() if m["event_name"] == event_name), None)
+
+    def total(self, *, event_name: str, customer: str) -> Decimal:
+        """What the meter holds for the customer over all time (its formula applied)."""
+        meter = self.meter_by_event(event_name)
+        rows = [e for e in self.events if e.event_name == event_name and e.customer == customer]
+        return self._aggregate(meter["default_aggregation"]["formula"], rows)
+
+    def count_identifier(self, identifier: str) -> int:
+        return sum(1 for e in self.events if e.identifier == identifier)
+
+    def create_invoice(
+        self,
+        *,
+        customer: str,
+        lines: list[dict],
+        period_start: int,
+        period_end: int,
+        status: str = "open",
+        currency: str = "usd",
+    ) -> dict:
+        """An invoice whose lines bill meters: each line {"price", "event_name",
+        "unit_amount_decimal"} gets its quantity from the meter over the period."""
+        with self.lock:
+            invoice_id = f"in_{secrets.token_hex(6)}"
+            out_lines, total = [], 0
+            for index, line in enumerate(lines):
+                meter = self.meter_by_event(line["event_name"])
+                rows = [
+                    e
+                    for e in self.events
+                    if e.event_name == line["event_name"]
+                    and e.customer == customer
+                    and period_start <= e.timestamp < period_end
+                ]
+                quantity = self._aggregate(meter["default_aggregation"]["formula"], rows)
+                amount = int((quantity * Decimal(line["unit_amount_decimal"])).to_integral_value())
+                total += amount
+                out_lines.append(
+                    {
+                        "id": f"il_{invoice_id}_{index}",
+                        "object": "line_item",
+                        "amount": amount,
+                        "currency": currency,
+                        "description": line.get("description", line["event_name"]),
+                        "quantity": int(quantity),
+                        "quantity_decimal": plain(quantity),
+                        "period": {"start": period_start, "end": period_end},
+                        "pricing": {
+                            "type": "price_details",
+                            "price_details": {"price": line["price"], "product": "prod_x"},
+                        },
+                    }
+                )
+            invoice = {
+                "id": invoice_id,
+                "object": "invoice",
+                "customer": customer,
+                "status": status,
+                "currency": currency,
+                "number": f"FAKE-{len(self.invoices) + 1:04d}",
+                "total": total,
+                "subtotal": total,
+                "created": int(self.now()) + len(self.invoices),
+                "period_start": period_start,
+                "period_end": period_end,
+                "all_lines": out_lines,
+            }
+            self.invoices.append(invoice)
+            return invoice
+
+    # --- request handling ---------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: dict, headers, raw: bytes) -> Answer:
+        with self.lock:
+            self.request_count += 1
+            version = headers.get("Stripe-Version")
+            if version:
+                self.stripe_versions.add(version)
+            record = {
+                "method": method,
+                "path": path,
+                "content_type": headers.get("Content-Type", ""),
+                "idempotency_key": headers.get("Idempotency-Key", ""),
+                "body": raw,
+            }
+            self.requests.append(record)
+            if self.forced or (
+                self.rate_limit_every and self.request_count % self.rate_limit_every == 0
+            ):
+                status = self.forced.popleft() if self.forced else 429
+                record["status"] = status
+                return self._throttled(status)
+            try:
+                answer = self._idempotent(method, path, query, headers, raw)
+            except StripeError as exc:
+                answer = exc.answer
+            record["status"] = answer.status
+            return answer
+
+    def _throttled(self, status: int) -> Answer:
+        headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+        if status == 429:
+            body = {
+                "error": {
+                    "type": "rate_limit",
+                    "code": "rate_limit",
+                    "message": "Too many requests hit the API too quickly.",
+                }
+            }
+        else:
+            body = {"error": {"type": "api_error", "message": "Something went wrong."}}
+        return Answer(status, body, headers)
+
+    def _idempotent(self, method, path, query, headers, raw) -> Answer:
+        key = headers.get("Idempotency-Key")
+        if method != "POST" or not key:
+            return self._route(method, path, query, headers, raw)
+        fingerprint = f"{method} {path} {raw!r}"
+        seen = self.idempotency.get(key)
+        if seen is not None and self.now() - seen[2] < IDENTIFIER_WINDOW:
+            if seen[0] != fingerprint:
+                raise StripeError(
+                    400,
+                    "idempotency_key_in_use",
+                    "Keys for idempotent requests can only be used with the same parameters.",
+                    type_="idempotency_error",
+                )
+            replay = seen[1]
+            return Answer(replay.status, replay.body, {"Idempotent-Replayed": "true"})
+        answer = self._route(method, path, query, headers, raw)
+        if answer.status == 200:
+            # Like Stripe: a request refused before it ran stores no idempotent result.
+            self.idempotency[key] = (fingerprint, answer, self.now())
+        return answer
+
+    def _auth(self, headers, *, token: bool = False) -> None:
+        bearer = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if token:
+            expires = self.sessions.get(bearer)
+            if expires is None or expires <= self.now():
+                raise StripeError(
+                    401, "invalid_token", "The meter event session token is invalid or expired."
+                )
+            return
+        if bearer != self.api_key:
+            raise StripeError(401, "invalid_api_key", "Invalid API key provided.")
+
+    def _form(self, headers, raw: bytes) -> dict:
+        if not headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            raise StripeError(400, "invalid_content_type", "v1 requests are form-encoded.")
+        return nest_form(parse_qsl(raw.decode(), keep_blank_values=True))
+
+    def _json(self, headers, raw: bytes) -> dict:
+        if not headers.get("Content-Type", "").startswith("application/json"):
+            raise StripeError(400, "invalid_content_type", "v2 requests are JSON.")
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise StripeError(400, "invalid_json", "The body is not JSON.") from exc
+
+    def _route(self, method, path, query, headers, raw) -> Answer:
+        if path == "/v2/billing/meter_event_stream" and method == "POST":
+            self._auth(headers, token=True)
+            return self._stream(self._json(headers, raw))
+        self._auth(headers)
+        if path == "/v2/billing/meter_event_session" and method == "POST":
+            self._json(headers, raw)
+            return self._session()
+        if method == "POST":
+            form = self._form(headers, raw)
+            if path == "/v1/customers":
+                customer_id = self.add_customer(
+                    name=form.get("name", ""), metadata=form.get("metadata", {})
+                )
+                return Answer(200, self.customers[customer_id])
+            if path == "/v1/billing/meters":
+                return self._create_meter(form)
+            if path == "/v1/billing/meter_events":
+                return self._meter_event_v1(form)
+        if method == "GET":
+            if path == "/v1/billing/meters":
+                return self._list(list(self.meters.values()), query, "/v1/billing/meters")
+            match = re.fullmatch(r"/v1/billing/meters/([^/]+)/event_summaries", path)
+            if match:
+                return self._summaries(match.group(1), query)
+            if path == "/v1/invoices":
+                return self._invoices(query)
+            match = re.fullmatch(r"/v1/invoices/([^/]+)/lines", path)
+            if match:
+                return self._lines(match.group(1), query)
+            match = re.fullmatch(r"/v1/customers/([^/]+)", path)
+            if match and match.group(1) in self.customers:
+                return Answer(200, self.customers[match.group(1)])
+        raise StripeError(404, "resource_missing", f"Unrecognized request URL ({method} {path}).")
+
+    # --- meters and meter events ---------------------------------------------------------------
+
+    def _create_meter(self, form: dict) -> Answer:
+        event_name = form.get("event_name", "")
+        formula = (form.get("default_aggregation") or {}).get("formula")
+        if not event_name or formula not in {"sum", "count", "last"}:
+            raise StripeError(400, "parameter_invalid", "event_name and a formula are required.")
+        if self.meter_by_event(event_name):
+            raise StripeError(
+                400, "resource_already_exists", f"A meter with event_name {event_name} exists."
+            )
+        meter_id = f"mtr_{secrets.token_hex(6)}"
+        self.meters[meter_id] = {
+            "id": meter_id,
+            "object": "billing.meter",
+            "display_name": form.get("display_name", ""),
+            "event_name": event_name,
+            "status": "active",
+            "default_aggregation": {"formula": formula},
+            "customer_mapping": form.get("customer_mapping", {}),
+            "value_settings": form.get("value_settings", {}),
+        }
+        return Answer(200, self.meters[meter_id])
+
+    def _check_event(self, event_name, payload, timestamp: int) -> Decimal:
+        if not self.meter_by_event(event_name):
+            raise StripeError(400, "no_meter", f"No active meter for event_name {event_name}.")
+        customer = (payload or {}).get("stripe_customer_id")
+        if customer not in self.customers:
+            raise StripeError(400, "customer_not_found", f"No such customer: {customer}.")
+        try:
+            value = Decimal(str((payload or {}).get("value")))
+        except InvalidOperation as exc:
+            raise StripeError(400, "meter_event_invalid_value", "value is not a number.") from exc
+        if not value.is_finite():
+            raise StripeError(400, "meter_event_invalid_value", "value is not a number.")
+        now = self.now()
+        if timestamp < now - PAST_WINDOW:
+            raise StripeError(
+                400,
+                "timestamp_too_far_in_past",
+                "Timestamp must be within the past 35 calendar days.",
+            )
+        if timestamp > now + FUTURE_WINDOW:
+            raise StripeError(
+                400, "timestamp_in_future", "Timestamp must be at most 5 minutes in the future."
+            )
+        return value
+
+    def _duplicate(self, identifier: str) -> bool:
+        seen = self.identifiers.get(identifier)
+        return seen is not None and self.now() - seen < IDENTIFIER_WINDOW
+
+    def _meter_event_v1(self, form: dict) -> Answer:
+        try:
+            timestamp = int(form.get("timestamp") or self.now())
+        except ValueError as exc:
+            raise StripeError(400, "parameter_invalid", "timestamp is an integer.") from exc
+        value = self._check_event(form.get("event_name"), form.get("payload"), timestamp)
+        identifier = form.get("identifier") or f"gen_{secrets.token_hex(8)}"
+        if self._duplicate(identifier):
+            raise StripeError(
+                400,
+                "resource_already_exists",
+                f"A meter event with identifier {identifier} already exists.",
+            )
+        event = MeterEvent(
+            identifier,
+            form["event_name"],
+            form["payload"]["stripe_customer_id"],
+            value,
+            timestamp,
+            self.now(),
+            "v1",
+        )
+        self.events.append(event)
+        self.identifiers[identifier] = self.now()
+        return Answer(
+            200,
+            {
+                "object": "billing.meter_event",
+                "created": int(self.now()),
+                "event_name": event.event_name,
+                "identifier": identifier,
+                "livemode": False,
+                "payload": form["payload"],
+                "timestamp": timestamp,
+            },
+        )
+
+    def _session(self) -> Answer:
+        token = f"mes_tok_{secrets.token_hex(12)}"
+        now = self.now()
+        self.sessions[token] = now + SESSION_SECONDS
+
+        def iso(t: float) -> str:
+            return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+        return Answer(
+            200,
+            {
+                "id": f"mes_{secrets.token_hex(6)}",
+                "object": "v2.billing.meter_event_session",
+                "authentication_token": token,
+                "created": iso(now),
+                "expires_at": iso(now + SESSION_SECONDS),
+                "livemode": False,
+            },
+        )
+
+    def _stream(self, body: dict) -> Answer:
+        events = body.get("events")
+        if not isinstance(events, list) or not events:
+            raise StripeError(400, "parameter_missing", "events is required.")
+        if len(events) > V2_MAX_EVENTS:
+            raise StripeError(
+                400,
+                "too_many_events",
+                f"A request takes at most {V2_MAX_EVENTS} events, got {len(events)}.",
+            )
+        accepted = []
+        for item in events:
+            try:
+                when = datetime.fromisoformat(str(item.get("timestamp")).replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise StripeError(400, "parameter_invalid", "timestamp is RFC 3339.") from exc
+            timestamp = int(when.timestamp())
+            value = self._check_event(item.get("event_name"), item.get("payload"), timestamp)
+            accepted.append((item, value, timestamp))
+        for item, value, timestamp in accepted:
+            identifier = item.get("identifier") or f"gen_{secrets.token_hex(8)}"
+            if self._duplicate(identifier):
+                continue  # processed asynchronously by Stripe: a duplicate is dropped
+            self.events.append(
+                MeterEvent(
+                    identifier,
+                    item["event_name"],
+                    item["payload"]["stripe_customer_id"],
+                    value,
+                    timestamp,
+                    self.now(),
+                    "v2",
+                )
+            )
+            self.identifiers[identifier] = self.now()
+        return Answer(200, {})
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _aggregate(formula: str, rows: list[MeterEvent]) -> Decimal:
+        if formula == "count":
+            return Decimal(len(rows))
+        if formula == "last":
+            if not rows:
+                return Decimal(0)
+            return max(rows, key=lambda e: (e.timestamp, e.received)).value
+        return sum((e.value for e in rows), Decimal(0))
+
+    def _list(self, items: list[dict], query: dict, url: str) -> Answer:
+        limit = min(int(query.get("limit", 10)), 100)
+        start = 0
+        after = query.get("starting_after")
+        if after:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                raise StripeError(400, "parameter_invalid", f"No such object: {after}.")
+            start = ids.index(after) + 1
+        page = items[start : start + limit]
+        return Answer(
+            200,
+            {
+                "object": "list",
+                "url": url,
+                "has_more": start + limit < len(items),
+                "data": page,
+            },
+        )
+
+    def _summaries(self, meter_id: str, query: dict) -> Answer:
+        meter = self.meters.get(meter_id)
+        if meter is None:
+            raise StripeError(404, "resource_missing", f"No such meter: {meter_id}.")
+        customer = query.get("customer")
+        if not customer:
+            raise StripeError(400, "parameter_missing", "customer is required.")
+        start, end = int(query["start_time"]), int(query["end_time"])
+        if query.get("value_grouping_window") == "day" and (start % DAY or end % DAY):
+            raise StripeError(
+                400, "parameter_invalid", "start_time and end_time must be UTC midnights."
+            )
+        rows = [
+            e
+            for e in self.events
+            if e.event_name == meter["event_name"]
+            and e.customer == customer
+            and start <= e.timestamp < end
+        ]
+        formula = meter["default_aggregation"]["formula"]
+        days: dict[int, list[MeterEvent]] = {}
+        for event in rows:
+            days.setdefault(event.timestamp - event.timestamp % DAY, []).append(event)
+        summaries = [
+            {
+                "id": f"mtrusg_{meter_id}_{day}",
+                "object": "billing.meter_event_summary",
+                "aggregated_value": self._aggregate(formula, days[day]),
+                "start_time": day,
+                "end_time": day + DAY,
+                "livemode": False,
+                "meter": meter_id,
+            }
+            for day in sorted(days)
+        ]
+        return self._list(summaries, query, f"/v1/billing/meters/{meter_id}/event_summaries")
+
+    def _public(self, invoice: dict) -> dict:
+        lines = invoice["all_lines"]
+        return {
+            **{k: v for k, v in invoice.items() if k != "all_lines"},
+            "lines": {
+                "object": "list",
+                "url": f"/v1/invoices/{invoice['id']}/lines",
+                "has_more": len(lines) > self.embedded_lines,
+                "data": lines[: self.embedded_lines],
+            },
+        }
+
+    def _invoices(self, query: dict) -> Answer:
+        customer = query.get("customer")
+        since = int(query.get("created[gte]", 0))
+        items = [
+            self._public(inv)
+            for inv in sorted(self.invoices, key=lambda i: -i["created"])
+            if (not customer or inv["customer"] == customer) and inv["created"] >= since
+        ]
+        return self._list(items, query, "/v1/invoices")
+
+    def _lines(self, invoice_id: str, query: dict) -> Answer:
+        invoice = next((i for i in self.invoices if i["id"] == invoice_id), None)
+        if invoice is None:
+            raise StripeError(404, "resource_missing", f"No such invoice: {invoice_id}.")
+        return self._list(invoice["all_lines"], query, f"/v1/invoices/{invoice_id}/lines")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and the
+    # client's delayed ACK add ~40 ms to every keep-alive request.
+    disable_nagle_algorithm = True
+    state: FakeStripe
+
+    def log_message(self, format, *args):
+        pass
+
+    def _serve(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        answer = self.state.handle(method, parts.path, query, self.headers, raw)
+        body = dumps(answer.body)
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Request-Id", f"req_{secrets.token_hex(6)}")
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._serve("GET")
+
+    def do_POST(self):
+        self._serve("POST")
+
+    def do_DELETE(self):
+        self._serve("DELETE")
+
+
+def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=UTC)
+
+
+def days_ago(n: float) -> datetime:
+    return datetime.now(UTC) - timedelta(days=n)

@@ -1,0 +1,318 @@
+"""The Stripe adapter, driving the real `stripe` SDK against the fake Stripe server."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from billing.models import ProviderInvoice, ProviderMeter, ProviderUsageSummary
+from billing.providers import get_provider
+from billing.providers import stripe as stripe_adapter
+from billing.providers.base import ItemStatus, MeterSpec, UsageItem
+from billing.services.pull import provider_pull
+from billing.services.push import usage_push
+from tests.billing.fake_stripe import FakeStripe
+from tests.metering.factories import AccountFactory, MeterFactory
+
+
+@pytest.fixture
+def fake(settings):
+    server = FakeStripe()
+    settings.BILLING_PROVIDER = "stripe"
+    settings.STRIPE_API_KEY = server.api_key
+    settings.STRIPE_API_BASE = server.start()
+    yield server
+    server.stop()
+
+
+class Sleeps(list):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@pytest.fixture
+def sleeps():
+    return Sleeps()
+
+
+@pytest.fixture
+def adapter(fake, sleeps):
+    return get_provider("stripe", sleep=sleeps)
+
+
+@pytest.fixture
+def ready(fake, adapter):
+    """A customer and a sum meter at the fake; returns (customer id, event name)."""
+    customer = adapter.ensure_customer(external_id="acme", name="Acme")
+    adapter.ensure_meter(
+        spec=MeterSpec(
+            meter_code="calls", display_name="Calls", event_name="mo_calls", aggregation="sum"
+        )
+    )
+    return customer, "mo_calls"
+
+
+def item(customer: str, identifier: str, value: str = "1", *, age: timedelta = timedelta(hours=1)):
+    return UsageItem(
+        identifier=identifier,
+        idempotency_key=identifier,
+        event_name="mo_calls",
+        customer_id=customer,
+        value=Decimal(value),
+        timestamp=(datetime.now(UTC) - age).replace(microsecond=0),
+    )
+
+
+def test_v1_meter_event_is_form_encoded_and_carries_the_pinned_api_version(fake, adapter, ready):
+    customer, event_name = ready
+
+    [result] = adapter.report_usage([item(customer, "mo-e1", "2.5")])
+
+    assert result.status is ItemStatus.RECORDED
+    [call] = fake.calls("/v1/billing/meter_events")
+    assert call["content_type"].startswith("application/x-www-form-urlencoded")
+    assert call["idempotency_key"] == "mo-e1"
+    assert fake.stripe_versions == {stripe_adapter.STRIPE_API_VERSION}
+    assert fake.total(event_name=event_name, customer=customer) == Decimal("2.5")
+
+
+def test_the_fake_refuses_a_json_body_on_v1(fake, ready):
+    customer, _ = ready
+    request = urllib.request.Request(  # noqa: S310 - the local fake
+        f"{fake.url}/v1/billing/meter_events",
+        data=json.dumps({"event_name": "mo_calls", "payload": {"value": "1"}}).encode(),
+        headers={"Authorization": f"Bearer {fake.api_key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=5)  # noqa: S310 - the local fake
+    assert info.value.code == 400
+    assert fake.total(event_name="mo_calls", customer=customer) == 0
+
+
+def test_a_retry_with_the_same_identifier_and_key_is_counted_once(fake, adapter, ready):
+    customer, event_name = ready
+    usage = item(customer, "mo-e7", "3")
+
+    first = adapter.report_usage([usage])
+    again = adapter.report_usage([usage])
+
+    assert [r.status for r in first + again] == [ItemStatus.RECORDED, ItemStatus.RECORDED]
+    assert again[0].response["idempotent_replay"] is True
+    assert fake.count_identifier("mo-e7") == 1
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(3)
+
+
+def test_the_same_identifier_under_another_key_is_a_duplicate_not_a_second_count(
+    fake, adapter, ready
+):
+    customer, event_name = ready
+    adapter.report_usage([item(customer, "mo-e8")])
+    other_key = UsageItem(**{**item(customer, "mo-e8").__dict__, "idempotency_key": "other"})
+
+    [result] = adapter.report_usage([other_key])
+
+    assert result.status is ItemStatus.DUPLICATE
+    assert result.code == "resource_already_exists"
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(1)
+
+
+def test_429_answers_are_retried_honouring_retry_after_with_the_same_key(
+    fake, adapter, ready, sleeps
+):
+    customer, event_name = ready
+    fake.retry_after = "2"
+    fake.fail_next(2)
+
+    [result] = adapter.report_usage([item(customer, "mo-e9", "4")])
+
+    assert result.status is ItemStatus.RECORDED
+    assert sleeps == [2.0, 2.0]
+    calls = fake.calls("/v1/billing/meter_events")
+    assert [c["status"] for c in calls] == [429, 429, 200]
+    assert {c["idempotency_key"] for c in calls} == {"mo-e9"}
+    assert len({c["body"] for c in calls}) == 1
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(4)
+
+
+def test_429_without_retry_after_backs_off_exponentially(fake, adapter, ready, sleeps):
+    customer, _ = ready
+    fake.retry_after = None
+    fake.fail_next(3)
+
+    [result] = adapter.report_usage([item(customer, "mo-e10")])
+
+    assert result.status is ItemStatus.RECORDED
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_rate_limited_past_the_retries_the_item_is_left_to_retry_later(fake, sleeps, ready):
+    customer, event_name = ready
+    adapter = get_provider("stripe", sleep=sleeps, max_retries=2)
+    fake.fail_next(5)
+
+    [result] = adapter.report_usage([item(customer, "mo-e11")])
+
+    assert result.status is ItemStatus.RETRY
+    assert len(sleeps) == 2
+    assert fake.total(event_name=event_name, customer=customer) == 0
+
+
+def test_a_timestamp_older_than_35_days_is_answered_too_old(fake, adapter, ready):
+    customer, event_name = ready
+
+    [result] = adapter.report_usage([item(customer, "mo-e12", age=timedelta(days=36))])
+
+    assert result.status is ItemStatus.TOO_OLD
+    assert result.code == "timestamp_too_far_in_past"
+    assert fake.total(event_name=event_name, customer=customer) == 0
+
+
+def test_large_batches_go_through_the_v2_stream_100_events_per_request(fake, adapter, ready):
+    customer, event_name = ready
+    items = [item(customer, f"mo-e{n}") for n in range(1000, 1250)]
+
+    results = adapter.report_usage(items)
+
+    assert {r.status for r in results} == {ItemStatus.ACCEPTED}
+    streams = fake.calls("/v2/billing/meter_event_stream")
+    sizes = [len(json.loads(c["body"])["events"]) for c in streams]
+    assert sizes == [100, 100, 50]
+    assert all(c["content_type"].startswith("application/json") for c in streams)
+    assert len(fake.calls("/v2/billing/meter_event_session")) == 1
+    assert fake.calls("/v1/billing/meter_events") == []
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(250)
+
+
+def test_the_fake_refuses_more_than_100_events_in_one_stream_request(fake, adapter, ready):
+    customer, _ = ready
+    events = [
+        {
+            "event_name": "mo_calls",
+            "identifier": f"x{n}",
+            "payload": {"stripe_customer_id": customer, "value": "1"},
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        }
+        for n in range(101)
+    ]
+    with pytest.raises(Exception) as info:
+        adapter.client.v2.billing.meter_event_stream.create(
+            {"events": events}, {"api_key": adapter._session()}
+        )
+    assert info.value.http_status == 400
+    assert info.value.code == "too_many_events"
+
+
+def test_a_v2_request_refused_as_a_whole_is_resent_item_by_item_on_v1(fake, adapter, ready):
+    customer, event_name = ready
+    items = [item(customer, f"mo-e{n}") for n in range(2000, 2019)]
+    items.append(item(customer, "mo-e2019", age=timedelta(days=40)))
+
+    results = adapter.report_usage(items)
+
+    assert [r.status for r in results[:-1]] == [ItemStatus.RECORDED] * 19
+    assert results[-1].status is ItemStatus.TOO_OLD
+    assert [c["status"] for c in fake.calls("/v2/billing/meter_event_stream")] == [400]
+    assert len(fake.calls("/v1/billing/meter_events")) == 20
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(19)
+
+
+def test_an_expired_meter_event_session_is_renewed(fake, adapter, ready):
+    customer, event_name = ready
+    adapter.report_usage([item(customer, f"mo-e{n}") for n in range(3000, 3020)])
+    fake.advance(16 * 60)  # the token expires at the fake; the adapter still holds it
+
+    results = adapter.report_usage(
+        [item(customer, f"mo-e{n}", age=timedelta(0)) for n in range(3020, 3040)]
+    )
+
+    assert {r.status for r in results} == {ItemStatus.ACCEPTED}
+    assert len(fake.calls("/v2/billing/meter_event_session")) == 2
+    assert [c["status"] for c in fake.calls("/v2/billing/meter_event_stream")] == [200, 401, 200]
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(40)
+
+
+def test_summaries_are_exact_per_utc_day_across_pages(fake, adapter, ready, monkeypatch):
+    customer, _ = ready
+    monkeypatch.setattr(stripe_adapter, "PAGE_SIZE", 2)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [today - timedelta(days=n) for n in range(5, 0, -1)]
+    items = []
+    for index, day in enumerate(days):
+        # 0.1 + 0.2 each day: exact 0.3, not a float's 0.30000000000000004
+        items.append(UsageItem(f"a{index}", f"a{index}", "mo_calls", customer, Decimal("0.1"), day))
+        late = day + timedelta(hours=23, minutes=59, seconds=59)
+        items.append(
+            UsageItem(f"b{index}", f"b{index}", "mo_calls", customer, Decimal("0.2"), late)
+        )
+    adapter.report_usage(items)
+    meter = fake.meter_by_event("mo_calls")
+
+    summaries = list(
+        adapter.list_meter_event_summaries(
+            provider_meter_id=meter["id"], customer_id=customer, start=days[0], end=today
+        )
+    )
+
+    assert [s.start for s in summaries] == days
+    assert {s.value for s in summaries} == {Decimal("0.3")}
+    pages = fake.calls(f"/v1/billing/meters/{meter['id']}/event_summaries")
+    assert len(pages) == 3
+
+
+def test_ensuring_a_meter_twice_makes_one_meter(fake, adapter):
+    spec = MeterSpec(meter_code="gb", display_name="GB", event_name="mo_gb", aggregation="last")
+
+    first = adapter.ensure_meter(spec=spec)
+    second = adapter.ensure_meter(spec=spec)
+
+    assert first.provider_meter_id == second.provider_meter_id
+    assert len(fake.meters) == 1
+    assert fake.meters[first.provider_meter_id]["default_aggregation"]["formula"] == "last"
+
+
+@pytest.mark.django_db
+def test_pull_stores_daily_summaries_and_invoices_with_exact_line_quantities(fake):
+    fake.embedded_lines = 1
+    account = AccountFactory(external_id="pull-acme")
+    meter = MeterFactory(code="pull_calls", aggregation="sum", value_property="n")
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    from tests.billing.test_push import make_event
+
+    for n, value in enumerate(["1.25", "2.5", "0.000000000001"]):
+        make_event(account, meter, Decimal(value), day + timedelta(hours=n))
+    usage_push()
+    account.refresh_from_db()
+    start, end = int(day.timestamp()), int((day + timedelta(days=1)).timestamp())
+    lines = [
+        {"price": "price_a", "event_name": "mo_pull_calls", "unit_amount_decimal": "100"},
+        {"price": "price_b", "event_name": "mo_pull_calls", "unit_amount_decimal": "1"},
+    ]
+    fake.create_invoice(
+        customer=account.provider_customer_id, lines=lines, period_start=start, period_end=end
+    )
+
+    result = provider_pull()
+
+    summary = ProviderUsageSummary.objects.get(account=account, meter=meter)
+    assert summary.day == day.date()
+    assert summary.value == Decimal("3.750000000001")
+    assert summary.provider_meter_id == ProviderMeter.objects.get(meter=meter).provider_meter_id
+    invoice = ProviderInvoice.objects.get(account=account)
+    assert [line.quantity for line in invoice.lines.order_by("provider_line_id")] == [
+        Decimal("3.750000000001"),
+        Decimal("3.750000000001"),
+    ]
+    assert fake.calls("/v1/invoices/")  # the second line came from the lines endpoint
+    assert result.invoices == 1 and result.invoice_lines == 2
+
+    again = provider_pull()
+
+    assert again.summaries_stored == 1
+    assert ProviderUsageSummary.objects.count() == 1
+    assert ProviderInvoice.objects.count() == 1
