@@ -25,7 +25,7 @@ format: install
 
 test: lint
 	./scripts/ensure_chromium.sh
-	DATABASE_URL="$$($(UV) run --frozen python scripts/ensure_db.py)" \
+	DEBUG=$${DEBUG:-true} DATABASE_URL="$$($(UV) run --frozen python scripts/ensure_db.py)" \
 	  $(UV) run --frozen pytest $(PYTEST_ARGS)
 
 bench-ingest: install
