@@ -418,7 +418,7 @@ def main() -> None:
     )
     print(f"GROUP BY:      {group_by_seconds:,.1f} s -> {group_by_rate:,.0f} events/s")
     print(
-        f"Ratio (rollup events/s / GROUP BY events/s): {rollup_rate / group_by_rate:.2f} "
+        f"Ratio (rollup events/s / GROUP BY events/s): {rollup_rate / group_by_rate:.3f} "
         "(target >= 0.5)"
     )
     peak = f"Peak memory: this process {python_peak_mb:,.0f} MB"

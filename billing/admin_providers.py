@@ -99,11 +99,11 @@ class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyAdmin):
     readonly_fields = fields
 
     @admin.display(description="Payload sent")
-    def payloadpretty_json(self, obj: PushLedgerEntry) -> str:
+    def payload_pretty(self, obj: PushLedgerEntry) -> str:
         return pretty_json(obj.payload) if obj.payload else "-"
 
     @admin.display(description="Provider's answer")
-    def responsepretty_json(self, obj: PushLedgerEntry) -> str:
+    def response_pretty(self, obj: PushLedgerEntry) -> str:
         return pretty_json(obj.response) if obj.response else "-"
 
     def has_send_again_permission(self, request) -> bool:
@@ -189,7 +189,7 @@ class WebhookEventAdmin(ReadOnlyAdmin):
     readonly_fields = fields
 
     @admin.display(description="Payload")
-    def payloadpretty_json(self, obj: WebhookEvent) -> str:
+    def payload_pretty(self, obj: WebhookEvent) -> str:
         return pretty_json(obj.payload)
 
 

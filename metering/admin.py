@@ -25,7 +25,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from simple_history.admin import SimpleHistoryAdmin
 
-from metering.models import Account, ApiKey, Meter, QuarantinedEvent, UsageEvent
+from metering.models import Account, ApiKey, Meter, QuarantinedEvent, RollupCheck, UsageEvent
 from metering.services.accounts import account_upsert, meter_upsert
 from metering.services.api_keys import api_key_create, api_key_revoke
 from metering.services.quarantine import quarantine_replay
@@ -624,3 +624,40 @@ class ApiKeyAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     @admin.display(description="State")
     def state(self, obj: ApiKey) -> str:
         return "active" if obj.is_active else "revoked"
+
+
+# --- rollup self-checks ----------------------------------------------------------------------
+
+
+@admin.register(RollupCheck)
+class RollupCheckAdmin(admin.ModelAdmin):
+    """What the nightly self-check compared, what drifted and what it repaired. Read-only:
+    rows are written by the self-check service only."""
+
+    list_display = (
+        "started_at",
+        "finished_at",
+        "status",
+        "since",
+        "until",
+        "buckets_checked",
+        "drifted",
+        "repaired",
+    )
+    list_filter = ("status",)
+    date_hierarchy = None
+    readonly_fields = (*list_display, "details_pretty")
+    exclude = ("details",)
+
+    @admin.display(description="Drifted buckets (sample)")
+    def details_pretty(self, obj: RollupCheck) -> str:
+        return pretty_json(obj.details) if obj.details else "-"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -131,9 +131,10 @@ def test_snapshot_tasks_ack_late_and_retry_only_on_transient_database_errors():
         assert task.max_retries == 5
 
 
-def test_the_daily_snapshot_is_on_the_beat_schedule(settings):
+def test_the_snapshot_runs_hourly_on_the_beat_schedule(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["projection-snapshots"]
 
     assert entry["task"] == "billing.tasks.projection_snapshots_take_daily"
-    assert (entry["schedule"].hour, entry["schedule"].minute) == ({23}, {40})
+    # Hourly, so each zone's last run of its local day leaves an end-of-day snapshot.
+    assert (entry["schedule"].hour, entry["schedule"].minute) == (set(range(24)), {40})
     assert entry["task"] in app.tasks

@@ -468,3 +468,33 @@ def test_revoke_action_revokes_with_change_permission_and_is_denied_without(
     key.refresh_from_db()
     assert done.status_code == 302
     assert key.revoked_at is not None
+
+
+def test_rollup_checks_are_listed_read_only_for_auditors(client):
+    from django.contrib.auth.models import Group, User
+    from django.utils import timezone
+
+    from metering.models import RollupCheck
+
+    check = RollupCheck.objects.create(
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        status=RollupCheck.Status.REPAIRED,
+        since="2026-11-18",
+        until="2026-11-21",
+        buckets_checked=120,
+        drifted=2,
+        repaired=2,
+        details={"sample": [{"bucket": "2026-11-20", "expected": "5", "found": "4"}]},
+    )
+    auditor = User.objects.create_user("audit-rc", password="x", is_staff=True)
+    auditor.groups.add(Group.objects.get(name="Auditor"))
+    client.force_login(auditor)
+
+    listing = client.get("/admin/metering/rollupcheck/")
+    assert listing.status_code == 200
+    assert b"Drift repaired" in listing.content
+    detail = client.get(f"/admin/metering/rollupcheck/{check.pk}/change/")
+    assert detail.status_code == 200
+    assert b"expected" in detail.content
+    assert client.post(f"/admin/metering/rollupcheck/{check.pk}/delete/").status_code == 403
