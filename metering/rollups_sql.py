@@ -41,6 +41,16 @@ WAIT_LOCK = "SELECT pg_advisory_xact_lock(%(key)s)"
 # Large enough that a 50k-event batch hashes in memory; local to the transaction.
 TUNE = "SET LOCAL work_mem = '64MB'"
 
+# Drain transactions only: commit without waiting for the WAL flush. Safe because a drain
+# batch's only durable effects are the inbox delete and the rollup upsert, in the same
+# transaction: if the server crashes before the WAL reaches disk, the last few batches are lost
+# *together* (the events are back in the inbox, their rollup rows never written) and the next
+# drain folds them in again. No event is lost or counted twice; a drain is merely redone. And
+# nothing durable can depend on a lost batch: WAL is flushed in order, so any later synchronous
+# commit (a push ledger row written from these rollups, say) flushes this batch's commit too.
+# Ingestion keeps synchronous commits: an accepted event must survive a crash.
+ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+
 EVENTS_COLUMNS = """
     id bigint NOT NULL,
     account_id bigint NOT NULL,

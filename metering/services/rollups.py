@@ -196,6 +196,7 @@ def rollup_drain(
                 result.busy = True
                 return result
             _begin(cursor)
+            cursor.execute(q.ASYNC_COMMIT)
             count, last_id, recomputed = _drain_batch(cursor, after=after, limit=limit)
         if count:
             result.batches += 1
