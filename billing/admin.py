@@ -12,11 +12,14 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.utils import timezone
+from django.utils.html import format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
 import billing.admin_projection  # noqa: F401  (registers the projected-invoice panel)
 from billing import admin_providers  # noqa: F401  (registers the billing-provider admins)
 from billing.models import BillingPeriod, Plan, Price, Subscription
+from billing.pricing import decimal_text
+from billing.selectors import period_late_usage
 from billing.services.periods import (
     PeriodNotEnded,
     PeriodOutsideSubscription,
@@ -279,10 +282,34 @@ class BillingPeriodAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
         "total_display",
         "closed_at",
         "invoice_lines_pretty",
+        "late_usage",
         "created_at",
         "updated_at",
     )
     readonly_fields = fields
+
+    @admin.display(description="Usage that arrived after the invoice")
+    def late_usage(self, obj: BillingPeriod) -> str:
+        if obj.state != BillingPeriod.State.CLOSED:
+            return "- (the period is not invoiced yet; late usage still counts in it)"
+        rows = period_late_usage(period=obj)
+        if not rows:
+            return "None: usage today equals what was invoiced."
+        return format_html_join(
+            "",
+            "<p><strong>{}</strong>: invoiced {}, now {} ({}{}). Not added to this invoice; "
+            "credit or bill it separately.</p>",
+            (
+                (
+                    r.meter_code,
+                    decimal_text(r.invoiced),
+                    decimal_text(r.now),
+                    "+" if r.difference > 0 else "",
+                    decimal_text(r.difference),
+                )
+                for r in rows
+            ),
+        )
 
     def has_add_permission(self, request):
         return False

@@ -4,6 +4,7 @@ usage."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db.models import Q, QuerySet
@@ -95,3 +96,34 @@ def period_usage(*, period: BillingPeriod) -> dict[str, Decimal]:
         account=period.account, first=period.start_date, end=period.end_date, meters=meters
     )
     return {row.meter.code: row.total or Decimal(0) for row in usage}
+
+
+@dataclass(frozen=True)
+class LateUsage:
+    """Usage that reached a closed period after it was invoiced: shown, never billed there."""
+
+    meter_code: str
+    invoiced: Decimal
+    now: Decimal
+
+    @property
+    def difference(self) -> Decimal:
+        return self.now - self.invoiced
+
+
+def period_late_usage(*, period: BillingPeriod) -> list[LateUsage]:
+    """For a closed period, each meter whose usage today differs from what was invoiced (late or
+    corrected events that arrived after the close). Empty for periods that are not closed."""
+    if period.state != BillingPeriod.State.CLOSED or not period.invoice_lines:
+        return []
+    invoiced = {
+        line["meter"]: Decimal(line["quantity"])
+        for line in period.invoice_lines
+        if line.get("meter") and line.get("quantity") is not None
+    }
+    current = period_usage(period=period)
+    return [
+        LateUsage(meter_code=code, invoiced=invoiced.get(code, Decimal(0)), now=value)
+        for code, value in sorted(current.items())
+        if value != invoiced.get(code, Decimal(0))
+    ]

@@ -358,7 +358,7 @@ def test_concurrent_ensures_create_one_period():
     assert BillingPeriod.objects.filter(subscription=sub, start_date=D(2024, 2, 1)).count() == 1
 
 
-def test_closing_without_quantities_prices_the_rollups_of_the_periods_local_days(db):
+def test_closing_without_quantities_prices_the_rollups_of_the_periods_local_days(db, admin_client):
     from metering.services.ingest import events_ingest
     from metering.services.rollups import rollup_drain
 
@@ -402,3 +402,31 @@ def test_closing_without_quantities_prices_the_rollups_of_the_periods_local_days
     closed = billing_period_close(period=period, now=utc(2024, 3, 1))
     assert closed.invoice_lines[1]["quantity"] == "3"
     assert closed.total_minor == 1000 + 75
+
+    # An event for the period that arrives after the invoice: shown as late, never re-billed.
+    from billing.selectors import period_late_usage
+
+    assert period_late_usage(period=closed) == []
+    late = events_ingest(
+        items=[
+            {
+                "transaction_id": "s-late",
+                "external_customer_id": account.external_id,
+                "code": "searches",
+                "timestamp": utc(2024, 2, 20).isoformat(),
+                "properties": {},
+            }
+        ],
+        fmt="lago",
+        now=utc(2024, 3, 2),
+    )
+    assert late.accepted == 1
+    rollup_drain()
+    closed.refresh_from_db()
+    (row,) = period_late_usage(period=closed)
+    assert (row.meter_code, row.invoiced, row.now, row.difference) == ("searches", 3, 4, 1)
+    assert closed.total_minor == 1000 + 75
+    assert billing_period_close(period=closed, now=utc(2024, 3, 3)).total_minor == 1075
+    page = admin_client.get(f"/admin/billing/billingperiod/{closed.pk}/change/")
+    assert page.status_code == 200
+    assert b"invoiced 3, now 4 (+1)" in page.content
