@@ -27,6 +27,7 @@ from billing.models import ProjectionSnapshot
 from billing.money import format_amount, format_money
 from billing.pricing import format_quantity
 from billing.projection import ProjectedInvoice, ProjectionUnavailable, projected_invoice_build
+from metering.admin import ReadOnlyModelAdmin
 from metering.models import Account
 
 PANEL_TEMPLATE = "admin/billing/projection/panel.html"
@@ -159,7 +160,7 @@ def projection_panel_context(*, account: Account) -> dict:
 
 
 @admin.register(ProjectionSnapshot)
-class ProjectionSnapshotAdmin(admin.ModelAdmin):
+class ProjectionSnapshotAdmin(ReadOnlyModelAdmin):
     """Daily snapshots, read-only (written by the daily task), and the panel's URL."""
 
     list_display = (
@@ -187,15 +188,6 @@ class ProjectionSnapshotAdmin(admin.ModelAdmin):
         "computed_at",
         "created_at",
     )
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Total so far", ordering="to_date_total_minor")
     def to_date_total(self, obj: ProjectionSnapshot) -> str:

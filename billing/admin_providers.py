@@ -21,20 +21,7 @@ from billing.models import (
     WebhookEvent,
 )
 from billing.services.push import ledger_retry_failed
-from metering.admin import AuditedAdminMixin, pretty_json
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written by services only; staff read them."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+from metering.admin import AuditedAdminMixin, ReadOnlyModelAdmin, pretty_json
 
 
 @admin.register(ProviderMeter)
@@ -53,7 +40,7 @@ class ProviderMeterAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(PushLedgerEntry)
-class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyAdmin):
+class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
     list_display = (
         "identifier",
         "account",
@@ -123,7 +110,7 @@ class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyAdmin):
 
 
 @admin.register(ProviderUsageSummary)
-class ProviderUsageSummaryAdmin(ReadOnlyAdmin):
+class ProviderUsageSummaryAdmin(ReadOnlyModelAdmin):
     list_display = ("account", "meter", "provider", "day", "value", "pulled_at")
     list_select_related = ("account", "meter")
     list_filter = ("provider", "meter")
@@ -144,7 +131,7 @@ class ProviderInvoiceLineInline(admin.TabularInline):
 
 
 @admin.register(ProviderInvoice)
-class ProviderInvoiceAdmin(ReadOnlyAdmin):
+class ProviderInvoiceAdmin(ReadOnlyModelAdmin):
     list_display = (
         "__str__",
         "account",
@@ -166,7 +153,7 @@ class ProviderInvoiceAdmin(ReadOnlyAdmin):
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(ReadOnlyAdmin):
+class WebhookEventAdmin(ReadOnlyModelAdmin):
     list_display = ("event_id", "type", "outcome", "received_at", "processed_at", "deliveries")
     list_filter = ("type", "outcome")
     search_fields = ("event_id", "type")
@@ -211,7 +198,7 @@ class SimulatedFaultConfigAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(SimulatedUsageRecord)
-class SimulatedUsageRecordAdmin(ReadOnlyAdmin):
+class SimulatedUsageRecordAdmin(ReadOnlyModelAdmin):
     list_display = (
         "identifier",
         "copy",

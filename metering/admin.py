@@ -33,6 +33,19 @@ from metering.services.quarantine import quarantine_replay
 # --- shared pieces ---------------------------------------------------------------------------
 
 
+class ReadOnlyModelAdmin(admin.ModelAdmin):
+    """Rows written only by services (events, checks, provider answers): staff read them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class AuditedAdminMixin:
     """Actions refuse with 403 when not permitted; changes to existing records need a reason."""
 
@@ -326,7 +339,7 @@ class OccurredRecentlyFilter(admin.SimpleListFilter):
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class UsageEventAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
     """Read-only, for everyone: events are append-only (the database refuses UPDATE/DELETE too)."""
 
     list_display = (
@@ -394,15 +407,6 @@ class UsageEventAdmin(AuditedAdminMixin, admin.ModelAdmin):
             )
             return queryset.none(), False
         return queryset.filter(transaction_id=search_term.strip()), False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Properties")
     def properties_pretty(self, obj: UsageEvent) -> str:
@@ -630,7 +634,7 @@ class ApiKeyAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
 
 @admin.register(RollupCheck)
-class RollupCheckAdmin(admin.ModelAdmin):
+class RollupCheckAdmin(ReadOnlyModelAdmin):
     """What the nightly self-check compared, what drifted and what it repaired. Read-only:
     rows are written by the self-check service only."""
 
@@ -652,12 +656,3 @@ class RollupCheckAdmin(admin.ModelAdmin):
     @admin.display(description="Drifted buckets (sample)")
     def details_pretty(self, obj: RollupCheck) -> str:
         return pretty_json(obj.details) if obj.details else "-"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
