@@ -8,6 +8,10 @@ import sys
 def main():
     """Run administrative tasks."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # manage.py is the developer's entry point, so it defaults to development settings. The
+    # serving processes (gunicorn config.wsgi, celery -A config) default to DEBUG off, and a
+    # deployment sets DEBUG=false for every process, manage.py included.
+    os.environ.setdefault("DEBUG", "true")
     try:
         from django.core.management import execute_from_command_line
     except ImportError as exc:
