@@ -271,6 +271,20 @@ class _ScopedByMethod(APIView):
         return [HasScope.of(scope)()]
 
 
+def _upsert_response(request, *, input_serializer, output_serializer, upsert, **key) -> Response:
+    """PUT as an idempotent upsert: validate, call the service, 201 if created else 200."""
+    data = input_serializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    try:
+        obj, created = upsert(**key, **data.validated_data, reason=_history_reason(request))
+    except DjangoValidationError as exc:
+        raise _validation_error(exc) from None
+    return Response(
+        output_serializer(obj).data,
+        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+    )
+
+
 def _account_out(account) -> dict:
     return s.AccountOutputSerializer(account).data
 
@@ -313,18 +327,12 @@ class AccountDetailView(_ScopedByMethod):
         tags=["accounts"],
     )
     def put(self, request, external_id: str):
-        data = s.AccountInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            account, created = account_upsert(
-                external_id=external_id,
-                **data.validated_data,
-                reason=_history_reason(request),
-            )
-        except DjangoValidationError as exc:
-            raise _validation_error(exc) from None
-        return Response(
-            _account_out(account), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return _upsert_response(
+            request,
+            input_serializer=s.AccountInputSerializer,
+            output_serializer=s.AccountOutputSerializer,
+            upsert=account_upsert,
+            external_id=external_id,
         )
 
 
@@ -372,14 +380,10 @@ class MeterDetailView(_ScopedByMethod):
         tags=["meters"],
     )
     def put(self, request, code: str):
-        data = s.MeterInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            meter, created = meter_upsert(
-                code=code, **data.validated_data, reason=_history_reason(request)
-            )
-        except DjangoValidationError as exc:
-            raise _validation_error(exc) from None
-        return Response(
-            _meter_out(meter), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return _upsert_response(
+            request,
+            input_serializer=s.MeterInputSerializer,
+            output_serializer=s.MeterOutputSerializer,
+            upsert=meter_upsert,
+            code=code,
         )

@@ -27,6 +27,34 @@ def _save(obj, *, actor, reason: str, update_fields: list[str] | None = None) ->
     obj.save(update_fields=update_fields)
 
 
+def _lock_or_create(model, *, lookup: dict, values: dict, replayable: dict, actor, reason: str):
+    """The row for `lookup`, locked for update, and False; or a new row from `values` and True.
+
+    A row created concurrently since we looked is locked and returned instead. A new row makes
+    its quarantined events (`replayable` filter) replayable and replays them on commit.
+    """
+    obj = model.objects.select_for_update().filter(**lookup).first()
+    if obj is not None:
+        return obj, False
+    candidate = model(**lookup, **values)
+    candidate.full_clean(validate_unique=False, validate_constraints=False)
+    try:
+        with transaction.atomic():
+            _save(candidate, actor=actor, reason=reason)
+    except IntegrityError:
+        return model.objects.select_for_update().get(**lookup), False
+    marked = quarantine_mark_replayable(**replayable, actor=actor)
+    quarantine_schedule_replay(ids=marked, actor=actor)
+    return candidate, True
+
+
+def _apply(obj, *, values: dict, changed: list[str], actor, reason: str) -> None:
+    for field in changed:
+        setattr(obj, field, values[field])
+    obj.full_clean(validate_unique=False, validate_constraints=False)
+    _save(obj, actor=actor, reason=reason, update_fields=[*changed, "updated_at"])
+
+
 def _check_metadata(metadata: Any) -> None:
     if not isinstance(metadata, dict):
         raise ValidationError(
@@ -60,39 +88,23 @@ def account_upsert(
         "metadata": metadata,
     }
     with transaction.atomic():
-        account = Account.objects.select_for_update().filter(external_id=external_id).first()
-        if account is None:
-            candidate = Account(external_id=external_id, **values)
-            candidate.full_clean(validate_unique=False, validate_constraints=False)
-            try:
-                with transaction.atomic():
-                    _save(candidate, actor=actor, reason=reason)
-            except IntegrityError:
-                # Created by a concurrent request since we looked: update that one instead.
-                account = Account.objects.select_for_update().get(external_id=external_id)
-            else:
-                marked = quarantine_mark_replayable(external_customer_id=external_id, actor=actor)
-                quarantine_schedule_replay(ids=marked, actor=actor)
-                return candidate, True
-
-        changed = [f for f, value in values.items() if getattr(account, f) != value]
-        if not changed:
-            return account, False
-        old_timezone = account.timezone
-        for f in changed:
-            setattr(account, f, values[f])
-        account.full_clean(validate_unique=False, validate_constraints=False)
-        _save(account, actor=actor, reason=reason, update_fields=[*changed, "updated_at"])
-        if account.timezone != old_timezone:
-            # ---- ROLLUP HOOK: the account's time zone changed ---------------------------------
-            # Its daily rollups are days in the old zone. Rebuild them for the new zone here,
-            # on commit (transaction.on_commit), e.g. a rollup service called with
-            # (account_id=account.id, old_timezone=old_timezone). Helper C adds the call.
-            # ------------------------------------------------------------------------------------
+        account, created = _lock_or_create(
+            Account,
+            lookup={"external_id": external_id},
+            values=values,
+            replayable={"external_customer_id": external_id},
+            actor=actor,
+            reason=reason,
+        )
+        changed = [] if created else [f for f, v in values.items() if getattr(account, f) != v]
+        if changed:
+            _apply(account, values=values, changed=changed, actor=actor, reason=reason)
+        if "timezone" in changed:
+            # Its daily rollups are days in the old zone: rebuild them once this commits.
             transaction.on_commit(
                 functools.partial(rollups_rebuild_account_daily, account_id=account.pk)
             )
-        return account, False
+        return account, created
 
 
 def meter_upsert(
@@ -121,23 +133,17 @@ def meter_upsert(
         "unit": unit,
     }
     with transaction.atomic():
-        meter = Meter.objects.select_for_update().filter(code=code).first()
-        if meter is None:
-            candidate = Meter(code=code, **values)
-            candidate.full_clean(validate_unique=False, validate_constraints=False)
-            try:
-                with transaction.atomic():
-                    _save(candidate, actor=actor, reason=reason)
-            except IntegrityError:
-                meter = Meter.objects.select_for_update().get(code=code)
-            else:
-                marked = quarantine_mark_replayable(meter_code=code, actor=actor)
-                quarantine_schedule_replay(ids=marked, actor=actor)
-                return candidate, True
-
-        changed = [f for f, value in values.items() if getattr(meter, f) != value]
+        meter, created = _lock_or_create(
+            Meter,
+            lookup={"code": code},
+            values=values,
+            replayable={"meter_code": code},
+            actor=actor,
+            reason=reason,
+        )
+        changed = [] if created else [f for f, v in values.items() if getattr(meter, f) != v]
         if not changed:
-            return meter, False
+            return meter, created
         fixed = [f for f in ("aggregation", "value_property") if f in changed]
         if fixed and UsageEvent.objects.filter(meter=meter).exists():
             raise ValidationError(
@@ -151,8 +157,5 @@ def meter_upsert(
                     for f in fixed
                 }
             )
-        for f in changed:
-            setattr(meter, f, values[f])
-        meter.full_clean(validate_unique=False, validate_constraints=False)
-        _save(meter, actor=actor, reason=reason, update_fields=[*changed, "updated_at"])
+        _apply(meter, values=values, changed=changed, actor=actor, reason=reason)
         return meter, False

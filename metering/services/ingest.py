@@ -268,6 +268,28 @@ def _occurred_at(raw: Any, name: str, errors: list, limits: IngestLimits, *, num
     return occurred
 
 
+def _parsed(
+    index, transaction_id, source, customer, code, occurred, properties, properties_json,
+    raw_time, limits: IngestLimits,
+) -> ParsedEvent:  # fmt: skip
+    """A valid item, either format. An event without a time takes the reception time; its hash
+    keeps the missing time, so a retry of it is a duplicate, not a conflict."""
+    return ParsedEvent(
+        index,
+        transaction_id,
+        source,
+        customer,
+        code,
+        occurred or limits.received_at,
+        properties,
+        properties_json,
+        canonical_content_hash(
+            meter_code=code, occurred_at=occurred, canonical_properties=properties_json
+        ),
+        raw_time,
+    )
+
+
 def _parse_lago(index: int, item: dict, limits: IngestLimits) -> ParsedEvent | list[dict]:
     errors: list[dict] = []
     transaction_id = _text(item, "transaction_id", errors)
@@ -284,20 +306,10 @@ def _parse_lago(index: int, item: dict, limits: IngestLimits) -> ParsedEvent | l
     )
     if errors:
         return errors
-    return ParsedEvent(
-        index,
-        transaction_id,
-        "",
-        customer,
-        code,
-        occurred or limits.received_at,
-        properties,
-        properties_json,
-        canonical_content_hash(
-            meter_code=code, occurred_at=occurred, canonical_properties=properties_json
-        ),
-        raw_time,
-    )
+    return _parsed(
+        index, transaction_id, "", customer, code, occurred, properties, properties_json,
+        raw_time, limits,
+    )  # fmt: skip
 
 
 def _parse_cloudevent(index: int, item: dict, limits: IngestLimits) -> ParsedEvent | list[dict]:
@@ -326,20 +338,10 @@ def _parse_cloudevent(index: int, item: dict, limits: IngestLimits) -> ParsedEve
     )
     if errors:
         return errors
-    return ParsedEvent(
-        index,
-        transaction_id,
-        source,
-        customer,
-        code,
-        occurred or limits.received_at,
-        properties,
-        properties_json,
-        canonical_content_hash(
-            meter_code=code, occurred_at=occurred, canonical_properties=properties_json
-        ),
-        raw_time,
-    )
+    return _parsed(
+        index, transaction_id, source, customer, code, occurred, properties, properties_json,
+        raw_time, limits,
+    )  # fmt: skip
 
 
 def _payload(event: ParsedEvent) -> dict[str, Any]:
