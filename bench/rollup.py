@@ -287,7 +287,8 @@ def reset_for_rerun(args) -> None:
             " metering_rollupdailydistinct, metering_rollupinbox"
         )
         cursor.execute(
-            "INSERT INTO metering_rollupinbox (event_id) SELECT id FROM metering_usageevent"
+            "INSERT INTO metering_rollupinbox (event_id, account_id)"
+            " SELECT id, account_id FROM metering_usageevent"
         )
     print(f"Reusing the {events:,} events of {args.database}; rollups emptied, inbox refilled")
 

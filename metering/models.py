@@ -198,7 +198,12 @@ class UsageEvent(models.Model):
     is_late = models.BooleanField(default=False)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.NORMAL)
     corrects = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="corrections"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="corrections",
+        db_index=False,  # the partial index below: corrections are few, events many
     )
 
     objects = UsageEventQuerySet.as_manager()
@@ -213,6 +218,13 @@ class UsageEvent(models.Model):
             # Account-leading, so a move to Citus (sharded by account) needs no schema change.
             models.Index(fields=["account", "meter", "occurred_at"], name="usage_event_acct_time"),
             models.Index(fields=["occurred_at"], name="usage_event_time"),
+            # Only corrections have a target. A whole-table index of NULLs would make the
+            # rollup's "is this event corrected?" a probe per event, or a scan of every event.
+            models.Index(
+                fields=["corrects"],
+                name="usage_event_corrects",
+                condition=models.Q(corrects__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -282,11 +294,16 @@ class RollupInbox(models.Model):
     """
 
     event_id = models.BigIntegerField(primary_key=True)
+    # The event's account, so batches can be claimed an account at a time (rollups_sql).
+    account = models.ForeignKey(
+        Account, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
 
     class Meta:
         managed = True
         verbose_name = "rollup inbox entry"
         verbose_name_plural = "rollup inbox"
+        indexes = [models.Index(fields=["account", "event_id"], name="rollup_inbox_account")]
 
     def __str__(self) -> str:
         return f"event {self.event_id}"

@@ -202,7 +202,8 @@ SELECT max(e.value),
             FILTER (WHERE e.value IS NOT NULL))[1]
 FROM metering_usageevent e
 WHERE e.account_id = %s AND e.meter_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
-  AND NOT EXISTS (SELECT 1 FROM metering_usageevent c WHERE c.corrects_id = e.id)
+  AND NOT EXISTS (
+      SELECT 1 FROM metering_usageevent c WHERE c.corrects_id = e.id AND c.corrects_id IS NOT NULL)
 """
 
 

@@ -145,20 +145,20 @@ def _recompute_touched(cursor) -> int:
     return touched
 
 
-def _drain_batch(cursor, *, after: int, limit: int) -> tuple[int, int, int]:
-    """Claim up to `limit` inbox rows with ids above `after` and merge them. Returns (events,
-    highest id, recomputed buckets)."""
-    cursor.execute(q.CLAIM_BATCH, {"after": after, "limit": limit})
+def _drain_batch(cursor, *, after: tuple[int, int], limit: int) -> tuple[int, tuple[int, int], int]:
+    """Claim up to `limit` inbox rows past `after` (an (account id, event id) position) and
+    merge them. Returns (events, the last position claimed, recomputed buckets)."""
+    cursor.execute(q.CLAIM_BATCH, {"after_account": after[0], "after_id": after[1], "limit": limit})
     cursor.execute(q.BATCH_SUMMARY)
-    count, min_id, max_id = cursor.fetchone()
+    count, last = cursor.fetchone()
     if not count:
         return 0, after, 0
     # Temporary tables have no statistics until analysed; with them the planner sizes the joins
     # below right (tens of milliseconds for a 50k batch).
     cursor.execute("ANALYZE rollup_claimed")
     cursor.execute(q.CREATE_EVENTS)
-    cursor.execute(q.LOAD_CLAIMED, {"min_id": min_id, "max_id": max_id})
-    cursor.execute(q.MARK_SUPERSEDED, {"min_id": min_id, "max_id": max_id})
+    cursor.execute(q.LOAD_CLAIMED)
+    cursor.execute(q.MARK_SUPERSEDED)
     cursor.execute(q.HAS_CORRECTIONS)
     has_corrections = cursor.fetchone()[0]
     cursor.execute(q.CREATE_TOUCHED)
@@ -167,7 +167,7 @@ def _drain_batch(cursor, *, after: int, limit: int) -> tuple[int, int, int]:
     _prepare_contributions(cursor)
     _merge_additive(cursor)
     recomputed = _recompute_touched(cursor) if has_corrections else 0
-    return count, max_id, recomputed
+    return count, (last[0], last[1]), recomputed
 
 
 # --- drain ---------------------------------------------------------------------------------------
@@ -184,12 +184,14 @@ def rollup_drain(
 
     Each batch takes the rollup lock: with `wait=False` a run that finds another one busy
     returns at once (`busy=True`) instead of queueing behind it, which is what a scheduled
-    task wants. The run ends when a pass from the lowest id finds fewer than a batch (caught
-    up), or after `max_batches`. Safe to run any number of times, concurrently included.
+    task wants. Batches go in (account, event id) order (see rollups_sql.CLAIM_BATCH). The run
+    ends when a pass from the start finds fewer than a batch (caught up), or after
+    `max_batches`. Safe to run any number of times, concurrently included.
     """
     limit = batch_size or batch_size_default()
     result = DrainResult()
-    after = 0
+    start = (0, 0)
+    after = start
     while max_batches is None or result.batches < max_batches:
         with transaction.atomic(), connection.cursor() as cursor:
             if not _lock(cursor, wait=wait):
@@ -197,7 +199,7 @@ def rollup_drain(
                 return result
             _begin(cursor)
             cursor.execute(q.ASYNC_COMMIT)
-            count, last_id, recomputed = _drain_batch(cursor, after=after, limit=limit)
+            count, last, recomputed = _drain_batch(cursor, after=after, limit=limit)
         if count:
             result.batches += 1
             result.events += count
@@ -205,11 +207,11 @@ def rollup_drain(
             if progress:
                 progress(count)
         if count >= limit:
-            after = last_id
-        elif after:
+            after = last
+        elif after != start:
             # The tail is reached; one more pass from the start picks up rows whose
-            # transactions committed after we passed their ids.
-            after = 0
+            # transactions committed after we passed their position.
+            after = start
         else:
             break
     return result

@@ -326,11 +326,11 @@ def test_a_correction_drained_before_its_original_counts_once(meters):
     spend = meters[A.SUM]
     (original,) = insert(event(acct, spend, utc(2024, 1, 5, 12), "10"))
     usage_event_correct(event=original, value=Decimal(3), reason="wrong unit")
-    # Drain only ids above the original: the correction goes first.
+    # Drain only what comes after the original: the correction goes first.
     with transaction.atomic(), connection.cursor() as cursor:
         rollups._lock(cursor, wait=True)
         rollups._begin(cursor)
-        count, _, _ = rollups._drain_batch(cursor, after=original.pk, limit=100)
+        count, _, _ = rollups._drain_batch(cursor, after=(acct.pk, original.pk), limit=100)
     assert count == 1
     assert daily(acct, spend, date(2024, 1, 5)).sum == Decimal(3)
 
