@@ -18,9 +18,11 @@ same data. Steps:
    all five aggregates, the distinct values) into fresh tables, once unindexed and once with
    the rollup tables' primary keys and indexes;
 4. time the full rollup drain of the inbox (hourly + daily rows, per dimension value, the
-   distinct values of unique_count meters, the inbox emptied);
+   distinct values of unique_count meters, the inbox emptied), by `--workers` drains side by
+   side, each on its own share of the accounts, as ROLLUP_DRAIN_WORKERS runs them;
 5. print events/s for all, the ratio rollup events/s / GROUP BY events/s (target >= 0.5)
-   for the daily GROUP BY and for the fairer baselines, and peak memory (this process and the PostgreSQL backend that did the work).
+   for the daily GROUP BY and for the fairer baselines, and peak memory (this process and the
+   PostgreSQL backends that did the work).
 
 The rollup does strictly more than the GROUP BY: two granularities, dimension rows, distinct
 values, and a durable claim of every inbox row; the ratio says what that exactness costs.
@@ -67,6 +69,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--accounts", type=int, default=None, help="accounts (10,000)")
     parser.add_argument("--days", type=int, default=30, help="days the events span (30)")
     parser.add_argument("--batch-size", type=int, default=None, help="rollup batch size")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="drains side by side, each on its share of the accounts (2: one per core here)",
+    )
     parser.add_argument("--quick", action="store_true", help="1M events, 1,000 accounts")
     parser.add_argument("--database", default=None, help="database name to (re)create")
     parser.add_argument("--seed", type=int, default=7)
@@ -316,6 +324,41 @@ def backend_peak_kb(pid: int) -> int | None:
     return None
 
 
+class BackendPeaks:
+    """Samples, every half second, the peak memory (VmHWM) of every PostgreSQL backend connected
+    to the bench database, so the drain workers' backends are measured too."""
+
+    def __init__(self, url: str):
+        import threading
+
+        self.url = url
+        self.peak_kb: dict[int, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.wait(0.5):
+                pids = conn.execute(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall()
+                for (pid,) in pids:
+                    kb = backend_peak_kb(pid)
+                    if kb is not None:
+                        self.peak_kb[pid] = max(kb, self.peak_kb.get(pid, 0))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def time_group_by() -> tuple[float, int]:
     from django.db import connection
 
@@ -451,8 +494,6 @@ def main() -> None:
         cursor.execute("VACUUM ANALYZE metering_rollupinbox")
         cursor.execute("VACUUM ANALYZE metering_account")
         cursor.execute("CHECKPOINT")
-        cursor.execute("SELECT pg_backend_pid()")
-        backend = cursor.fetchone()[0]
         cursor.execute("SELECT count(*) FROM metering_rollupinbox")
         pending = cursor.fetchone()[0]
     assert pending == args.events, f"inbox holds {pending:,}, expected {args.events:,}"
@@ -484,7 +525,10 @@ def main() -> None:
             print(f"  rolled up {done[0]:,} events ({done[0] / elapsed:,.0f}/s)", flush=True)
             next_report[0] += args.events // 10
 
-    result = rollups.rollup_drain(batch_size=args.batch_size, progress=progress)
+    with BackendPeaks(url) as peaks:
+        result = rollups.rollup_drain_parallel(
+            workers=args.workers, batch_size=args.batch_size, progress=progress
+        )
     rollup_seconds = time.perf_counter() - started
     rollup_rate = result.events / rollup_seconds
     assert result.events == args.events, f"rolled up {result.events:,} of {args.events:,}"
@@ -500,12 +544,12 @@ def main() -> None:
         cursor.execute("VACUUM ANALYZE")
 
     python_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    backend_peak = backend_peak_kb(backend)
     batch = args.batch_size or rollups.batch_size_default()
     print()
     print(
         f"Rollup drain:  {rollup_seconds:,.1f} s for {result.events:,} events in "
-        f"{result.batches} batches of {batch:,} -> {rollup_rate:,.0f} events/s"
+        f"{result.batches} batches of {batch:,}, {args.workers} worker(s) side by side"
+        f" -> {rollup_rate:,.0f} events/s"
     )
     print(
         f"  wrote {hourly_rows:,} hourly rows, {daily_rows:,} daily rows, "
@@ -533,8 +577,12 @@ def main() -> None:
         f" -> {fair_ix_rate:,.0f} events/s; ratio drain / this: {rollup_rate / fair_ix_rate:.3f}"
     )
     peak = f"Peak memory: this process {python_peak_mb:,.0f} MB"
-    if backend_peak is not None:
-        peak += f", PostgreSQL backend {backend_peak / 1024:,.0f} MB (VmHWM)"
+    if peaks.peak_kb:
+        worst = max(peaks.peak_kb.values())
+        peak += (
+            f", PostgreSQL backends during the drain: {len(peaks.peak_kb)}, the largest"
+            f" {worst / 1024:,.0f} MB (VmHWM)"
+        )
     print(peak)
     print(f"Load: {Path('/proc/loadavg').read_text().strip()}")
     print(f"Server: {server_settings()}")

@@ -261,6 +261,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 ROLLUP_MAX_DIMENSION_VALUES = env_int("ROLLUP_MAX_DIMENSION_VALUES", 100)
 # Events per rollup transaction: bounds lock time and memory of one drain step.
 ROLLUP_BATCH_SIZE = env_int("ROLLUP_BATCH_SIZE", 50_000)
+# Drains running side by side, each on its own share of the accounts (one Celery task each per
+# minute; `manage.py rollup --workers`). At most 16 (metering.rollups_sql.ACCOUNT_SLOTS).
+ROLLUP_DRAIN_WORKERS = env_int("ROLLUP_DRAIN_WORKERS", 1)
+if not 1 <= ROLLUP_DRAIN_WORKERS <= 16:
+    raise ImproperlyConfigured(f"ROLLUP_DRAIN_WORKERS must be 1 to 16, got {ROLLUP_DRAIN_WORKERS}.")
 
 # --- Billing provider ---
 BILLING_PROVIDER = env_str("BILLING_PROVIDER", "simulated")

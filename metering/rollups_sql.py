@@ -38,6 +38,25 @@ ROLLUP_LOCK_KEY = 0x6D6574_726F6C6C  # "met" "roll"
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%(key)s)"
 WAIT_LOCK = "SELECT pg_advisory_xact_lock(%(key)s)"
 
+# Drains can run side by side on disjoint sets of accounts. Accounts fall into ACCOUNT_SLOTS
+# slots (account id modulo ACCOUNT_SLOTS); a drain holds the rollup lock SHARED plus its
+# slots' locks EXCLUSIVE, and claims only events of accounts in those slots. Everything a drain
+# reads and writes is per account (rollup rows, distinct values, the dimension registry,
+# corrections: a correction belongs to its original's account), so two drains holding
+# different slots never touch the same row, and two that want the same slot take turns.
+# Rebuilds and the self-check hold the rollup lock EXCLUSIVE, so they wait for every drain.
+# The slot count is fixed (not a setting): workers configured differently during a rolling
+# deploy still exclude each other slot by slot. Locks are taken in ascending key order, so
+# lockers cannot deadlock on each other.
+ACCOUNT_SLOTS = 16
+TRY_LOCK_SHARED = "SELECT pg_try_advisory_xact_lock_shared(%(key)s)"
+WAIT_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%(key)s)"
+
+
+def slot_lock_key(slot: int) -> int:
+    return ROLLUP_LOCK_KEY + 1 + slot
+
+
 # Large enough that a 50k-event batch hashes in memory; local to the transaction.
 TUNE = "SET LOCAL work_mem = '64MB'"
 
@@ -97,6 +116,7 @@ CREATE TEMP TABLE rollup_claimed ON COMMIT DROP AS
 WITH picked AS MATERIALIZED (
     SELECT ctid FROM metering_rollupinbox
     WHERE (account_id, event_id) > (%(after_account)s, %(after_id)s)
+      AND mod(account_id, %(slot_count)s) = ANY (%(slots)s)
     ORDER BY account_id, event_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from celery import shared_task
+from django.conf import settings
 from django.db import OperationalError
 
 from metering.services import rollups
@@ -31,9 +32,21 @@ TRANSIENT = {
 
 
 @shared_task(**TRANSIENT)
-def rollup_drain(self) -> dict:
-    """Fold pending events into the rollups (every minute)."""
-    result = rollups.rollup_drain(wait=False, max_batches=DRAIN_MAX_BATCHES)
+def rollup_drain(self, partition: int | None = None) -> dict:
+    """Fold pending events into the rollups (every minute). With ROLLUP_DRAIN_WORKERS above 1,
+    the scheduled call (no `partition`) queues one task per partition, which drain their own
+    accounts side by side."""
+    partitions = settings.ROLLUP_DRAIN_WORKERS
+    if partition is None and partitions > 1:
+        for k in range(partitions):
+            rollup_drain.delay(partition=k)
+        return {"partitions_queued": partitions}
+    result = rollups.rollup_drain(
+        wait=False,
+        max_batches=DRAIN_MAX_BATCHES,
+        partition=partition or 0,
+        partitions=partitions,
+    )
     return asdict(result)
 
 

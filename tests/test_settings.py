@@ -49,3 +49,9 @@ def test_database_url_with_wrong_scheme_fails_loudly():
     result = _manage("check", env_overrides={**PRODUCTION, "DATABASE_URL": "mysql://h/db"})
     assert result.returncode != 0
     assert "postgres://" in result.stderr
+
+
+def test_rollup_drain_workers_out_of_range_fails_loudly():
+    result = _manage("check", env_overrides={**PRODUCTION, "ROLLUP_DRAIN_WORKERS": "17"})
+    assert result.returncode != 0
+    assert "ROLLUP_DRAIN_WORKERS must be 1 to 16" in result.stderr

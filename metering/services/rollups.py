@@ -31,6 +31,7 @@ How it stays exact:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -86,11 +87,40 @@ class DrainResult:
 
 
 def _lock(cursor, *, wait: bool) -> bool:
+    """The rollup lock, exclusive: no drain runs meanwhile (rebuilds, the self-check)."""
     if wait:
         cursor.execute(q.WAIT_LOCK, {"key": q.ROLLUP_LOCK_KEY})
         return True
     cursor.execute(q.TRY_LOCK, {"key": q.ROLLUP_LOCK_KEY})
     return bool(cursor.fetchone()[0])
+
+
+def drain_slots(partition: int, partitions: int) -> list[int]:
+    """The account slots (rollups_sql.ACCOUNT_SLOTS) that drain `partition` of `partitions`
+    covers."""
+    if not 1 <= partitions <= q.ACCOUNT_SLOTS:
+        raise ValueError(f"partitions must be between 1 and {q.ACCOUNT_SLOTS}, not {partitions}")
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition must be between 0 and {partitions - 1}, not {partition}")
+    return [slot for slot in range(q.ACCOUNT_SLOTS) if slot % partitions == partition]
+
+
+def _lock_slots(cursor, slots: Sequence[int], *, wait: bool) -> list[int]:
+    """The rollup lock shared, then each slot's lock: the slots this transaction may drain.
+    With `wait=False`, only those no other drain holds, and none while a rebuild or a check
+    holds the rollup lock."""
+    if wait:
+        cursor.execute(q.WAIT_LOCK_SHARED, {"key": q.ROLLUP_LOCK_KEY})
+    else:
+        cursor.execute(q.TRY_LOCK_SHARED, {"key": q.ROLLUP_LOCK_KEY})
+        if not cursor.fetchone()[0]:
+            return []
+    held = []
+    for slot in sorted(slots):
+        cursor.execute(q.WAIT_LOCK if wait else q.TRY_LOCK, {"key": q.slot_lock_key(slot)})
+        if wait or cursor.fetchone()[0]:
+            held.append(slot)
+    return held
 
 
 def _begin(cursor) -> None:
@@ -145,10 +175,19 @@ def _recompute_touched(cursor) -> int:
     return touched
 
 
-def _drain_batch(cursor, *, after: tuple[int, int], limit: int) -> tuple[int, tuple[int, int], int]:
-    """Claim up to `limit` inbox rows past `after` (an (account id, event id) position) and
-    merge them. Returns (events, the last position claimed, recomputed buckets)."""
-    cursor.execute(q.CLAIM_BATCH, {"after_account": after[0], "after_id": after[1], "limit": limit})
+def _drain_batch(
+    cursor,
+    *,
+    after: tuple[int, int],
+    limit: int,
+    slots: Sequence[int] = tuple(range(q.ACCOUNT_SLOTS)),
+) -> tuple[int, tuple[int, int], int]:
+    """Claim up to `limit` inbox rows past `after` (an (account id, event id) position), of
+    accounts in `slots`, and merge them. Returns (events, the last position claimed,
+    recomputed buckets). The caller holds the locks of `slots`, or the rollup lock."""
+    params = {"after_account": after[0], "after_id": after[1], "limit": limit}
+    params.update(slot_count=q.ACCOUNT_SLOTS, slots=list(slots))
+    cursor.execute(q.CLAIM_BATCH, params)
     cursor.execute(q.BATCH_SUMMARY)
     count, last = cursor.fetchone()
     if not count:
@@ -179,27 +218,35 @@ def rollup_drain(
     max_batches: int | None = None,
     wait: bool = True,
     progress: Callable[[int], None] | None = None,
+    partition: int = 0,
+    partitions: int = 1,
 ) -> DrainResult:
     """Fold pending events (the inbox) into the rollups, one transaction per batch.
 
-    Each batch takes the rollup lock: with `wait=False` a run that finds another one busy
-    returns at once (`busy=True`) instead of queueing behind it, which is what a scheduled
-    task wants. Batches go in (account, event id) order (see rollups_sql.CLAIM_BATCH). The run
-    ends when a pass from the start finds fewer than a batch (caught up), or after
-    `max_batches`. Safe to run any number of times, concurrently included.
+    `partition` of `partitions` says which accounts this run drains (see
+    rollups_sql.ACCOUNT_SLOTS): runs of different partitions work side by side, runs of the
+    same one take turns. Each batch takes the locks of its accounts' slots: with `wait=False`
+    a run drains the slots no other run holds and returns at once (`busy=True`) when it holds
+    none, which is what a scheduled task wants. Batches go in (account, event id) order (see
+    rollups_sql.CLAIM_BATCH). The run ends when a pass from the start finds fewer than a batch
+    (caught up), or after `max_batches`. Safe to run any number of times, concurrently
+    included.
     """
     limit = batch_size or batch_size_default()
+    slots = drain_slots(partition, partitions)
     result = DrainResult()
     start = (0, 0)
     after = start
     while max_batches is None or result.batches < max_batches:
         with transaction.atomic(), connection.cursor() as cursor:
-            if not _lock(cursor, wait=wait):
+            held = _lock_slots(cursor, slots, wait=wait)
+            if not held:
                 result.busy = True
                 return result
+            result.busy = result.busy or len(held) < len(slots)
             _begin(cursor)
             cursor.execute(q.ASYNC_COMMIT)
-            count, last, recomputed = _drain_batch(cursor, after=after, limit=limit)
+            count, last, recomputed = _drain_batch(cursor, after=after, limit=limit, slots=held)
         if count:
             result.batches += 1
             result.events += count
@@ -215,6 +262,54 @@ def rollup_drain(
         else:
             break
     return result
+
+
+def rollup_drain_parallel(
+    *,
+    workers: int,
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> DrainResult:
+    """Drain with `workers` partitions at once, one thread (and database connection) each,
+    waiting for locks; the results summed. For `manage.py rollup --workers` and the bench; the
+    scheduled task fans out to one Celery task per partition instead."""
+    if workers == 1:
+        return rollup_drain(batch_size=batch_size, progress=progress)
+    drain_slots(0, workers)  # validates `workers` before any thread starts
+    results: list[DrainResult | None] = [None] * workers
+    errors: list[BaseException] = []
+    reporting = threading.Lock()
+
+    def report(n: int) -> None:
+        with reporting:
+            progress(n)
+
+    def run(partition: int) -> None:
+        try:
+            results[partition] = rollup_drain(
+                batch_size=batch_size,
+                progress=report if progress else None,
+                partition=partition,
+                partitions=workers,
+            )
+        except BaseException as exc:  # re-raised in the calling thread below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(k,), name=f"rollup-{k}") for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    total = DrainResult()
+    for part in results:
+        total.events += part.events
+        total.batches += part.batches
+        total.recomputed_buckets += part.recomputed_buckets
+    return total
 
 
 def rollup_pending_count() -> int:

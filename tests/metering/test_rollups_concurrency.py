@@ -185,7 +185,12 @@ WINDOW_HOURS = 96
 
 
 @pytest.mark.django_db(transaction=True)
-def test_rollups_equal_raw_aggregates_after_concurrent_ingestion_corrections_and_drains():
+@pytest.mark.parametrize("partitions", [1, 2], ids=["one-partition", "two-partitions"])
+def test_rollups_equal_raw_aggregates_after_concurrent_ingestion_corrections_and_drains(
+    partitions,
+):
+    """Two drain threads: taking turns on the same accounts (one partition), or side by side on
+    their own accounts (two partitions)."""
     rng = random.Random(20241103)
     accounts = [
         AccountFactory(external_id=f"proof-{i}", timezone=zone) for i, zone in enumerate(ZONES * 2)
@@ -253,12 +258,14 @@ def test_rollups_equal_raw_aggregates_after_concurrent_ingestion_corrections_and
                 except CorrectionError:
                     pass
 
-    def drain():
+    def drain(k: int):
         while ingesting.is_set():
-            rollups.rollup_drain(batch_size=rng.randrange(5, 60))
+            rollups.rollup_drain(
+                batch_size=rng.randrange(5, 60), partition=k % partitions, partitions=partitions
+            )
 
     ingesters = [_in_thread(ingest, t) for t in range(3)]
-    others = [_in_thread(correct), _in_thread(drain), _in_thread(drain)]
+    others = [_in_thread(correct), _in_thread(drain, 0), _in_thread(drain, 1)]
     _join(*ingesters)
     ingesting.clear()
     _join(*others)
@@ -294,3 +301,121 @@ def test_rollups_equal_raw_aggregates_after_concurrent_ingestion_corrections_and
         assert totals["peak"] == (max(peak) if peak else None)
         last = max(seats, key=lambda e: (e.occurred_at, e.pk)) if seats else None
         assert totals["seats"] == (last.value if last else None)
+
+
+# --- drains side by side, by account -------------------------------------------------------------
+
+
+def _accounts_in_both_partitions():
+    """Two accounts whose ids fall in partition 0 and partition 1 of 2 (even and odd slots)."""
+    first = AccountFactory(timezone="Asia/Kolkata")
+    second = AccountFactory(timezone="America/New_York")
+    if first.pk % 2 == second.pk % 2:
+        second = AccountFactory(timezone="America/New_York")
+    return sorted([first, second], key=lambda a: a.pk % 2)
+
+
+def _events_of(acct, meter, n: int):
+    return insert(
+        *(
+            event(
+                acct,
+                meter,
+                utc(2024, 3, 9, 20) + timedelta(minutes=11 * i),
+                f"{i}.5",
+                properties={"region": f"r{i % 3}"},
+            )
+            for i in range(n)
+        )
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_partition_drains_only_its_own_accounts():
+    even, odd = _accounts_in_both_partitions()
+    spend = MeterFactory(aggregation=A.SUM, value_property="bytes", dimensions=["region"])
+    _events_of(even, spend, 20)
+    odd_events = _events_of(odd, spend, 15)
+
+    result = rollups.rollup_drain(partition=0, partitions=2)
+
+    assert result.events == 20
+    assert not RollupDaily.objects.filter(account=odd).exists()
+    assert RollupDaily.objects.filter(account=even).exists()
+    assert sorted(RollupInbox.objects.values_list("event_id", flat=True)) == sorted(
+        e.pk for e in odd_events
+    )
+    assert rollups.rollup_drain(partition=1, partitions=2).events == 15
+    assert not RollupInbox.objects.exists()
+    assert_rollups_match_sql()
+    assert_rollups_match_python()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drains_of_two_partitions_run_side_by_side_and_a_third_waits_its_turn(monkeypatch):
+    even, odd = _accounts_in_both_partitions()
+    spend = MeterFactory(aggregation=A.SUM, value_property="bytes", dimensions=["region"])
+    _events_of(even, spend, 30)
+    _events_of(odd, spend, 25)
+    merge = rollups._merge_additive
+    inside, release = threading.Event(), threading.Event()
+    slow_thread: list[int] = []
+
+    def merge_slowly(cursor):
+        merge(cursor)
+        if threading.get_ident() in slow_thread:
+            inside.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(rollups, "_merge_additive", merge_slowly)
+    results: dict[str, rollups.DrainResult] = {}
+
+    def drain_partition_0():
+        slow_thread.append(threading.get_ident())
+        results["0"] = rollups.rollup_drain(partition=0, partitions=2)
+
+    holder = _in_thread(drain_partition_0)
+    try:
+        assert inside.wait(30), "partition 0 never reached its merge"
+        # Partition 1 drains completely while partition 0 holds its transaction open...
+        side = rollups.rollup_drain(partition=1, partitions=2, wait=False)
+        assert side.events == 25 and not side.busy
+        # ...while another run of partition 0 (or of every account) finds it busy.
+        assert rollups.rollup_drain(partition=0, partitions=2, wait=False).busy
+        whole = rollups.rollup_drain(wait=False)
+        assert whole.busy and whole.events == 0
+    finally:
+        release.set()
+        _join(holder)
+
+    assert results["0"].events == 30
+    assert not RollupInbox.objects.exists()
+    assert_rollups_match_sql()
+    assert_rollups_match_python()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drain_in_parallel_threads_sums_the_partitions():
+    even, odd = _accounts_in_both_partitions()
+    spend = MeterFactory(aggregation=A.SUM, value_property="bytes", dimensions=["region"])
+    _events_of(even, spend, 40)
+    _events_of(odd, spend, 35)
+    seen: list[int] = []
+
+    result = rollups.rollup_drain_parallel(workers=2, batch_size=10, progress=seen.append)
+
+    assert result.events == 75 == sum(seen)
+    assert result.batches >= 8
+    assert not RollupInbox.objects.exists()
+    assert_rollups_match_sql()
+    assert_rollups_match_python()
+
+
+def test_partitions_are_validated():
+    with pytest.raises(ValueError, match="partitions must be between 1 and 16"):
+        rollups.drain_slots(0, 17)
+    with pytest.raises(ValueError, match="partition must be between 0 and 1"):
+        rollups.drain_slots(2, 2)
+    assert rollups.drain_slots(1, 3) == [1, 4, 7, 10, 13]
+    covered = sorted(slot for k in range(5) for slot in rollups.drain_slots(k, 5))
+    assert covered == list(range(16))

@@ -154,3 +154,25 @@ def test_migrate_and_the_sync_schedule_command_sync_the_schedule(settings):
     out = io.StringIO()
     call_command("sync_schedule", stdout=out)
     assert "rollup-drain" in out.getvalue() and "rollup-self-check" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_drain_task_fans_out_one_task_per_partition(settings):
+    from config.celery import app
+
+    settings.ROLLUP_DRAIN_WORKERS = 2
+    accounts = [AccountFactory(), AccountFactory()]
+    spend = MeterFactory(aggregation=Meter.Aggregation.SUM, value_property="n")
+    insert(*(event(a, spend, utc(2024, 3, 10, i), "1.5") for a in accounts for i in range(6)))
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True  # the queued partition tasks run inline
+    try:
+        outcome = tasks.rollup_drain.apply().get()
+    finally:
+        app.conf.task_always_eager = previous
+
+    assert outcome == {"partitions_queued": 2}
+    assert not RollupInbox.objects.exists()
+    assert_rollups_match_sql()
+    one = tasks.rollup_drain.apply(kwargs={"partition": 1}).get()
+    assert one["events"] == 0 and not one["busy"]

@@ -1,6 +1,7 @@
 """`manage.py rollup`: drain pending events into the rollups now, with a progress bar.
 
 manage.py rollup                                  # drain the inbox
+manage.py rollup --workers 2                      # two drains side by side, by account
 manage.py rollup --rebuild --since 2024-01-01     # recompute from raw events
 manage.py rollup --rebuild --since 2024-01-01 --account acme --account globex
 manage.py rollup --check [--days 3]               # the nightly self-check, now
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 from datetime import date
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from metering.models import Account
+from metering.rollups_sql import ACCOUNT_SLOTS
 from metering.services import rollups
 
 
@@ -40,8 +43,15 @@ class Command(BaseCommand):
         parser.add_argument("--check", action="store_true", help="Run the self-check now.")
         parser.add_argument("--days", type=int, default=3, help="Days the self-check covers.")
         parser.add_argument("--batch-size", type=int, default=None, help="Events per batch.")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="Drains side by side, each on its share of the accounts (default:"
+            " ROLLUP_DRAIN_WORKERS).",
+        )
 
-    def handle(self, *args, rebuild, since, accounts, check, days, batch_size, **options):
+    def handle(self, *args, rebuild, since, accounts, check, days, batch_size, workers, **options):
         account_ids = self._account_ids(accounts)
         show = options["verbosity"] > 0
         if rebuild and check:
@@ -67,11 +77,16 @@ class Command(BaseCommand):
             return
         if since is not None or accounts:
             raise CommandError("--since and --account go with --rebuild or --check.")
+        workers = workers if workers is not None else settings.ROLLUP_DRAIN_WORKERS
+        if not 1 <= workers <= ACCOUNT_SLOTS:
+            raise CommandError(f"--workers takes 1 to {ACCOUNT_SLOTS}, not {workers}.")
         pending = rollups.rollup_pending_count()
         with tqdm(
             total=pending, unit="event", desc="rollup", disable=not show, file=self._bar_file()
         ) as bar:
-            result = rollups.rollup_drain(batch_size=batch_size, progress=bar.update)
+            result = rollups.rollup_drain_parallel(
+                workers=workers, batch_size=batch_size, progress=bar.update
+            )
         self.stdout.write(
             f"Rolled up {result.events} events in {result.batches} batches"
             f" ({result.recomputed_buckets} buckets recomputed for corrections)."
