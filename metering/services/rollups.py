@@ -14,8 +14,8 @@ what it corrects: the original stops counting and the correction counts in its o
 How it stays exact:
 
 - Every event gets an inbox row in its own transaction (trigger, migration 0002). A drain
-  deletes a batch of inbox rows (FOR UPDATE SKIP LOCKED) and merges those events into the
-  rollups in the same transaction. Committed: the events are in the rollups and out of the
+  deletes a batch of inbox rows (DELETE ... RETURNING: of two deleters of a row, only one gets
+  it) and merges those events into the rollups in the same transaction. Committed: the events are in the rollups and out of the
   inbox. Rolled back (a crash, an error): neither. An event committed late is simply in the
   inbox later; there is no watermark to skip it.
 - Merging is additive (count, sum), GREATEST (max), tie-broken by (occurred_at, id) (latest),
@@ -24,8 +24,10 @@ How it stays exact:
   and its local day, every dimension row of them) be recomputed from the raw events in the
   same transaction. An original drained after its correction is simply not added. Rolled-up
   state is therefore always "the aggregate of the rolled-up, effective events".
-- Drains, rebuilds and the self-check take one transaction-level advisory lock, so recomputes
-  (which overwrite) and the dimension cap (which counts kept values) never race another writer.
+- Drains, rebuilds and the self-check take transaction-level advisory locks: a drain holds the
+  locks of its accounts' slots (drains of other accounts run alongside), a rebuild or check
+  holds the rollup lock exclusively. So recomputes (which overwrite) and the dimension cap
+  (which counts kept values) never race another writer of the same account.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -124,33 +125,68 @@ def test_two_overlapping_drains_apply_every_event_once():
     assert_rollups_match_python()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_drain_skips_inbox_rows_locked_by_another_transaction():
-    events = _some_events(10)
-    locked_ids = sorted(e.pk for e in events)[:3]
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_rows():
-        with transaction.atomic(), connection.cursor() as cursor:
+def _wait_until_blocked_on_a_row_lock(timeout: float = 30) -> None:
+    """Poll until some other backend of this database waits on a lock."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
             cursor.execute(
-                "SELECT event_id FROM metering_rollupinbox WHERE event_id = ANY(%s) FOR UPDATE",
-                [locked_ids],
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid())"
             )
-            locked.set()
-            release.wait(30)
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("no backend ever waited on a lock")
 
-    holder = _in_thread(hold_rows)
-    assert locked.wait(30)
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_inbox_rows_another_transaction_is_deleting_are_applied_once(outcome):
+    """A rogue claimer (no slot lock) deletes some inbox rows and has not committed: a drain
+    that reaches them waits, then takes them only if that transaction rolled back."""
+    events = _some_events(10)
+    taken_ids = sorted(e.pk for e in events)[:3]
+    deleted, finish = threading.Event(), threading.Event()
+
+    def rogue_claimer():
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("DELETE FROM metering_rollupinbox WHERE event_id = ANY(%s)", [taken_ids])
+            deleted.set()
+            assert finish.wait(30)
+            if outcome == "rollback":
+                transaction.set_rollback(True)
+
+    def drain():
+        results.append(rollups.rollup_drain())
+
+    results: list[rollups.DrainResult] = []
+    rogue = _in_thread(rogue_claimer)
+    assert deleted.wait(30)
+    drainer = _in_thread(drain)
     try:
-        first = rollups.rollup_drain(batch_size=4)
+        _wait_until_blocked_on_a_row_lock()
+        assert not results, "the drain went past rows another transaction was deleting"
     finally:
-        release.set()
-        _join(holder)
+        finish.set()
+        _join(rogue, drainer)
 
-    assert first.events == len(events) - 3
-    assert sorted(RollupInbox.objects.values_list("event_id", flat=True)) == locked_ids
-    assert rollups.rollup_drain().events == 3
-    assert_rollups_match_sql()
+    expected = len(events) - 3 if outcome == "commit" else len(events)
+    assert results[0].events == expected
+    assert not RollupInbox.objects.exists()
+    if outcome == "rollback":
+        assert_rollups_match_sql()
+        assert_rollups_match_python()
+    else:
+        # The three the rogue took (the lowest ids: sum events) are its to apply; the drain
+        # counted every other event once and none of those three.
+        spend_id = events[0].meter_id
+        assert {e.meter_id for e in events if e.pk in taken_ids} == {spend_id}
+        rest = [e for e in events if e.meter_id == spend_id and e.pk not in taken_ids]
+        rows = RollupDaily.objects.filter(meter_id=spend_id, dim_key="")
+        assert sum(r.count for r in rows) == len(rest) == 7
+        assert sum(r.sum for r in rows) == sum(e.value for e in rest)
 
 
 @pytest.mark.django_db(transaction=True)
