@@ -43,6 +43,16 @@ def projection_snapshot_take(self, account_id: int, on_date: str | None = None) 
     return snapshot.pk if snapshot else None
 
 
+@shared_task(**TRANSIENT)
+def billing_periods_roll(self) -> dict:
+    """Activate due subscriptions, close ended periods, open the next ones (hourly)."""
+    from dataclasses import asdict
+
+    from billing.services.periods import billing_periods_roll as roll
+
+    return asdict(roll())
+
+
 # --- Billing provider: push and pull ---------------------------------------------------------
 # Both take locks inside their services: a push run holds a session advisory lock (a second
 # run at the same time returns `busy`), and the ledger decides what is sent, so a redelivered

@@ -240,6 +240,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute=40),
         "options": {"expire_seconds": 3600},
     },
+    # Every hour at minute 7: activate subscriptions whose first day has come, close periods
+    # that ended (after BILLING_CLOSE_GRACE_MINUTES, once their usage is rolled up), and open
+    # the next ones.
+    "billing-periods-roll": {
+        "task": "billing.tasks.billing_periods_roll",
+        "schedule": crontab(minute=7),
+        "options": {"expire_seconds": 3300},
+    },
     # Every minute: push new usage to the billing provider through the push ledger.
     "billing-usage-push": {
         "task": "billing.tasks.billing_usage_push",
@@ -269,6 +277,8 @@ if not 1 <= ROLLUP_DRAIN_WORKERS <= 16:
 
 # --- Billing provider ---
 BILLING_PROVIDER = env_str("BILLING_PROVIDER", "simulated")
+# A period is closed this long after its end, so events that arrive a little late still count.
+BILLING_CLOSE_GRACE_MINUTES = env_int("BILLING_CLOSE_GRACE_MINUTES", 60)
 if BILLING_PROVIDER not in {"simulated", "stripe"}:
     raise ImproperlyConfigured("BILLING_PROVIDER must be 'simulated' or 'stripe'.")
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from billing.models import BillingPeriod, Subscription
@@ -175,3 +178,85 @@ def billing_period_close(
     """open -> closing -> closed, each step committed (see the module docstring)."""
     period = billing_period_begin_close(period=period, actor=actor, now=now)
     return billing_period_finish_close(period=period, quantities=quantities, actor=actor)
+
+
+# --- the hourly roll: activate, close, open ----------------------------------------------------
+
+# Events of the account that occurred before the period's end and still wait in the rollup
+# inbox: the period's usage is not final in the rollups yet. Index-backed (inbox by account).
+_USAGE_PENDING = """
+SELECT EXISTS (
+    SELECT 1 FROM metering_rollupinbox i
+    JOIN metering_usageevent e ON e.id = i.event_id
+    WHERE i.account_id = %s AND e.occurred_at < %s
+)
+"""
+
+
+@dataclass
+class PeriodRoll:
+    activated: int = 0
+    closed: int = 0
+    waiting_for_rollups: int = 0
+    opened: int = 0
+
+
+def _usage_pending(period: BillingPeriod) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_PENDING, [period.account_id, period.ends_at])
+        return bool(cursor.fetchone()[0])
+
+
+def billing_periods_roll(*, now: dt.datetime | None = None, actor=None) -> PeriodRoll:
+    """What the calendar asks for, run hourly: activate subscriptions whose first day has come;
+    close every period that ended at least BILLING_CLOSE_GRACE_MINUTES ago (late events that
+    arrive within the grace still count) and whose events up to its end are all rolled up,
+    finishing any close left half done; open the current period of every active subscription
+    that has none. Each step locks its row and is idempotent, so two runs at once, or a run
+    repeated, change nothing twice."""
+    from billing.services.subscriptions import subscription_activate_due
+
+    now = now or timezone.now()
+    grace = dt.timedelta(minutes=settings.BILLING_CLOSE_GRACE_MINUTES)
+    roll = PeriodRoll(activated=subscription_activate_due(now=now, actor=actor))
+
+    due = BillingPeriod.objects.filter(
+        state__in=[BillingPeriod.State.OPEN, BillingPeriod.State.CLOSING],
+        ends_at__lte=now - grace,
+    ).order_by("ends_at", "pk")
+    for period in due:
+        if period.state == BillingPeriod.State.OPEN and _usage_pending(period):
+            roll.waiting_for_rollups += 1
+            continue
+        closed = billing_period_close(period=period, actor=actor, now=now)
+        roll.closed += closed.state == BillingPeriod.State.CLOSED
+
+    current = BillingPeriod.objects.filter(
+        subscription=OuterRef("pk"), starts_at__lte=now, ends_at__gt=now
+    )
+    uncovered = (
+        Subscription.objects.filter(status=Subscription.Status.ACTIVE)
+        .exclude(Exists(current))
+        .select_related("account")
+        .order_by("pk")
+    )
+    for subscription in uncovered:
+        roll.opened += _open_through(subscription, now=now, actor=actor)
+    return roll
+
+
+def _open_through(subscription: Subscription, *, now: dt.datetime, actor) -> int:
+    """Open every period from the end of the subscription's last one through the one holding
+    `now`, so that no stretch of usage is left without a period, even after the roll has not
+    run for longer than a period. Returns how many were opened."""
+    last = subscription.periods.order_by("-ends_at").first()
+    at = last.ends_at if last is not None and last.ends_at <= now else now
+    opened = 0
+    while at <= now:
+        try:
+            period = billing_period_ensure(subscription=subscription, at=at, actor=actor)
+        except PeriodOutsideSubscription:
+            break  # ended, or not started in its zone yet
+        opened += 1
+        at = period.ends_at
+    return opened
