@@ -41,6 +41,10 @@ def rollup_drain(self, partition: int | None = None) -> dict:
         for k in range(partitions):
             rollup_drain.delay(partition=k)
         return {"partitions_queued": partitions}
+    if partition is not None and partition >= partitions:
+        # Queued before ROLLUP_DRAIN_WORKERS was lowered: those accounts now belong to the
+        # remaining partitions, whose own tasks drain them.
+        return {"stale_partition": partition, "partitions": partitions}
     result = rollups.rollup_drain(
         wait=False,
         max_batches=DRAIN_MAX_BATCHES,

@@ -176,3 +176,6 @@ def test_the_drain_task_fans_out_one_task_per_partition(settings):
     assert_rollups_match_sql()
     one = tasks.rollup_drain.apply(kwargs={"partition": 1}).get()
     assert one["events"] == 0 and not one["busy"]
+    settings.ROLLUP_DRAIN_WORKERS = 1
+    stale = tasks.rollup_drain.apply(kwargs={"partition": 1}).get()
+    assert stale == {"stale_partition": 1, "partitions": 1}
