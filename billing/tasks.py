@@ -10,17 +10,9 @@ from __future__ import annotations
 import datetime as dt
 
 from celery import shared_task
-from django.db import OperationalError
 
 from billing.services import projection as projection_services
-
-TRANSIENT = {
-    "bind": True,
-    "acks_late": True,
-    "autoretry_for": (OperationalError,),
-    "retry_backoff": True,
-    "max_retries": 5,
-}
+from config.celery import TRANSIENT_TASK as TRANSIENT
 
 
 @shared_task(**TRANSIENT)

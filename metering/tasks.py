@@ -14,21 +14,13 @@ from dataclasses import asdict
 
 from celery import shared_task
 from django.conf import settings
-from django.db import OperationalError
 
+from config.celery import TRANSIENT_TASK as TRANSIENT
 from metering.services import rollups
 
 # One run drains at most this many batches (ROLLUP_BATCH_SIZE events each) so that a backlog
 # is worked off in bounded runs, one per minute, instead of one run that never ends.
 DRAIN_MAX_BATCHES = 100
-
-TRANSIENT = {
-    "bind": True,
-    "acks_late": True,
-    "autoretry_for": (OperationalError,),
-    "retry_backoff": True,
-    "max_retries": 5,
-}
 
 
 @shared_task(**TRANSIENT)
