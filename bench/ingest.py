@@ -39,12 +39,15 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 import orjson
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import bench_url, recreate_database  # noqa: E402
 
 ENDPOINTS = ["/v1/search", "/v1/embed", "/v1/chat", "/v1/files", "/v2/users", "/v2/orders"]
 REGIONS = ["us-east", "us-west", "eu-west", "eu-central", "ap-south"]
@@ -80,24 +83,6 @@ def log(message: str) -> None:
 
 
 # --- database ------------------------------------------------------------------------------------
-
-
-def bench_urls(database: str) -> tuple[str, str]:
-    base = urlparse(os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/meterops")
-    return (
-        urlunparse(base._replace(path=f"/{database}", query="")),
-        urlunparse(base._replace(path="/postgres", query="")),
-    )
-
-
-def recreate_database(database: str, maintenance_url: str) -> None:
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            [database],
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        conn.execute(f'CREATE DATABASE "{database}"')
 
 
 def server_env(db_url: str) -> dict[str, str]:
@@ -386,7 +371,7 @@ def copy_same_rows(db_url: str) -> tuple[int, float]:
 
 def main() -> None:
     args = parse_args()
-    db_url, maintenance_url = bench_urls(args.database)
+    db_url, maintenance_url = bench_url(args.database)
     key = prepare(db_url, maintenance_url, args)
     run_id = datetime.now(UTC).strftime("%H%M%S")
     log(f"encoding {args.events:,} events in batches of {args.batch:,}")

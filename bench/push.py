@@ -28,10 +28,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import bench_url, recreate_database  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,22 +42,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--v1", action="store_true", help="v1 meter events only (no stream)")
     parser.add_argument("--database", default="meterops_bench_push")
     return parser.parse_args()
-
-
-def bench_url(database: str) -> tuple[str, str]:
-    base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/meterops"))
-    return (
-        urlunparse(base._replace(path=f"/{database}", query="")),
-        urlunparse(base._replace(path="/postgres", query="")),
-    )
-
-
-def recreate_database(database: str, maintenance_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{database}"')
 
 
 def setup_django(url: str) -> None:

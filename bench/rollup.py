@@ -40,10 +40,11 @@ import time
 from bisect import bisect
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import bench_url, recreate_database  # noqa: E402
 
 ZONES = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata", "Asia/Kathmandu"]
 ENDPOINTS = [f"/v1/{name}" for name in ("search", "embed", "chat", "files", "users")] + [
@@ -91,23 +92,6 @@ def parse_args() -> argparse.Namespace:
         "meterops_bench_rollup_quick" if args.quick else "meterops_bench_rollup"
     )
     return args
-
-
-def bench_url(database: str) -> tuple[str, str]:
-    """(URL of the bench database, URL of the maintenance database) on $DATABASE_URL's server."""
-    base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/meterops"))
-    return (
-        urlunparse(base._replace(path=f"/{database}", query="")),
-        urlunparse(base._replace(path="/postgres", query="")),
-    )
-
-
-def recreate_database(database: str, maintenance_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{database}"')
 
 
 def setup_django(url: str) -> None:

@@ -40,10 +40,11 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import bench_url, database_url, recreate_database  # noqa: E402
 
 ROLLUP_DATABASES = ("meterops_bench_rollup", "meterops_bench_rollup_quick")
 OWN_DATABASE = "meterops_bench_usage"
@@ -61,17 +62,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def server_url(database: str) -> str:
-    base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/meterops"))
-    return urlunparse(base._replace(path=f"/{database}", query=""))
-
-
 def is_rolled_up(database: str) -> bool:
     """The database exists, has events, and its rollup inbox is empty."""
     import psycopg
 
     try:
-        with psycopg.connect(server_url(database), connect_timeout=5) as conn:
+        with psycopg.connect(database_url(database), connect_timeout=5) as conn:
             row = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM metering_usageevent),"
                 " NOT EXISTS (SELECT 1 FROM metering_rollupinbox)"
@@ -89,7 +85,7 @@ def load_rollup_bench():
 
 
 def production_like_env(database: str) -> None:
-    os.environ["DATABASE_URL"] = server_url(database)
+    os.environ["DATABASE_URL"] = database_url(database)
     os.environ["DEBUG"] = "false"
     os.environ.setdefault("SECRET_KEY", "bench-usage-only")
     os.environ["ALLOWED_HOSTS"] = "testserver,localhost"
@@ -100,9 +96,9 @@ def production_like_env(database: str) -> None:
 def seed_own(args) -> None:
     """A smaller data set of the same shape as bench/rollup.py's, rolled up."""
     rollup_bench = load_rollup_bench()
-    _url, maintenance = rollup_bench.bench_url(OWN_DATABASE)
+    _url, maintenance = bench_url(OWN_DATABASE)
     print(f"Seeding {OWN_DATABASE}: {args.events:,} events, {args.accounts:,} accounts")
-    rollup_bench.recreate_database(OWN_DATABASE, maintenance)
+    recreate_database(OWN_DATABASE, maintenance)
     import django
 
     django.setup()
