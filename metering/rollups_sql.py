@@ -140,7 +140,8 @@ SELECT count(*), max(ARRAY[account_id, event_id]) FROM rollup_claimed
 """
 
 # The claimed events, read by primary key in id order: the probes then walk the index and the
-# table forwards (half the page reads of probing in account order on a 10M-event table).
+# table forwards (on the 10M-event bench data, by EXPLAIN: 68k instead of 86k page reads and
+# about half the time of probing in the claimed, account order).
 LOAD_CLAIMED = f"""
 INSERT INTO rollup_events
 SELECT e.id, e.account_id, e.meter_id, e.occurred_at, e.value, e.unique_value, e.properties,

@@ -529,6 +529,21 @@ def test_rollup_command_drains_rebuilds_and_checks(meters):
     assert "Self-check No drift" in out.getvalue()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_rollup_command_drains_with_several_workers():
+    accounts = [AccountFactory(), AccountFactory(), AccountFactory()]
+    calls = MeterFactory(code="calls")
+    insert(*(event(a, calls, utc(2024, 1, 5, h)) for a in accounts for h in range(4)))
+    out = io.StringIO()
+
+    call_command("rollup", "--workers", "2", "--batch-size", "3", stdout=out, stderr=io.StringIO())
+
+    assert "Rolled up 12 events in" in out.getvalue()
+    assert not RollupInbox.objects.exists()
+    for account in accounts:
+        assert daily(account, calls, date(2024, 1, 5)).count == 4
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -536,6 +551,8 @@ def test_rollup_command_drains_rebuilds_and_checks(meters):
         (["--rebuild", "--since", "2024-13-01"], "YYYY-MM-DD"),
         (["--rebuild", "--since", "2024-01-01", "--account", "nope"], "Unknown account"),
         (["--since", "2024-01-01"], "go with --rebuild"),
+        (["--workers", "0"], "--workers takes 1 to 16"),
+        (["--workers", "17"], "--workers takes 1 to 16"),
     ],
 )
 def test_rollup_command_explains_bad_arguments(args, message):
