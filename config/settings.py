@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "billing",
     "reconciliation",
     "adjustments",
+    "backoffice",
 ]
 
 MIDDLEWARE = [
