@@ -29,7 +29,7 @@ def push_ledger_resolve_stale(
     *, provider: BillingProvider, now: datetime | None = None, result: PushResult | None = None
 ) -> PushResult:
     """Decide, from the provider's daily summaries, what became of pending event entries first
-    sent 24 hours ago or more (see the module docstring for the rule)."""
+    sent 24 hours ago or more (see the billing.services.push docstring for the rule)."""
     result = result or PushResult(provider=provider.name)
     now = now or timezone.now()
     stale = PushLedgerEntry.objects.filter(

@@ -196,7 +196,7 @@ def push_ledger_send(
     result: PushResult | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> PushResult:
-    """Send what may be sent (see the module docstring), a chunk at a time."""
+    """Send what may be sent (see the billing.services.push docstring), a chunk at a time."""
     result = result or PushResult(provider=provider.name)
     targets = _Targets(provider)
     last_pk = 0
