@@ -18,6 +18,7 @@ from django.db import connection
 from billing.models import ProviderMeter, PushInbox, PushLedgerEntry
 from billing.providers import get_provider
 from billing.services import push as push_service
+from billing.services.push import send as push_send
 from billing.services.push import usage_push
 from billing.tasks import billing_provider_pull, billing_usage_push
 from metering.models import Meter, UsageEvent
@@ -88,13 +89,13 @@ class Crash(RuntimeError):
 
 def crash_after_answer(monkeypatch):
     """Stripe answers, then the process dies inside the transaction that records the answer."""
-    original = push_service._record_results
+    original = push_send._record_results
 
     def record_then_crash(entries, results, now):
         original(entries, results, now)
         raise Crash("killed before the ledger committed")
 
-    monkeypatch.setattr(push_service, "_record_results", record_then_crash)
+    monkeypatch.setattr(push_send, "_record_results", record_then_crash)
 
 
 # --- the basics ---------------------------------------------------------------------------------

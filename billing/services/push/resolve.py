@@ -1,0 +1,104 @@
+"""Stale entries past the provider's 24-hour dedupe window, decided from its daily summaries;
+and staff putting failed entries back to pending."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing.models import PushLedgerEntry
+from billing.providers.base import IDENTIFIER_WINDOW, BillingProvider, utc_day_start
+from billing.services.push.common import (
+    Kind,
+    PushResult,
+    Status,
+    provider_customer_ensure,
+    provider_meter_ensure,
+)
+from metering.models import Account, Meter
+
+# --- stale entries: past the provider's 24-hour dedupe window -----------------------------------
+
+
+def push_ledger_resolve_stale(
+    *, provider: BillingProvider, now: datetime | None = None, result: PushResult | None = None
+) -> PushResult:
+    """Decide, from the provider's daily summaries, what became of pending event entries first
+    sent 24 hours ago or more (see the billing.services.push docstring for the rule)."""
+    result = result or PushResult(provider=provider.name)
+    now = now or timezone.now()
+    stale = PushLedgerEntry.objects.filter(
+        provider=provider.name,
+        status=Status.PENDING,
+        kind=Kind.EVENT,
+        first_sent_at__lte=now - IDENTIFIER_WINDOW,
+    )
+    groups = stale.values_list("account_id", "meter_id", "day").distinct()
+    for account_id, meter_id, day in groups:
+        same_day = PushLedgerEntry.objects.filter(
+            provider=provider.name,
+            kind=Kind.EVENT,
+            account_id=account_id,
+            meter_id=meter_id,
+            day=day,
+        )
+        in_window = same_day.filter(
+            status=Status.PENDING, first_sent_at__gt=now - IDENTIFIER_WINDOW
+        )
+        if in_window.exists():
+            continue  # their answers would change the arithmetic: decide on a later run
+        account = Account.objects.get(pk=account_id)
+        meter = Meter.objects.get(pk=meter_id)
+        mapping = provider_meter_ensure(provider=provider, meter=meter)
+        customer_id = provider_customer_ensure(provider=provider, account=account)
+        start = utc_day_start(datetime(day.year, day.month, day.day, tzinfo=UTC))
+        summaries = provider.list_meter_event_summaries(
+            provider_meter_id=mapping.provider_meter_id,
+            customer_id=customer_id,
+            start=start,
+            end=start + timedelta(days=1),
+        )
+        provider_total = sum((s.value for s in summaries), Decimal(0))
+        done_total = same_day.filter(status__in=PushLedgerEntry.DONE).aggregate(t=Sum("value"))[
+            "t"
+        ] or Decimal(0)
+        group = stale.filter(account_id=account_id, meter_id=meter_id, day=day)
+        pending_total = group.aggregate(t=Sum("value"))["t"] or Decimal(0)
+        evidence = {
+            "provider_day_total": str(provider_total),
+            "ledger_done_total": str(done_total),
+            "stale_pending_total": str(pending_total),
+            "checked_at": now.isoformat(),
+        }
+        with transaction.atomic():
+            if provider_total == done_total + pending_total:
+                result.stale_acknowledged += group.update(
+                    status=Status.ACKNOWLEDGED,
+                    completed_at=now,
+                    response={"resolved_by": "provider_summary", "counted": True, **evidence},
+                )
+            elif provider_total == done_total:
+                result.stale_resent += group.update(
+                    first_sent_at=now,
+                    response={"resolved_by": "provider_summary", "counted": False, **evidence},
+                )
+            else:
+                result.stale_failed += group.update(
+                    status=Status.FAILED,
+                    completed_at=now,
+                    error_code="ambiguous_after_window",
+                    response={"resolved_by": "provider_summary", "ambiguous": True, **evidence},
+                )
+    return result
+
+
+def ledger_retry_failed(*, entry_ids: Iterable[int], actor=None) -> int:
+    """Staff: put failed entries back to pending (the next run sends them, same identifier)."""
+    return PushLedgerEntry.objects.filter(pk__in=list(entry_ids), status=Status.FAILED).update(
+        status=Status.PENDING, completed_at=None, attempts=0
+    )

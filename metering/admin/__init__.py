@@ -1,0 +1,48 @@
+"""The metering back office: accounts, meters, API keys, usage events and the quarantine.
+
+Every action declares the permission it needs, and a POSTed action the user may not run is a 403
+(Django's default quietly re-renders the list). Every change to an audited record asks why; the
+reason lands in the django-simple-history record next to the acting user.
+
+One module per admin group; importing this package imports them all, which registers the
+admins: common (shared pieces, also used by billing's admins), accounts (accounts and meters),
+events (usage events), quarantine, api_keys, rollup_checks. The account usage page is
+metering.admin_dashboard.
+"""
+
+from metering.admin.accounts import AccountAdmin, MeterAdmin
+from metering.admin.api_keys import ApiKeyAdmin, ApiKeyCreateForm, ApiKeyFilter
+from metering.admin.common import (
+    AuditedAdminMixin,
+    ReadOnlyModelAdmin,
+    change_reason_form,
+    pretty_json,
+)
+from metering.admin.events import (
+    AccountExternalIdFilter,
+    EstimatedCountPaginator,
+    OccurredRecentlyFilter,
+    SortableByOnlyChangeList,
+    UsageEventAdmin,
+)
+from metering.admin.quarantine import QuarantinedEventAdmin
+from metering.admin.rollup_checks import RollupCheckAdmin
+
+__all__ = [
+    "AccountAdmin",
+    "AccountExternalIdFilter",
+    "ApiKeyAdmin",
+    "ApiKeyCreateForm",
+    "ApiKeyFilter",
+    "AuditedAdminMixin",
+    "EstimatedCountPaginator",
+    "MeterAdmin",
+    "OccurredRecentlyFilter",
+    "QuarantinedEventAdmin",
+    "ReadOnlyModelAdmin",
+    "RollupCheckAdmin",
+    "SortableByOnlyChangeList",
+    "UsageEventAdmin",
+    "change_reason_form",
+    "pretty_json",
+]
