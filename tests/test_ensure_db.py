@@ -62,6 +62,29 @@ def test_database_url_naming_a_missing_database_gets_it_created():
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
+def test_a_missing_database_the_user_may_not_create_is_one_line_saying_how():
+    role = f"meterops_nocreate_{uuid.uuid4().hex[:8]}"
+    parsed = urlparse(_server_base())
+    with psycopg.connect(f"{_server_base()}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN NOCREATEDB')
+    try:
+        url = f"{parsed.scheme}://{role}@{parsed.hostname}:{parsed.port or 5432}/meterops_nope"
+        result = _ensure_db(DATABASE_URL=url)
+    finally:
+        with psycopg.connect(f"{_server_base()}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP ROLE "{role}"')
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "database 'meterops_nope' does not exist" in lines[0]
+    assert (
+        f"createdb -h {parsed.hostname} -p {parsed.port or 5432} -U {role} meterops_nope"
+        in lines[0]
+    )
+
+
 def test_unreachable_database_url_is_one_line_not_a_traceback():
     port = _free_port()
     result = _ensure_db(DATABASE_URL=f"postgres://postgres@127.0.0.1:{port}/meterops")
