@@ -17,6 +17,7 @@ from datetime import date
 from decimal import Decimal
 
 from metering.dashboard_selectors import ADDITIVE, Breakdown, MeterPanel
+from metering.rollup_selectors import group_label
 
 CURRENT = "#417690"  # the admin's own blue
 PREVIOUS = "#888888"
@@ -226,7 +227,7 @@ def breakdown_figure(breakdown: Breakdown, *, title: str) -> Figure:
     colours = iter(PALETTE * 10)
     for group, group_total in series.group_totals.items():
         colour = OTHER if group == "other" else next(colours)
-        label = group if group != "" else "(not set)"
+        label = group_label(group)
         values = [p.groups.get(group) for p in series.points]
         trace = {
             "x": x,

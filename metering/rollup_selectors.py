@@ -39,6 +39,9 @@ Granularity = Literal["day", "hour"]
 # Longest range a series may cover, per granularity (the usage API answers 400 past these).
 MAX_POINTS: dict[str, int] = {"day": 400, "hour": 24 * 45}
 DEFAULT_TOP = 10
+# Events without the grouped property are kept under the dimension value "" (rollups_sql);
+# every reader (usage API, admin dashboard) names that group NONE_LABEL.
+NONE_LABEL = "(none)"
 
 A = Meter.Aggregation
 
@@ -277,6 +280,11 @@ def _groups(
 
     ordered = sorted(group_totals, key=display_order)
     return by_bucket, {g: group_totals[g] for g in ordered}, folded
+
+
+def group_label(dim_value: str) -> str:
+    """How a stored dimension value is shown: "" (the property was missing) as "(none)"."""
+    return NONE_LABEL if dim_value == "" else dim_value
 
 
 def _empty(meter: Meter) -> Decimal | None:

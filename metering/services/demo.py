@@ -31,6 +31,7 @@ from metering.models import Account, ApiKey
 from metering.services.accounts import account_upsert, meter_upsert
 from metering.services.api_keys import api_key_hash
 from metering.services.ingest import events_ingest
+from metering.services.table_stats import event_tables_analyze
 
 SEED = "meterops-demo-1"
 # Known on purpose (demo logins printed by `make run`); the command refuses to run with DEBUG off.
@@ -396,6 +397,8 @@ def demo_seed(
         if on_day is not None:
             on_day(day, day_counts)
     summary.events.update(_ingest(demo_quarantine_events(end)))
+    # Fresh statistics, so the admin's estimated counts and the query plans fit the new rows.
+    event_tables_analyze()
     return summary
 
 
