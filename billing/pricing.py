@@ -230,7 +230,8 @@ class PriceSpec:
             currency_exponent(self.currency)
         except (ValueError, AttributeError):
             raise PricingError(
-                f"Currency must be a three-letter code, got {self.currency!r}.", field="currency"
+                f"Currency must be a current ISO 4217 code, got {self.currency!r}.",
+                field="currency",
             ) from None
         for name, what in (
             ("unit_price", "The unit price"),
