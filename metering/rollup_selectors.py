@@ -486,6 +486,27 @@ def usage_cumulative(
     return points
 
 
+# --- what the rollups do not hold yet ----------------------------------------------------------
+
+# Index-backed: the inbox by (account, event_id), then the event by its primary key.
+_USAGE_PENDING = """
+SELECT EXISTS (
+    SELECT 1 FROM metering_rollupinbox i
+    JOIN metering_usageevent e ON e.id = i.event_id
+    WHERE i.account_id = %s AND e.occurred_at < %s
+)
+"""
+
+
+def usage_pending_before(*, account_id: int, before: datetime) -> bool:
+    """Whether an event of the account that occurred before the instant `before` still waits in
+    the rollup inbox: until it is drained, the rollups of anything ending at `before` are not
+    final (billing must not close a period on them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_PENDING, [account_id, before])
+        return bool(cursor.fetchone()[0])
+
+
 # --- the definition, from raw events ---------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -23,14 +23,27 @@ from billing.models import BillingPeriod, Subscription
 from billing.periods import bounds_for_dates, local_date, period_dates_for
 from billing.pricing import InvoiceAmount, decimal_text, price_invoice
 from billing.selectors import period_usage
+from metering.rollup_selectors import usage_pending_before
 
 
 class PeriodOutsideSubscription(ValueError):
     """The instant asked for is before the subscription starts or after it ends."""
 
 
-class PeriodNotEnded(ValueError):
+class PeriodNotReady(ValueError):
+    """The period cannot begin closing yet (see `period_close_check`)."""
+
+
+class PeriodNotEnded(PeriodNotReady):
     """A period cannot be closed before its end instant has passed."""
+
+
+class PeriodInGrace(PeriodNotReady):
+    """The period ended less than BILLING_CLOSE_GRACE_MINUTES ago: late events still count."""
+
+
+class PeriodUsagePending(PeriodNotReady):
+    """Events of the account from before the period's end still wait to be rolled up."""
 
 
 class PeriodStateError(ValueError):
@@ -97,17 +110,43 @@ def billing_period_ensure(
     return period
 
 
+def _check_usage_final(period: BillingPeriod) -> None:
+    if usage_pending_before(account_id=period.account_id, before=period.ends_at):
+        raise PeriodUsagePending(
+            "Usage from before the period's end is still being rolled up; it would be left off "
+            "the invoice. The hourly roll closes the period once it is in."
+        )
+
+
+def period_close_check(*, period: BillingPeriod, now: dt.datetime | None = None) -> None:
+    """The one guard every way of closing goes through (the hourly roll, the admin action):
+    the period has ended, BILLING_CLOSE_GRACE_MINUTES have passed since (events that arrive
+    within the grace still count), and no event of the account from before its end still waits
+    in the rollup inbox. Raises a PeriodNotReady subclass saying which."""
+    now = now or timezone.now()
+    if period.ends_at > now:
+        raise PeriodNotEnded(f"The period runs until {period.ends_at.isoformat()}; close it after.")
+    grace = dt.timedelta(minutes=settings.BILLING_CLOSE_GRACE_MINUTES)
+    if period.ends_at + grace > now:
+        raise PeriodInGrace(
+            f"The period ended at {period.ends_at.isoformat()}; late usage still counts until "
+            f"{(period.ends_at + grace).isoformat()} (BILLING_CLOSE_GRACE_MINUTES). "
+            "The hourly roll closes it after that."
+        )
+    _check_usage_final(period)
+
+
 @transaction.atomic
 def billing_period_begin_close(
     *, period: BillingPeriod, actor=None, now: dt.datetime | None = None
 ) -> BillingPeriod:
-    """open -> closing, once the period has ended. A closing or closed period is returned as is."""
+    """open -> closing, once `period_close_check` passes (else it raises). A closing or closed
+    period is returned as is."""
     now = now or timezone.now()
     period = BillingPeriod.objects.select_for_update(of=("self",)).get(pk=period.pk)
     if period.state != BillingPeriod.State.OPEN:
         return period
-    if period.ends_at > now:
-        raise PeriodNotEnded(f"The period runs until {period.ends_at.isoformat()}; close it after.")
+    period_close_check(period=period, now=now)
     period.state = BillingPeriod.State.CLOSING
     period._history_user = actor
     period.save(update_fields=["state", "updated_at"])
@@ -150,6 +189,8 @@ def billing_period_finish_close(
     if period.state != BillingPeriod.State.CLOSING:
         raise PeriodStateError(f"Only a closing period can be closed; this one is {period.state}.")
     if quantities is None:
+        # A period marked closing before its usage was final (or by an older version) waits.
+        _check_usage_final(period)
         quantities = period_usage(period=period)
     plan = period.subscription.plan
     prices = plan.prices.select_related("meter", "plan").order_by("meter__code")
@@ -182,16 +223,6 @@ def billing_period_close(
 
 # --- the hourly roll: activate, close, open ----------------------------------------------------
 
-# Events of the account that occurred before the period's end and still wait in the rollup
-# inbox: the period's usage is not final in the rollups yet. Index-backed (inbox by account).
-_USAGE_PENDING = """
-SELECT EXISTS (
-    SELECT 1 FROM metering_rollupinbox i
-    JOIN metering_usageevent e ON e.id = i.event_id
-    WHERE i.account_id = %s AND e.occurred_at < %s
-)
-"""
-
 
 @dataclass
 class PeriodRoll:
@@ -199,12 +230,6 @@ class PeriodRoll:
     closed: int = 0
     waiting_for_rollups: int = 0
     opened: int = 0
-
-
-def _usage_pending(period: BillingPeriod) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(_USAGE_PENDING, [period.account_id, period.ends_at])
-        return bool(cursor.fetchone()[0])
 
 
 def billing_periods_roll(*, now: dt.datetime | None = None, actor=None) -> PeriodRoll:
@@ -225,10 +250,13 @@ def billing_periods_roll(*, now: dt.datetime | None = None, actor=None) -> Perio
         ends_at__lte=now - grace,
     ).order_by("ends_at", "pk")
     for period in due:
-        if period.state == BillingPeriod.State.OPEN and _usage_pending(period):
+        # Open or already closing (by the admin, or a close interrupted): never finished while
+        # usage from before its end still waits to be rolled up.
+        try:
+            closed = billing_period_close(period=period, actor=actor, now=now)
+        except PeriodUsagePending:
             roll.waiting_for_rollups += 1
             continue
-        closed = billing_period_close(period=period, actor=actor, now=now)
         roll.closed += closed.state == BillingPeriod.State.CLOSED
 
     current = BillingPeriod.objects.filter(
