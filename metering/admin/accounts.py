@@ -65,7 +65,7 @@ class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
         return format_html('<a href="{}?{}">quarantined events</a>', url, query)
 
     def save_model(self, request, obj, form, change):
-        # Through the service, as the API does: creating an account replays its quarantined
+        # Through the service, as the API does: creating an account queues the replay of its
         # events, and a new time zone rebuilds its daily rollups.
         reason = form.cleaned_data.get("change_reason", "") if change else ""
         account, _created = account_upsert(
@@ -107,7 +107,7 @@ class MeterAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
         return (*fixed, *self.readonly_fields)
 
     def save_model(self, request, obj, form, change):
-        # Through the service, as the API does: creating a meter replays its quarantined events.
+        # Through the service, as the API does: creating a meter queues its quarantine replay.
         reason = form.cleaned_data.get("change_reason", "") if change else ""
         meter, _created = meter_upsert(
             code=obj.code,
