@@ -64,7 +64,13 @@ def billing_period_ensure(
     *, subscription: Subscription, at: dt.datetime | None = None, actor=None
 ) -> BillingPeriod:
     """The subscription's period containing the instant `at` (default now), created open if it
-    does not exist yet. Safe to call any number of times, also concurrently."""
+    does not exist yet. Safe to call any number of times, also concurrently.
+
+    Periods are found by their UTC instants, so a time-zone change never moves one: the periods
+    that exist keep their bounds (see `README`, "Billing periods"), and a new period is cut in
+    the account's current zone but starts exactly where the period before it ends and ends
+    exactly where the period after it starts, so no instant falls in two periods or in none.
+    """
     at = at or timezone.now()
     # One ensure at a time per subscription: the lock makes "look, then create" race-free.
     subscription = (
@@ -72,8 +78,53 @@ def billing_period_ensure(
         .select_related("account", "plan")
         .get(pk=subscription.pk)
     )
+    existing = subscription.periods.filter(starts_at__lte=at, ends_at__gt=at).first()
+    if existing is not None:
+        return existing
     tz = subscription.account.timezone
+    before = subscription.periods.filter(ends_at__lte=at).order_by("-ends_at").first()
+    after = subscription.periods.filter(starts_at__gt=at).order_by("starts_at").first()
     on = local_date(at, tz)
+    # After a zone change the local date of `at` can still lie inside the period before (the
+    # new zone is behind the old one) or already inside the one after (ahead): the instant
+    # belongs to the period between them, whose days are the ones between them.
+    if before is not None and on < before.end_date:
+        on = before.end_date
+    if after is not None and on >= after.start_date:
+        on = after.start_date - dt.timedelta(days=1)
+    _check_within_subscription(subscription, on, tz)
+    start, end = _dates_for(subscription, on)
+    # Periods cut earlier under another anchor or end date keep their days; this one fills the
+    # gap around `on` without overlapping them.
+    if before is not None:
+        start = max(start, before.end_date)
+    if after is not None:
+        end = min(end, after.start_date)
+    if end <= start:
+        raise PeriodOutsideSubscription(
+            f"No whole local day in {tz} is left between the periods around {at.isoformat()}."
+        )
+    bounds = bounds_for_dates(start_date=start, end_date=end, tz=tz)
+    # Adjacent periods share their boundary instant, whatever zone each was cut in.
+    starts_at = before.ends_at if before is not None and before.end_date == start else None
+    ends_at = after.starts_at if after is not None and after.start_date == end else None
+    period = BillingPeriod(
+        subscription=subscription,
+        account=subscription.account,
+        start_date=bounds.start_date,
+        end_date=bounds.end_date,
+        timezone=tz,
+        starts_at=starts_at or bounds.starts_at,
+        ends_at=ends_at or bounds.ends_at,
+        state=BillingPeriod.State.OPEN,
+        currency=subscription.plan.currency,
+    )
+    period._history_user = actor
+    period.save()
+    return period
+
+
+def _check_within_subscription(subscription: Subscription, on: dt.date, tz: str) -> None:
     if on < subscription.started_at or (
         subscription.ended_at is not None and on >= subscription.ended_at
     ):
@@ -81,32 +132,22 @@ def billing_period_ensure(
             f"{on} ({tz}) is outside the subscription ({subscription.started_at} to "
             f"{subscription.ended_at or 'open end'})."
         )
-    existing = subscription.periods.filter(start_date__lte=on, end_date__gt=on).first()
-    if existing is not None:
-        return existing
 
-    start, end = _dates_for(subscription, on)
-    # Periods cut earlier under another anchor or end date keep their days; this one fills the
-    # gap around `on` without overlapping them.
-    for other in subscription.periods.filter(start_date__lt=end, end_date__gt=start):
-        if other.end_date <= on:
-            start = max(start, other.end_date)
-        else:
-            end = min(end, other.start_date)
-    bounds = bounds_for_dates(start_date=start, end_date=end, tz=tz)
-    period = BillingPeriod(
-        subscription=subscription,
-        account=subscription.account,
-        start_date=bounds.start_date,
-        end_date=bounds.end_date,
-        timezone=tz,
-        starts_at=bounds.starts_at,
-        ends_at=bounds.ends_at,
-        state=BillingPeriod.State.OPEN,
-        currency=subscription.plan.currency,
-    )
+
+@transaction.atomic
+def billing_period_begin_close(
+    *, period: BillingPeriod, actor=None, now: dt.datetime | None = None
+) -> BillingPeriod:
+    """open -> closing, once `period_close_check` passes (else it raises). A closing or closed
+    period is returned as is."""
+    now = now or timezone.now()
+    period = BillingPeriod.objects.select_for_update(of=("self",)).get(pk=period.pk)
+    if period.state != BillingPeriod.State.OPEN:
+        return period
+    period_close_check(period=period, now=now)
+    period.state = BillingPeriod.State.CLOSING
     period._history_user = actor
-    period.save()
+    period.save(update_fields=["state", "updated_at"])
     return period
 
 
@@ -134,23 +175,6 @@ def period_close_check(*, period: BillingPeriod, now: dt.datetime | None = None)
             "The hourly roll closes it after that."
         )
     _check_usage_final(period)
-
-
-@transaction.atomic
-def billing_period_begin_close(
-    *, period: BillingPeriod, actor=None, now: dt.datetime | None = None
-) -> BillingPeriod:
-    """open -> closing, once `period_close_check` passes (else it raises). A closing or closed
-    period is returned as is."""
-    now = now or timezone.now()
-    period = BillingPeriod.objects.select_for_update(of=("self",)).get(pk=period.pk)
-    if period.state != BillingPeriod.State.OPEN:
-        return period
-    period_close_check(period=period, now=now)
-    period.state = BillingPeriod.State.CLOSING
-    period._history_user = actor
-    period.save(update_fields=["state", "updated_at"])
-    return period
 
 
 def _invoice_lines_json(invoice: InvoiceAmount) -> list[dict]:
