@@ -174,3 +174,38 @@ def test_usage_between_instants_counts_partial_days_from_events_as_the_rollups_d
         account=account, meters=[calls], start=utc(2024, 1, 1), end=utc(2024, 1, 4)
     )
     assert again == {calls.pk: 4}
+
+
+def test_projection_and_dashboard_count_the_open_period_by_its_own_instants(
+    django_capture_on_commit_callbacks,
+):
+    from billing.projection import projected_invoice_build
+    from metering.dashboard_selectors import account_usage_dashboard
+
+    account, calls, _users = _subscribed("UTC")
+    insert(
+        event(account, calls, utc(2023, 12, 31, 20)),  # before the subscription (Jan 1 in Kolkata)
+        event(account, calls, utc(2024, 1, 1)),  # January's first instant
+        event(account, calls, utc(2024, 1, 15)),
+        event(account, calls, utc(2024, 1, 31, 20)),  # Feb 1 in Kolkata, January by its bounds
+        event(account, calls, utc(2024, 1, 31, 21)),
+    )
+    rollups.rollup_drain()
+    _change_zone(account, "Asia/Kolkata", django_capture_on_commit_callbacks)
+    now = utc(2024, 1, 31, 23)  # still January's open period, already Feb 1 in Kolkata
+    january = BillingPeriod.objects.get(account=account)
+
+    invoice = projected_invoice_build(account=account, now=now)
+    board = account_usage_dashboard(account=account, at=now)
+
+    (line,) = [line for line in invoice.usage_lines if line.meter_code == "calls"]
+    assert invoice.period_id == january.pk
+    assert line.units_to_date == 4 == period_usage(period=january)["calls"]
+    # Kolkata days Jan 1 .. Feb 1 (both partial) are the period's days on both pages.
+    assert (invoice.period_start, invoice.period_end) == (D(2024, 1, 1), D(2024, 2, 2))
+    (panel,) = [p for p in board.panels if p.meter.code == "calls"]
+    assert (panel.current_total, panel.to_date) == (4, 4)
+    assert (board.periods.current.first, board.periods.current.end) == (
+        D(2024, 1, 1),
+        D(2024, 2, 2),
+    )
