@@ -607,6 +607,36 @@ def usage_pending_before(*, account_id: int, before: datetime) -> bool:
         return bool(cursor.fetchone()[0])
 
 
+# The value of a max / unique_count / latest meter over [lo, hi) from the raw effective events
+# (those no correction replaces), whether rolled up yet or not. Index-backed (account, meter,
+# occurred_at).
+_GAUGE_SQL = """
+SELECT max(e.value),
+       count(DISTINCT e.unique_value) FILTER (WHERE e.unique_value <> ''),
+       (array_agg(e.value ORDER BY e.occurred_at DESC, e.id DESC)
+            FILTER (WHERE e.value IS NOT NULL))[1]
+FROM metering_usageevent e
+WHERE e.account_id = %s AND e.meter_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
+  AND NOT EXISTS (
+      SELECT 1 FROM metering_usageevent c WHERE c.corrects_id = e.id AND c.corrects_id IS NOT NULL)
+"""
+
+
+def usage_gauge_from_events(
+    *, meter: Meter, account_id: int, start: datetime, end: datetime
+) -> Decimal:
+    """The value of a max, unique_count or latest meter over the instants `[start, end)`, from
+    the events themselves (including those not rolled up yet): what billing pushes as a
+    period-to-date value. 0 where nothing. One query."""
+    with connection.cursor() as cursor:
+        cursor.execute(_GAUGE_SQL, [account_id, meter.pk, start, end])
+        top, distinct, latest = cursor.fetchone()
+    if meter.aggregation == A.UNIQUE_COUNT:
+        return Decimal(distinct or 0)
+    value = top if meter.aggregation == A.MAX else latest
+    return Decimal(0) if value is None else Decimal(value)
+
+
 # --- the definition, from raw events ---------------------------------------------------------
 
 
