@@ -66,7 +66,7 @@ class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
     def save_model(self, request, obj, form, change):
         # Through the service, as the API does: creating an account queues the replay of its
-        # events, and a new time zone rebuilds its daily rollups.
+        # quarantined events, and a new time zone queues the rebuild of its rollups.
         reason = form.cleaned_data.get("change_reason", "") if change else ""
         account, _created = account_upsert(
             external_id=obj.external_id,

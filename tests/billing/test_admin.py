@@ -184,6 +184,21 @@ def test_an_auditor_sees_billing_but_cannot_run_its_actions(auditor_client):
     assert period.state == BillingPeriod.State.OPEN
 
 
+def test_a_plan_in_a_currency_outside_iso_4217_is_refused(superuser_client, db):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        plan_create(code="abc", name="ABC", currency="ABC")
+    assert [e.code for e in caught.value.error_dict["currency"]] == ["invalid_currency"]
+
+    form = _plan_form(MeterFactory(code="api_calls"), "[]", model="per_unit")
+    form["currency"] = "ABC"
+    response = superuser_client.post(reverse("admin:billing_plan_add"), form)
+    assert response.status_code == 200
+    assert "currency" in response.context["adminform"].form.errors
+    assert not Plan.objects.exists()
+
+
 def _begin_closing(client, period):
     return client.post(
         reverse("admin:billing_billingperiod_changelist"),
