@@ -320,6 +320,11 @@ def projected_invoice_build(
     """The projected invoice of the account's open period containing the local day `on`
     (default: today in the account's zone, as of `now`).
 
+    Usage to date is exact over the period's own instants, also for a period cut in a zone the
+    account has since left; its days (the forecast's calendar) are the local days of the
+    account's current zone it touches, so the forecast treats its partial first and last days
+    as whole days (an estimate, never billed).
+
     Raises NoActiveSubscription when no subscription covers the day and NoOpenPeriod when one
     does but its period is not open (not opened yet, or already being invoiced). Reads only
     rollups and billing rows: about a dozen queries plus four or five per priced meter with
