@@ -138,8 +138,13 @@ class EventResultSerializer(serializers.Serializer):
 
 
 class EventRejectedSerializer(ErrorSerializer):
-    status = serializers.ChoiceField(choices=["conflict", "rejected"])
-    transaction_id = serializers.CharField(allow_null=True)
+    # Absent when the body is not one event at all (malformed_json, invalid_body).
+    status = serializers.ChoiceField(
+        choices=["conflict", "rejected"],
+        required=False,
+        help_text="Present when the event itself was judged.",
+    )
+    transaction_id = serializers.CharField(allow_null=True, required=False)
 
 
 class BatchItemResultSerializer(serializers.Serializer):
