@@ -7,6 +7,7 @@ malformed value; safe development defaults apply only while DEBUG is on.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -52,6 +53,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None or raw == "":
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+_RATE = re.compile(r"^\s*\d+\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.IGNORECASE)
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate limit such as 600/min (per s, min, hour or day), or off."""
+    raw = env_str(name, default)
+    if raw.strip().lower() in {"off", "none", "unlimited"} or (
+        _RATE.match(raw) and int(raw.split("/")[0]) > 0
+    ):
+        return raw
+    raise ImproperlyConfigured(f"{name} must look like 600/min or be 'off', got {raw!r}.")
 
 
 def database_from_url(url: str) -> dict:
@@ -179,10 +193,31 @@ INGEST_MAX_FUTURE_SECONDS = 300
 # Django's own limit must not cut the body before our 413 does.
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES + 1024 * 1024
 
+# --- Cache (rate-limit counters) ---
+# Redis; if it is unreachable the API serves requests unthrottled and logs a warning
+# (metering.api.throttling). CACHE_KEY_PREFIX separates deployments sharing one Redis.
+CACHE_URL = env_str("CACHE_URL", env_str("REDIS_URL", "redis://127.0.0.1:6379/1"))
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "meterops"),
+        # An unreachable Redis must cost a request milliseconds, not the OS connect timeout.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }
+}
+
+# --- API rate limits, per API key (metering.api.throttling) ---
+# The event endpoints count against API_RATE_INGEST; every other call (read and manage) against
+# API_RATE_READ. "off" disables one.
+API_RATE_INGEST = env_rate("API_RATE_INGEST", "6000/min")
+API_RATE_READ = env_rate("API_RATE_READ", "600/min")
+
 # --- REST framework ---
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["metering.api.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["metering.api.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "metering.api.errors.exception_handler",
@@ -197,6 +232,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "metering.api.schema.document_rate_limits",
+    ],
 }
 
 # --- Celery ---
