@@ -183,7 +183,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # /healthz is probed over plain http by load balancers.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^status$"]
 
 # --- Ingestion limits ---
 INGEST_MAX_BATCH_ITEMS = env_int("INGEST_MAX_BATCH_ITEMS", 1000)
@@ -302,6 +302,21 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "options": {"expire_seconds": 3300},
     },
 }
+
+# --- Status endpoint thresholds (GET /status, backoffice.status) ---
+# Seconds the oldest event may wait for the rollup before the status says warning / critical.
+STATUS_ROLLUP_LAG_WARNING = env_int("STATUS_ROLLUP_LAG_WARNING", 300)
+STATUS_ROLLUP_LAG_CRITICAL = env_int("STATUS_ROLLUP_LAG_CRITICAL", 1800)
+# Seconds the oldest event may wait to enter the push ledger, or a ledger entry to be sent.
+STATUS_PUSH_LAG_WARNING = env_int("STATUS_PUSH_LAG_WARNING", 900)
+STATUS_PUSH_LAG_CRITICAL = env_int("STATUS_PUSH_LAG_CRITICAL", 3600)
+# Failed push ledger entries (each needs a person): warning from this many, critical from that.
+STATUS_PUSH_FAILED_WARNING = env_int("STATUS_PUSH_FAILED_WARNING", 1)
+STATUS_PUSH_FAILED_CRITICAL = env_int("STATUS_PUSH_FAILED_CRITICAL", 100)
+# A scheduled task is late after this many of its intervals (plus the grace) without a success.
+STATUS_TASK_LATE_WARNING = env_int("STATUS_TASK_LATE_WARNING", 3)
+STATUS_TASK_LATE_CRITICAL = env_int("STATUS_TASK_LATE_CRITICAL", 6)
+STATUS_TASK_GRACE_SECONDS = env_int("STATUS_TASK_GRACE_SECONDS", 300)
 
 # --- Rollups ---
 # Distinct values of one dimension kept per account, meter and local day; the rest fold into
