@@ -55,3 +55,9 @@ def test_rollup_drain_workers_out_of_range_fails_loudly():
     result = _manage("check", env_overrides={**PRODUCTION, "ROLLUP_DRAIN_WORKERS": "17"})
     assert result.returncode != 0
     assert "ROLLUP_DRAIN_WORKERS must be 1 to 16" in result.stderr
+
+
+def test_malformed_rate_limit_fails_loudly():
+    result = _manage("check", env_overrides={**PRODUCTION, "API_RATE_INGEST": "lots"})
+    assert result.returncode != 0
+    assert "API_RATE_INGEST must look like 600/min" in result.stderr

@@ -28,6 +28,7 @@ from metering import exact_json, selectors
 from metering.api import serializers as s
 from metering.api.authentication import HasScope
 from metering.api.errors import ApiError, body_too_large
+from metering.api.throttling import INGEST as INGEST_RATE
 from metering.services.accounts import account_upsert, meter_upsert
 from metering.services.ingest import CONFLICT, REJECTED, events_ingest
 
@@ -106,6 +107,7 @@ class EventIngestView(APIView):
     """POST /api/v1/events: one Lago event ({"event": {...}}) or one CloudEvent."""
 
     permission_classes = [HasScope.of("ingest")]
+    throttle_scope = INGEST_RATE
 
     @extend_schema(
         operation_id="events_create",
@@ -195,6 +197,7 @@ class EventBatchView(APIView):
     """POST /api/v1/events/batch: {"events": [...]} or a CloudEvents batch (a JSON array)."""
 
     permission_classes = [HasScope.of("ingest")]
+    throttle_scope = INGEST_RATE
 
     @extend_schema(
         operation_id="events_batch_create",

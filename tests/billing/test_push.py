@@ -109,7 +109,8 @@ def test_each_event_is_pushed_once_and_acknowledged(fake, account, calls):
 
     assert result.events_drained == 3 and result.acknowledged == 3
     assert stripe_total(fake, account, calls) == 3
-    entries = PushLedgerEntry.objects.order_by("pk")
+    # By event: the ledger's insert order follows the events' places on disk, not their ids.
+    entries = PushLedgerEntry.objects.order_by("event_id")
     assert {e.status for e in entries} == {Status.ACKNOWLEDGED}
     event_ids = UsageEvent.objects.order_by("pk").values_list("pk", flat=True)
     assert [e.identifier for e in entries] == [f"mo-e{pk}" for pk in event_ids]
