@@ -8,7 +8,6 @@ change staff make to the ledger is "send again" for failed entries (the change p
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from simple_history.admin import SimpleHistoryAdmin
 
 from billing.models import (
     ProviderInvoice,
@@ -21,26 +20,22 @@ from billing.models import (
     WebhookEvent,
 )
 from billing.services.push import ledger_retry_failed
-from metering.admin import AuditedAdminMixin, ReadOnlyModelAdmin, pretty_json
+from metering.admin import AuditedHistoryAdmin, ReadOnlyModelAdmin, pretty_json
 
 
 @admin.register(ProviderMeter)
-class ProviderMeterAdmin(SimpleHistoryAdmin):
+class ProviderMeterAdmin(AuditedHistoryAdmin):
     list_display = ("meter", "provider", "provider_meter_id", "event_name", "aggregation")
     list_select_related = ("meter",)
     list_filter = ("provider", "aggregation")
     search_fields = ("meter__code", "provider_meter_id", "event_name")
     readonly_fields = ("created_at", "updated_at")
-
-    def has_add_permission(self, request):
-        return False  # created by the push when a meter is first used
-
-    def has_change_permission(self, request, obj=None):
-        return False
+    # Created by the push when a meter is first used; its history is evidence.
+    read_only = True
 
 
 @admin.register(PushLedgerEntry)
-class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
+class PushLedgerEntryAdmin(ReadOnlyModelAdmin):
     list_display = (
         "identifier",
         "account",
@@ -93,11 +88,9 @@ class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
     def response_pretty(self, obj: PushLedgerEntry) -> str:
         return pretty_json(obj.response) if obj.response else "-"
 
-    def has_send_again_permission(self, request) -> bool:
-        opts = self.opts
-        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
-
-    @admin.action(permissions=["send_again"], description="Send failed entries again")
+    # "change" on a read-only admin: the rows stay read-only; the action (billing's
+    # change_pushledgerentry permission) asks the push to send failed entries again.
+    @admin.action(permissions=["change"], description="Send failed entries again")
     def send_again(self, request, queryset):
         count = ledger_retry_failed(
             entry_ids=queryset.values_list("pk", flat=True), actor=request.user
@@ -181,7 +174,7 @@ class WebhookEventAdmin(ReadOnlyModelAdmin):
 
 
 @admin.register(SimulatedFaultConfig)
-class SimulatedFaultConfigAdmin(SimpleHistoryAdmin):
+class SimulatedFaultConfigAdmin(AuditedHistoryAdmin):
     list_display = (
         "name",
         "seed",

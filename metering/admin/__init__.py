@@ -13,7 +13,8 @@ metering.admin_dashboard.
 from metering.admin.accounts import AccountAdmin, MeterAdmin
 from metering.admin.api_keys import ApiKeyAdmin, ApiKeyCreateForm, ApiKeyFilter
 from metering.admin.common import (
-    AuditedAdminMixin,
+    AuditedHistoryAdmin,
+    AuditedModelAdmin,
     ReadOnlyModelAdmin,
     change_reason_form,
     pretty_json,
@@ -34,7 +35,8 @@ __all__ = [
     "ApiKeyAdmin",
     "ApiKeyCreateForm",
     "ApiKeyFilter",
-    "AuditedAdminMixin",
+    "AuditedHistoryAdmin",
+    "AuditedModelAdmin",
     "EstimatedCountPaginator",
     "MeterAdmin",
     "OccurredRecentlyFilter",

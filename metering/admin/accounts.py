@@ -6,9 +6,8 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
-from simple_history.admin import SimpleHistoryAdmin
 
-from metering.admin.common import AuditedAdminMixin, _copy_saved, change_reason_form
+from metering.admin.common import AuditedHistoryAdmin, _copy_saved
 from metering.models import Account, Meter, UsageEvent
 from metering.services.accounts import account_upsert, meter_upsert
 
@@ -16,7 +15,7 @@ from metering.services.accounts import account_upsert, meter_upsert
 
 
 @admin.register(Account)
-class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class AccountAdmin(AuditedHistoryAdmin):
     list_display = (
         "external_id",
         "name",
@@ -32,7 +31,6 @@ class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     list_filter = ("status", "tier", "timezone", "currency")
     search_fields = ("external_id", "name", "provider_customer_id")
     readonly_fields = ("created_at", "updated_at", "events_link", "quarantine_link")
-    change_form_class = change_reason_form(Account)
     list_per_page = 50
 
     def get_readonly_fields(self, request, obj=None):
@@ -84,12 +82,11 @@ class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
 
 @admin.register(Meter)
-class MeterAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class MeterAdmin(AuditedHistoryAdmin):
     list_display = ("code", "name", "aggregation", "value_property", "dims", "unit", "active")
     list_filter = ("aggregation", "active")
     search_fields = ("code", "name")
     readonly_fields = ("created_at", "updated_at")
-    change_form_class = change_reason_form(Meter)
 
     @admin.display(description="Dimensions")
     def dims(self, obj: Meter) -> str:
