@@ -8,8 +8,10 @@ change staff make to the ledger is "send again" for failed entries (the change p
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db.models import Q
 
 from billing.models import (
+    Provider,
     ProviderInvoice,
     ProviderInvoiceLine,
     ProviderMeter,
@@ -20,7 +22,17 @@ from billing.models import (
     WebhookEvent,
 )
 from billing.services.push import ledger_retry_failed
-from metering.admin import AuditedHistoryAdmin, ReadOnlyModelAdmin, pretty_json
+from metering.admin import (
+    AuditedHistoryAdmin,
+    EstimatedCountPaginator,
+    ReadOnlyModelAdmin,
+    pretty_json,
+)
+from metering.models import Account
+
+# The ledger and the simulated provider's records have a row per event: their lists never
+# count the table (estimated counts, no facets, no date hierarchy) and search only by exact,
+# index-backed values (an icontains search would read every row).
 
 
 @admin.register(ProviderMeter)
@@ -50,9 +62,11 @@ class PushLedgerEntryAdmin(ReadOnlyModelAdmin):
     )
     list_select_related = ("account", "meter")
     list_filter = ("status", "provider", "kind")
-    search_fields = ("identifier", "account__external_id")
-    date_hierarchy = "timestamp"
+    search_fields = ("identifier", "account__external_id")  # exact: get_search_results
+    search_help_text = "Exact identifier (mo-…) or account external id."
+    paginator = EstimatedCountPaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     ordering = ("-id",)
     actions = ("send_again",)
     fields = (
@@ -79,6 +93,19 @@ class PushLedgerEntryAdmin(ReadOnlyModelAdmin):
         "response_pretty",
     )
     readonly_fields = fields
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        # (provider, identifier) is the unique index: naming every provider lets PostgreSQL
+        # probe it once per provider. The account is resolved by its unique external id first,
+        # so the OR is two index scans (BitmapOr), not a join filtered row by row.
+        match = Q(provider__in=Provider.values, identifier=term)
+        account_id = Account.objects.filter(external_id=term).values_list("pk", flat=True).first()
+        if account_id is not None:
+            match |= Q(account_id=account_id)
+        return queryset.filter(match), False
 
     @admin.display(description="Payload sent")
     def payload_pretty(self, obj: PushLedgerEntry) -> str:
@@ -204,5 +231,16 @@ class SimulatedUsageRecordAdmin(ReadOnlyModelAdmin):
         "visible_at",
     )
     list_filter = ("dropped", "event_name")
-    search_fields = ("identifier", "customer_id")
+    search_fields = ("identifier", "customer_id")  # exact: get_search_results
+    search_help_text = "Exact identifier or customer id."
+    paginator = EstimatedCountPaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    ordering = ("-id",)
+
+    def get_search_results(self, request, queryset, search_term):
+        # Both columns lead an index; an exact OR of the two is a BitmapOr of index scans.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(identifier=term) | Q(customer_id=term)), False
