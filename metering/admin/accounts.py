@@ -32,6 +32,9 @@ class AccountAdmin(AuditedHistoryAdmin):
     search_fields = ("external_id", "name", "provider_customer_id")
     readonly_fields = ("created_at", "updated_at", "events_link", "quarantine_link")
     list_per_page = 50
+    # The usage page's template (metering.admin_dashboard); an admin extending this one may
+    # render a template that extends it.
+    usage_template = "admin/metering/account/usage.html"
 
     def get_readonly_fields(self, request, obj=None):
         # The external id is the key product backends use; changing it would orphan their events.

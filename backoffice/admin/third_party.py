@@ -1,4 +1,4 @@
-"""Third-party admins re-registered on the one audited base, so the same permission rules hold
+"""Admins of other packages re-registered on the one audited base, so the same permission rules hold
 everywhere (metering.admin.common.AuditedModelAdmin):
 
 - django-celery-beat's schedules and periodic tasks: viewing is open to the roles, every
