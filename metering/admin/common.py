@@ -9,6 +9,7 @@ import json
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
+from django.core import checks
 from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
@@ -58,9 +59,28 @@ class AuditedModelAdmin(admin.ModelAdmin):
         return allowed
 
     def _may_run(self, request, permission: str) -> bool:
+        check = getattr(self, f"has_{permission}_permission")
         if permission in ("add", "change", "delete", "view"):
-            return request.user.has_perm(self.action_permission(permission))
-        return getattr(self, f"has_{permission}_permission")(request)
+            # The model's permission, and the admin's own rule unless the admin is read-only
+            # (its rows stay read-only; its actions run under the model's permission).
+            if not request.user.has_perm(self.action_permission(permission)):
+                return False
+            return self.read_only or check(request)
+        return check(request)
+
+    def check(self, **kwargs):
+        errors = super().check(**kwargs)
+        for func, name, _description in self._get_base_actions():
+            if not getattr(func, "allowed_permissions", None):
+                errors.append(
+                    checks.Error(
+                        f"The action '{name}' of {type(self).__name__} declares no "
+                        "permission; use @admin.action(permissions=[...]).",
+                        obj=type(self),
+                        id="meterops.E001",
+                    )
+                )
+        return errors
 
     def changelist_view(self, request, extra_context=None):
         if request.method == "POST":

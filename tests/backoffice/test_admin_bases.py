@@ -247,3 +247,21 @@ def test_the_auditor_group_may_view_users_and_groups_and_nothing_more():
     assert {"view_user", "view_group"} <= codenames
     assert all(c.startswith("view_") for c in codenames)
     assert not get_user_model().objects.filter(is_superuser=True, groups=auditor).exists()
+
+
+def test_an_action_without_declared_permissions_fails_the_system_check():
+    from django.contrib.admin import AdminSite
+
+    from billing.models import WebhookEvent
+    from metering.admin import ReadOnlyModelAdmin
+
+    def forget(modeladmin, request, queryset):
+        pass
+
+    class CarelessAdmin(ReadOnlyModelAdmin):
+        actions = (forget,)
+
+    errors = CarelessAdmin(WebhookEvent, AdminSite()).check()
+
+    assert [e.id for e in errors] == ["meterops.E001"]
+    assert "forget" in errors[0].msg
