@@ -1,8 +1,8 @@
 """The billing back office: plans with their prices, subscriptions, billing periods.
 
 Every admin is an AuditedHistoryAdmin (metering.admin.common): each action declares the
-permission it needs and a POSTed action the user may not run is a 403, and a change to an existing record asks why; the reason is kept in its
-history with the acting user.
+permission it needs, a POSTed action the user may not run is a 403, and a change to an existing
+record asks why; the reason is kept in its history with the acting user.
 """
 
 from __future__ import annotations
