@@ -1,6 +1,7 @@
 import logging
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 logger = logging.getLogger(__name__)
 
@@ -10,9 +11,14 @@ class BackofficeConfig(AppConfig):
     name = "backoffice"
     verbose_name = "Back office"
 
-    def ready(self):
+    def ready(self) -> None:
         from celery.signals import task_failure, task_success
 
+        from backoffice.roles import roles_sync
+
+        # The roles name every app's permissions, so they are synced from the top app, after
+        # every app's migrate; dispatch_uid keeps it to one call per signal.
+        post_migrate.connect(roles_sync, dispatch_uid="backoffice.roles_sync")
         # weak=False: the receivers are module-level functions, but say it plainly.
         task_success.connect(_task_succeeded, weak=False, dispatch_uid="backoffice.task_success")
         task_failure.connect(_task_failed, weak=False, dispatch_uid="backoffice.task_failure")

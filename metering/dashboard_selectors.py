@@ -6,7 +6,7 @@ number of queries does not grow with the number of events or days.
 
 The period shown
 ----------------
-The page shows "this period" against the previous one. Metering does not import billing (imports
+The page shows "this period" against the previous one. Metering names no app above it (imports
 flow metering <- billing), so billing *registers* a period source at start-up
 (`usage_period_source_register`, called from BillingConfig.ready): a function
 `(account=, at=) -> AccountPeriods | None` that answers the account's open billing period, the
