@@ -27,7 +27,12 @@ from billing.models.providers import (
     ProviderMeter,
     ProviderUsageSummary,
 )
-from billing.models.push import PushInbox, PushLedgerEntry, PushLedgerEntryQuerySet
+from billing.models.push import (
+    PushInbox,
+    PushInstallation,
+    PushLedgerEntry,
+    PushLedgerEntryQuerySet,
+)
 from billing.models.simulated import SimulatedFaultConfig, SimulatedUsageRecord
 from billing.models.subscriptions import (
     BillingPeriod,
@@ -50,6 +55,7 @@ __all__ = [
     "ProviderMeter",
     "ProviderUsageSummary",
     "PushInbox",
+    "PushInstallation",
     "PushLedgerEntry",
     "PushLedgerEntryQuerySet",
     "SimulatedFaultConfig",

@@ -121,3 +121,30 @@ class PushLedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.identifier} ({self.status})"
+
+
+class PushInstallation(models.Model):
+    """This installation's id at the billing provider: one row (pk 1), made on first use.
+
+    It prefixes every meter event identifier and idempotency key we send (`mo-<id>-e<event>`),
+    so two installations on one Stripe account, or this one after a restore from a backup
+    (which starts handing out event ids Stripe already saw), never send an identifier Stripe
+    knows from within its 24-hour window (Stripe would drop the new usage as a duplicate).
+    `database_oid` is the database's oid when the id was made: a dump restored into a new
+    database has another oid, and the id is then renewed by itself; after a physical restore
+    (same oid) run `manage.py push_installation_renew`. Ledger entries keep the identifier
+    they were first sent with, so a resend never changes it.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    installation_id = models.CharField(max_length=16, unique=True)
+    database_oid = models.BigIntegerField(null=True, blank=True)
+    previous_ids = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    renewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "push installation id"
+
+    def __str__(self) -> str:
+        return self.installation_id

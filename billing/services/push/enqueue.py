@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from billing import periods as billing_periods
 from billing.models import BillingPeriod, PushLedgerEntry, Subscription
+from billing.services.installation import installation_id
 from billing.services.push.common import ENQUEUE_BATCH, SUM_METERS, A, Kind, Status, too_old_cutoff
 from metering.models import Account, Meter, UsageEvent
 
@@ -52,7 +53,7 @@ INSERT INTO billing_pushledgerentry (
     timestamp, day, period_start, seq, payload, status, attempts, created_at, error_code,
     response, completed_at
 )
-SELECT %(provider)s, 'mo-e' || e.id, 'mo-e' || e.id, 'event', e.account_id, e.meter_id, e.id,
+SELECT %(provider)s, %(prefix)s || e.id, %(prefix)s || e.id, 'event', e.account_id, e.meter_id, e.id,
        d.value, e.occurred_at, (e.occurred_at AT TIME ZONE 'UTC')::date, NULL, 0, '{}'::jsonb,
        CASE WHEN old THEN 'too_old' ELSE 'pending' END, 0, %(now)s,
        CASE WHEN old THEN 'older_than_push_window' ELSE '' END,
@@ -135,7 +136,7 @@ def _mark_too_old(entry: PushLedgerEntry, now: datetime) -> None:
 
 
 def _gauge_entry(
-    key: _GaugeKey, meter: Meter, provider_name: str, now: datetime
+    key: _GaugeKey, meter: Meter, provider_name: str, now: datetime, installation: str
 ) -> PushLedgerEntry | None:
     value = _gauge_value(meter, key.account_id, key.starts_at, key.ends_at)
     previous = (
@@ -159,7 +160,9 @@ def _gauge_entry(
     timestamp = min(max(now, key.starts_at), last_second).replace(microsecond=0)
     if previous is not None and timestamp <= previous.timestamp:
         timestamp = previous.timestamp + timedelta(seconds=1)
-    identifier = f"mo-g{key.account_id}-{key.meter_id}-{key.period_start:%Y%m%d}-{seq}"
+    identifier = (
+        f"mo-{installation}-g{key.account_id}-{key.meter_id}-{key.period_start:%Y%m%d}-{seq}"
+    )
     entry = PushLedgerEntry(
         provider=provider_name,
         identifier=identifier,
@@ -191,6 +194,7 @@ def push_ledger_enqueue(
     """Drain the push inbox into ledger entries. Returns (events drained, entries created,
     of which too old to send)."""
     drained = created = too_old = 0
+    installation = installation_id()
     while True:
         now_ = now or timezone.now()
         with transaction.atomic():
@@ -204,6 +208,7 @@ def push_ledger_enqueue(
                     _EVENT_ENTRIES_SQL,
                     {
                         "provider": provider_name,
+                        "prefix": f"mo-{installation}-e",
                         "now": now_,
                         "cutoff": too_old_cutoff(now_),
                         "too_old_response": json.dumps(_too_old_response(now_)),
@@ -233,7 +238,7 @@ def push_ledger_enqueue(
                 )
                 gauges[key] = event.meter
             for key, meter in sorted(gauges.items(), key=lambda kv: kv[0].period_start):
-                entry = _gauge_entry(key, meter, provider_name, now_)
+                entry = _gauge_entry(key, meter, provider_name, now_, installation)
                 if entry is not None:
                     # Saved one by one: the next key of the same meter reads it as previous.
                     entry.save()
