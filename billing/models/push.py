@@ -35,10 +35,11 @@ class PushLedgerEntryQuerySet(models.QuerySet):
 class PushLedgerEntry(models.Model):
     """One piece of usage to push, under an identifier that is deterministic from what it is.
 
-    - kind `event`: one usage event (or a correction's delta) as a value for a `sum` meter;
-      identifier `mo-e<event id>`.
+    - kind `event`: one usage event (or what a correction changes, see
+      billing.services.push.corrections) as a value for a `sum` meter; identifier
+      `mo-<installation>-e<event id>` (`mo-e<event id>` for entries made before the prefix).
     - kind `period_to_date`: the period-to-date value of a max/unique_count/latest meter for a
-      `last` meter; identifier `mo-g<account>-<meter>-<period start>-<seq>`.
+      `last` meter; identifier `mo-<installation>-g<account>-<meter>-<period start>-<seq>`.
 
     `payload` is exactly what is sent, fixed at the first attempt; every retry reuses it with
     the same identifier and idempotency key.
@@ -78,6 +79,9 @@ class PushLedgerEntry(models.Model):
         db_constraint=False,
         related_name="+",
     )
+    # Corrections only: the event the correction replaces. Its entry's value is settled from
+    # what the provider holds for that event, just before it is first sent.
+    corrects_event_id = models.BigIntegerField(null=True, blank=True)
     value = models.DecimalField(max_digits=38, decimal_places=12)
     # The usage time sent to the provider, and its UTC day (provider summaries are UTC days).
     timestamp = models.DateTimeField()
@@ -117,6 +121,8 @@ class PushLedgerEntry(models.Model):
                 fields=["account", "meter", "period_start", "seq"], name="push_ledger_gauge"
             ),
             models.Index(fields=["status", "created_at"], name="push_ledger_status"),
+            # A correction finds the entry of the event it corrects.
+            models.Index(fields=["provider", "event"], name="push_ledger_event"),
         ]
 
     def __str__(self) -> str:

@@ -236,6 +236,8 @@ class FakeStripe:
     def total(self, *, event_name: str, customer: str) -> Decimal:
         """What the meter holds for the customer over all time (its formula applied)."""
         meter = self.meter_by_event(event_name)
+        if meter is None:
+            return Decimal(0)
         rows = [e for e in self.events if e.event_name == event_name and e.customer == customer]
         return self._aggregate(meter["default_aggregation"]["formula"], rows)
 

@@ -168,8 +168,13 @@ def test_a_correction_pushes_the_difference_it_makes(fake, account, storage):
 
     usage_push()
 
-    values = list(PushLedgerEntry.objects.order_by("pk").values_list("value", flat=True))
-    assert values == [Decimal("10.5"), Decimal("-3.5"), Decimal("2"), Decimal("-2")]
+    rows = list(PushLedgerEntry.objects.order_by("pk").values_list("value", "status"))
+    assert rows == [
+        (Decimal("10.5"), Status.ACKNOWLEDGED),
+        (Decimal("-3.5"), Status.ACKNOWLEDGED),  # the provider held 10.5: the difference
+        (Decimal("2"), Status.SUPERSEDED),  # voided before it was ever sent: not sent
+        (Decimal("0"), Status.SUPERSEDED),  # and nothing to take back
+    ]
     assert stripe_total(fake, account, storage) == Decimal(7)
 
 

@@ -45,20 +45,21 @@ WHERE e.account_id = %s AND e.meter_id = %s AND e.occurred_at >= %s AND e.occurr
 
 # Count and sum meters: one entry per event, straight from the event rows (building 5,000
 # model instances per batch in Python cost more than the rest of the enqueue). A correction's
-# value is its own contribution minus the corrected event's (count: 1 per event with a value;
-# sum: the value; a void correction contributes 0).
+# value here is provisional (its own contribution minus the corrected event's; count: 1 per
+# event with a value; sum: the value; a void correction contributes 0): it is settled against
+# what the provider actually holds before it is first sent (billing.services.push.corrections).
 _EVENT_ENTRIES_SQL = """
 INSERT INTO billing_pushledgerentry (
     provider, identifier, idempotency_key, kind, account_id, meter_id, event_id, value,
     timestamp, day, period_start, seq, payload, status, attempts, created_at, error_code,
-    response, completed_at
+    response, completed_at, corrects_event_id
 )
 SELECT %(provider)s, %(prefix)s || e.id, %(prefix)s || e.id, 'event', e.account_id, e.meter_id, e.id,
        d.value, e.occurred_at, (e.occurred_at AT TIME ZONE 'UTC')::date, NULL, 0, '{}'::jsonb,
        CASE WHEN old THEN 'too_old' ELSE 'pending' END, 0, %(now)s,
        CASE WHEN old THEN 'older_than_push_window' ELSE '' END,
        CASE WHEN old THEN %(too_old_response)s::jsonb ELSE '{}'::jsonb END,
-       CASE WHEN old THEN %(now)s::timestamptz END
+       CASE WHEN old THEN %(now)s::timestamptz END, e.corrects_id
 FROM metering_usageevent e
 JOIN metering_meter m ON m.id = e.meter_id
 LEFT JOIN metering_usageevent o ON o.id = e.corrects_id
@@ -68,7 +69,8 @@ CROSS JOIN LATERAL (
            AS value,
            e.occurred_at < %(cutoff)s AS old
 ) d
-WHERE e.id = ANY(%(ids)s) AND m.aggregation IN ('count', 'sum') AND d.value <> 0
+WHERE e.id = ANY(%(ids)s) AND m.aggregation IN ('count', 'sum')
+  AND (d.value <> 0 OR e.corrects_id IS NOT NULL)
 ON CONFLICT (provider, identifier) DO NOTHING
 RETURNING status
 """

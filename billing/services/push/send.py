@@ -39,6 +39,7 @@ from billing.services.push.common import (
     provider_meter_ensure,
     too_old_cutoff,
 )
+from billing.services.push.corrections import UNSETTLED, push_corrections_settle
 from billing.services.push.enqueue import push_ledger_enqueue
 from billing.services.push.resolve import push_ledger_resolve_stale
 from metering.models import Account, Meter
@@ -254,6 +255,8 @@ _SEND_FIELDS = (
 def _sendable(provider_name: str, now: datetime):
     return (
         PushLedgerEntry.objects.filter(provider=provider_name, status=Status.PENDING)
+        # A correction goes once its value is settled against what the provider holds.
+        .exclude(UNSETTLED)
         .filter(
             Q(first_sent_at__isnull=True)
             | Q(first_sent_at__gt=now - IDENTIFIER_WINDOW)
@@ -275,6 +278,11 @@ def push_ledger_send(
 ) -> PushResult:
     """Send what may be sent (see the billing.services.push docstring), a chunk at a time."""
     result = result or PushResult(provider=provider.name)
+    settled, waiting = push_corrections_settle(
+        provider_name=provider.name, now=now or timezone.now()
+    )
+    result.corrections_settled += settled
+    result.corrections_waiting = waiting
     targets = _Targets(provider)
     last_pk = 0
     done = 0
@@ -391,6 +399,9 @@ def usage_push(
         push_ledger_send(
             provider=provider, now=now, max_entries=max_entries, result=result, progress=progress
         )
+        if result.corrections_waiting and not result.halted and max_entries is None:
+            # Originals answered in this run may let waiting corrections go now.
+            push_ledger_send(provider=provider, now=now, result=result, progress=progress)
         if not result.halted:
             before = result.stale_resent
             push_ledger_resolve_stale(provider=provider, now=now, result=result)
