@@ -28,8 +28,10 @@ from billing.models.providers import (
     ProviderUsageSummary,
 )
 from billing.models.push import (
+    PushBatch,
     PushInbox,
     PushInstallation,
+    PushLedgerChange,
     PushLedgerEntry,
     PushLedgerEntryQuerySet,
 )
@@ -54,8 +56,10 @@ __all__ = [
     "ProviderInvoiceLine",
     "ProviderMeter",
     "ProviderUsageSummary",
+    "PushBatch",
     "PushInbox",
     "PushInstallation",
+    "PushLedgerChange",
     "PushLedgerEntry",
     "PushLedgerEntryQuerySet",
     "SimulatedFaultConfig",

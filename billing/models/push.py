@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
@@ -154,3 +155,62 @@ class PushInstallation(models.Model):
 
     def __str__(self) -> str:
         return self.installation_id
+
+
+class PushLedgerChange(models.Model):
+    """A change made to ledger entries by a person or on the provider's word: who, why, what.
+
+    The ledger has one row per event, so its automatic transitions (each send's answer) are
+    recorded in the entry's own fields (attempts, first and last attempt, the provider's last
+    answer) and per send in PushBatch, not here: a full history row per automatic change would
+    double the ledger's writes. What is recorded here are the changes outside the push's own
+    rules: staff sending failed entries again (with the user) and webhook reports that change
+    an entry's status (with the webhook event).
+    """
+
+    class Source(models.TextChoices):
+        STAFF = "staff", "Staff"
+        WEBHOOK = "webhook", "Provider webhook"
+
+    entry = models.ForeignKey(PushLedgerEntry, on_delete=models.CASCADE, related_name="changes")
+    changed_at = models.DateTimeField()
+    source = models.CharField(max_length=16, choices=Source.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    reason = models.CharField(max_length=255)
+    # {"field": [before, after], ...}
+    changes = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        verbose_name = "push ledger change"
+        indexes = [models.Index(fields=["entry", "changed_at"], name="push_change_entry")]
+
+    def __str__(self) -> str:
+        return f"{self.entry_id} {self.changes.get('status', '')} ({self.source})"
+
+
+class PushBatch(models.Model):
+    """One send of a chunk of ledger entries: when, how many, what the provider answered. The
+    compact log of the ledger's automatic transitions."""
+
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    sent_at = models.DateTimeField()
+    entries = models.PositiveIntegerField()
+    first_entry_id = models.BigIntegerField()
+    last_entry_id = models.BigIntegerField()
+    # Entries by the status the answer gave them ({"acknowledged": 990, "pending": 10}).
+    outcomes = models.JSONField(default=dict)
+    halted = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = "push batch"
+        verbose_name_plural = "push batches"
+        indexes = [models.Index(fields=["sent_at"], name="push_batch_sent")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.sent_at:%Y-%m-%d %H:%M:%S} ({self.entries})"

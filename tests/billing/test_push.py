@@ -452,6 +452,8 @@ def test_staff_can_send_failed_entries_again(settings, admin_client, account, ca
         "webhookevent",
         "simulatedfaultconfig",
         "simulatedusagerecord",
+        "pushledgerchange",
+        "pushbatch",
     ],
 )
 def test_every_provider_admin_page_opens(settings, admin_client, account, calls, model):

@@ -14,7 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import ProviderMeter as ProviderMeterModel
-from billing.models import PushLedgerEntry
+from billing.models import PushBatch, PushLedgerEntry
 from billing.providers import get_provider
 from billing.providers.base import (
     IDENTIFIER_WINDOW,
@@ -322,6 +322,15 @@ def push_ledger_send(
         results = [replace(r, identifier=owner.get(r.identifier, r.identifier)) for r in results]
         with transaction.atomic():
             counts = _record_results(entries, results + refused, now_)
+            PushBatch.objects.create(
+                provider=provider.name,
+                sent_at=now_,
+                entries=len(entries),
+                first_entry_id=entries[0].pk,
+                last_entry_id=entries[-1].pk,
+                outcomes=dict(counts),
+                halted=(provider.halted or "")[:255],
+            )
         done += len(entries)
         result.attempted += len(entries)
         result.acknowledged += counts.get(Status.ACKNOWLEDGED, 0)
