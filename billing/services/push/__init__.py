@@ -17,8 +17,8 @@ never push at the same time (the second returns at once, `busy`), then:
    - max, unique_count and latest meters go to a provider `last` meter as the period-to-date
      value of the billing period (the stored period containing the event, else the period
      the subscription's anchor gives, else the local calendar month), recomputed from the raw
-     events; a new entry `mo-<installation>-g<account>-<meter>-<period start>-<seq>` only when the value
-     changed. Its timestamp is now (clamped into the period and always after the previous
+     events; a new entry `mo-<installation>-g<account>-<meter>-<period start>-<seq>` only
+     when the value changed. Its timestamp is now (clamped into the period and always after the previous
      one, so "last" picks the newest value).
    - zero values are not pushed.
 
