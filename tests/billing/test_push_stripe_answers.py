@@ -265,3 +265,25 @@ def test_a_long_retry_after_ends_the_run_and_the_next_run_continues(fake, accoun
 
     assert again.acknowledged == 3 and not again.halted
     assert stripe_total(fake, account, storage) == Decimal(3)
+
+
+def test_a_split_value_whose_part_got_a_saved_500_is_completed_next_run_exactly_once(
+    fake, account, storage
+):
+    value = Decimal("1234567890.1234567891")  # 20 digits: two parts
+    make_event(account, storage, value, hours_ago(1))
+    fake.server_error_next(1)  # the first part fails (nothing applied); the second goes
+
+    first = usage_push()
+
+    entry = PushLedgerEntry.objects.get()
+    assert first.retry_later == 1
+    assert entry.idempotency_key == f"{entry.identifier}~2"
+
+    usage_push()
+
+    entry.refresh_from_db()
+    assert entry.status == Status.ACKNOWLEDGED  # the second part answered "already exists"
+    assert stripe_total(fake, account, storage) == value
+    assert fake.count_identifier(entry.identifier) == 1
+    assert fake.count_identifier(f"{entry.identifier}.p2") == 1

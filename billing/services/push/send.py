@@ -24,6 +24,7 @@ from billing.providers.base import (
     ItemStatus,
     ProviderUnavailable,
     UsageItem,
+    next_idempotency_key,
     significant_digits,
     split_value,
 )
@@ -131,7 +132,12 @@ def _record_results(
         response["result"] = str(result.status)
         if result.message:
             response["message"] = result.message
-        next_key = result.next_idempotency_key if status == Status.PENDING else ""
+        # A new key for the entry (its parts derive theirs from it), whichever part asked.
+        next_key = (
+            next_idempotency_key(entry.idempotency_key)
+            if status == Status.PENDING and result.next_idempotency_key
+            else ""
+        )
         if next_key:
             response["next_idempotency_key"] = next_key
         rows.append(
@@ -413,8 +419,13 @@ def usage_push(
             push_ledger_send(provider=provider, now=now, result=result, progress=progress)
         if not result.halted:
             before = result.stale_resent
-            push_ledger_resolve_stale(provider=provider, now=now, result=result)
-            if result.stale_resent > before:
+            try:
+                push_ledger_resolve_stale(provider=provider, now=now, result=result)
+            except ProviderUnavailable:
+                if not provider.halted:
+                    raise
+                _halt(provider, result)
+            if result.stale_resent > before and not result.halted:
                 push_ledger_send(provider=provider, now=now, result=result, progress=progress)
     result.http_calls = getattr(provider, "http_calls", 0)
     return result
