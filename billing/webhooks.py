@@ -21,6 +21,7 @@ answers 500, so Stripe delivers it again.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -40,6 +41,7 @@ from metering.models import Account
 logger = logging.getLogger(__name__)
 
 METER_ERROR_TYPES = ("billing.meter.error_report_triggered", "v1.billing.meter.")
+_PART_SUFFIX = re.compile(r"\.p\d+$")
 
 
 def _ts(value) -> datetime | None:
@@ -97,6 +99,8 @@ def _handle_meter_error(event: dict, now: datetime) -> str:
             if code in TOO_OLD_CODES
             else PushLedgerEntry.Status.REJECTED
         )
+        # A part of a split value (`<identifier>.p2`) belongs to its entry.
+        identifier = _PART_SUFFIX.sub("", identifier)
         entries = list(
             PushLedgerEntry.objects.select_for_update()
             .filter(provider="stripe", identifier=identifier, status=PushLedgerEntry.Status.SENT)
