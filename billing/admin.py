@@ -24,7 +24,7 @@ from billing.models import BillingPeriod, Plan, Price, Subscription
 from billing.pricing import decimal_text
 from billing.selectors import period_late_usage
 from billing.services.periods import (
-    PeriodNotEnded,
+    PeriodNotReady,
     PeriodOutsideSubscription,
     billing_period_begin_close,
     billing_period_ensure,
@@ -334,12 +334,14 @@ class BillingPeriodAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
     @admin.action(permissions=["change"], description="Begin closing (ended periods only)")
     def begin_closing(self, request, queryset):
+        # Only marks the intent (open -> closing) when the service's close guard passes (ended,
+        # grace over, usage rolled up); otherwise says why. The hourly roll prices and closes.
         now = timezone.now()
         started = 0
         for period in queryset.filter(state=BillingPeriod.State.OPEN):
             try:
                 billing_period_begin_close(period=period, actor=request.user, now=now)
                 started += 1
-            except PeriodNotEnded as exc:
-                self.message_user(request, f"{period}: {exc}", messages.WARNING)
+            except PeriodNotReady as exc:
+                self.message_user(request, f"{period}: not closed: {exc}", messages.WARNING)
         self.message_user(request, f"{started} period(s) are now closing.")

@@ -8,6 +8,8 @@ from metering.api.views import healthz
 admin.site.site_header = "Meterops"
 admin.site.site_title = "Meterops"
 admin.site.index_title = "Back office"
+# The admin's "View site" link: there is no public site, so it opens the API docs.
+admin.site.site_url = "/api/docs/"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

@@ -4,7 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 UV="${UV:-uv}"
 export DEBUG="${DEBUG:-true}"
-export DATABASE_URL="$("$UV" run --frozen python scripts/ensure_db.py)"
+# Not `export X="$(...)"`: export's own status would hide ensure_db's failure from `set -e`.
+# ensure_db has said why in one line on stderr.
+DATABASE_URL="$("$UV" run --frozen python scripts/ensure_db.py)" || exit 1
+export DATABASE_URL
 if [ -z "${CELERY_BROKER_URL:-}" ]; then
   if "$UV" run --frozen python -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1)" 2>/dev/null; then
     export CELERY_BROKER_URL="redis://127.0.0.1:6379/0"

@@ -6,3 +6,13 @@ def api_client():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def _celery_runs_in_place(monkeypatch):
+    """A task queued in a test (`.delay()`, `delay_on_commit`) runs in place, as a worker would,
+    instead of going to the broker: no test leaves messages in Redis. On-commit callbacks still
+    run only where a test executes them (`django_capture_on_commit_callbacks(execute=True)`)."""
+    from config.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 
+from metering.decimals import decimal_text
+
 # Stripe accepts meter event timestamps "within the past 35 calendar days".
 PUSH_WINDOW = timedelta(days=35)
 # ... and "up to 5 minutes in the future".
@@ -205,14 +207,6 @@ class BillingProvider(abc.ABC):
         self, *, customer_id: str, created_since: datetime | None = None
     ) -> Iterator[InvoiceData]:
         """The customer's invoices with their lines, every page."""
-
-
-def decimal_text(value: Decimal) -> str:
-    """A decimal as plain digits ("1000", "0.5"), never exponent notation, for the wire."""
-    text = format(value, "f")  # exact: normalize() would round past 28 digits
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in {"-0", ""} else text
 
 
 def significant_digits(value: Decimal) -> int:

@@ -65,8 +65,8 @@ class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
         return format_html('<a href="{}?{}">quarantined events</a>', url, query)
 
     def save_model(self, request, obj, form, change):
-        # Through the service, as the API does: creating an account replays its quarantined
-        # events, and a new time zone rebuilds its daily rollups.
+        # Through the service, as the API does: creating an account queues the replay of its
+        # quarantined events, and a new time zone queues the rebuild of its rollups.
         reason = form.cleaned_data.get("change_reason", "") if change else ""
         account, _created = account_upsert(
             external_id=obj.external_id,
@@ -107,7 +107,7 @@ class MeterAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
         return (*fixed, *self.readonly_fields)
 
     def save_model(self, request, obj, form, change):
-        # Through the service, as the API does: creating a meter replays its quarantined events.
+        # Through the service, as the API does: creating a meter queues its quarantine replay.
         reason = form.cleaned_data.get("change_reason", "") if change else ""
         meter, _created = meter_upsert(
             code=obj.code,

@@ -41,6 +41,28 @@ class AccountOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+class _ReplayFields(serializers.Serializer):
+    """What an upsert set going in the background (only in PUT answers)."""
+
+    replay = serializers.SerializerMethodField(
+        help_text="`queued` when this call created the account or meter and queued the replay "
+        "of its quarantined events (a task, after the answer); `none` otherwise."
+    )
+    replay_queued = serializers.SerializerMethodField(
+        help_text="How many quarantined events were queued for replay (at most 10,000)."
+    )
+
+    def get_replay(self, obj) -> str:
+        return "queued" if getattr(obj, "replay_queued", 0) else "none"
+
+    def get_replay_queued(self, obj) -> int:
+        return getattr(obj, "replay_queued", 0)
+
+
+class AccountUpsertOutputSerializer(AccountOutputSerializer, _ReplayFields):
+    pass
+
+
 class MeterInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=255)
     aggregation = serializers.ChoiceField(choices=Meter.Aggregation.choices)
@@ -70,6 +92,10 @@ class MeterOutputSerializer(serializers.Serializer):
     active = serializers.BooleanField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+
+
+class MeterUpsertOutputSerializer(MeterOutputSerializer, _ReplayFields):
+    pass
 
 
 # --- errors -------------------------------------------------------------------------------------

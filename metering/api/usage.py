@@ -12,7 +12,8 @@ Query parameters (scope `read`):
 - `granularity`: `day` (default) or `hour`. A daily range covers at most 400 days, an hourly
   one at most 1,080 hours (45 days) (metering.rollup_selectors.MAX_POINTS).
 - `group_by`: one of the meter's dimensions; each point then has `groups` {value: usage},
-  the `top` values with the most usage over the range by name and the rest under `other`.
+  the `top` values with the most usage over the range by name and the rest under `other`;
+  events without the property are counted under `(none)`.
 - `top`: how many dimension values to name, 1-100, default 25.
 
 Decimal values are strings (exact); `max` and `latest` of an empty bucket are null. `total` is
@@ -40,12 +41,14 @@ from metering import periods, selectors
 from metering.api.authentication import HasScope
 from metering.api.errors import ApiError
 from metering.api.serializers import ErrorSerializer
+from metering.decimals import decimal_text
 from metering.models import Account, Meter
 from metering.rollup_selectors import (
     MAX_POINTS,
     UnknownDimension,
     UsageRangeError,
     UsageSeries,
+    group_label,
     usage_series,
 )
 
@@ -62,10 +65,7 @@ def _bad(code: str, message: str, field: str | None = None) -> ApiError:
 
 def decimal_str(value: Decimal | None) -> str | None:
     """Exact, without exponent or trailing zeros: 1.500000000000 -> "1.5", 1E+2 -> "100"."""
-    if value is None:
-        return None
-    text = f"{value.normalize():f}"
-    return "0" if text == "-0" else text
+    return None if value is None else decimal_text(value)
 
 
 def _parse_bound(raw: str, field: str) -> date | datetime:
@@ -139,12 +139,16 @@ def _resolve_range(params, tz: str) -> tuple[str, date | datetime, date | dateti
     if end <= start:
         raise _bad("invalid_range", "The range is empty: 'to' must be after 'from'.", "to")
     if size > MAX_POINTS[granularity]:
-        raise _bad(
-            "range_too_large",
-            f"A {granularity}ly series covers at most {MAX_POINTS[granularity]} {unit}; this "
-            f"range has {size}. Ask for a shorter range or a coarser granularity.",
-            "to",
-        )
+        if granularity == "day":
+            limit = f"A daily series covers at most {MAX_POINTS['day']} days"
+            advice = "Ask for a shorter range (several requests for a longer one)."
+        else:
+            limit = (
+                f"An hourly series covers at most {MAX_POINTS['hour']} hours "
+                f"({MAX_POINTS['hour'] // 24} days)"
+            )
+            advice = "Ask for a shorter range, or for granularity=day."
+        raise _bad("range_too_large", f"{limit}; this range has {size} {unit}. {advice}", "to")
     return granularity, start, end
 
 
@@ -178,13 +182,13 @@ def usage_body(account: Account, series: UsageSeries) -> dict:
         "ends_at": _stamp(series.end),
         "group_by": series.group_by,
         "total": decimal_str(series.total),
-        "group_totals": {g: decimal_str(v) for g, v in series.group_totals.items()},
+        "group_totals": {group_label(g): decimal_str(v) for g, v in series.group_totals.items()},
         "folded": series.folded,
         "series": [
             {
                 "start": _stamp(point.day if daily else point.start),
                 "value": decimal_str(point.value),
-                "groups": {g: decimal_str(v) for g, v in point.groups.items()},
+                "groups": {group_label(g): decimal_str(v) for g, v in point.groups.items()},
             }
             for point in series.points
         ],
@@ -201,7 +205,8 @@ class UsagePointSerializer(serializers.Serializer):
     value = serializers.CharField(allow_null=True, help_text="Exact decimal as a string.")
     groups = serializers.DictField(
         child=serializers.CharField(allow_null=True),
-        help_text="With group_by: dimension value -> usage in this bucket (`other` for the rest).",
+        help_text="With group_by: dimension value -> usage in this bucket (`other` for the "
+        "rest, `(none)` for events without the property).",
     )
 
 

@@ -314,13 +314,15 @@ class AccountDetailView(_ScopedByMethod):
         summary="Create or update an account (idempotent)",
         description=(
             "The body is the whole account; a field left out takes its default. 201 when "
-            "created, 200 when it existed. Creating an account replays its quarantined events "
-            "(up to 10,000 at once; the rest from the admin). Scope: `manage`."
+            "created, 200 when it existed. Creating an account queues the replay of its "
+            "quarantined events (a task after the answer, up to 10,000 at once; the rest from "
+            "the admin): the answer says `replay: queued`. A new time zone queues a rebuild of "
+            "its rollups. Scope: `manage`."
         ),
         request=s.AccountInputSerializer,
         responses={
-            200: s.AccountOutputSerializer,
-            201: s.AccountOutputSerializer,
+            200: s.AccountUpsertOutputSerializer,
+            201: s.AccountUpsertOutputSerializer,
             400: OpenApiResponse(s.ErrorSerializer, description="invalid (see errors)"),
             **{k: v for k, v in _ERRORS.items() if k != 400},
         },
@@ -330,7 +332,7 @@ class AccountDetailView(_ScopedByMethod):
         return _upsert_response(
             request,
             input_serializer=s.AccountInputSerializer,
-            output_serializer=s.AccountOutputSerializer,
+            output_serializer=s.AccountUpsertOutputSerializer,
             upsert=account_upsert,
             external_id=external_id,
         )
@@ -368,12 +370,13 @@ class MeterDetailView(_ScopedByMethod):
         description=(
             "The body is the whole meter. 201 when created, 200 when it existed. Once a meter "
             "has events its aggregation and value property cannot change. Creating a meter "
-            "replays its quarantined events (up to 10,000 at once). Scope: `manage`."
+            "queues the replay of its quarantined events (a task after the answer, up to 10,000 "
+            "at once): the answer says `replay: queued`. Scope: `manage`."
         ),
         request=s.MeterInputSerializer,
         responses={
-            200: s.MeterOutputSerializer,
-            201: s.MeterOutputSerializer,
+            200: s.MeterUpsertOutputSerializer,
+            201: s.MeterUpsertOutputSerializer,
             400: OpenApiResponse(s.ErrorSerializer, description="invalid (see errors)"),
             **{k: v for k, v in _ERRORS.items() if k != 400},
         },
@@ -383,7 +386,7 @@ class MeterDetailView(_ScopedByMethod):
         return _upsert_response(
             request,
             input_serializer=s.MeterInputSerializer,
-            output_serializer=s.MeterOutputSerializer,
+            output_serializer=s.MeterUpsertOutputSerializer,
             upsert=meter_upsert,
             code=code,
         )

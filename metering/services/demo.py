@@ -27,10 +27,12 @@ from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Group
 from django.db import transaction
 
+from metering import periods
 from metering.models import Account, ApiKey
 from metering.services.accounts import account_upsert, meter_upsert
 from metering.services.api_keys import api_key_hash
 from metering.services.ingest import events_ingest
+from metering.services.table_stats import event_tables_analyze
 
 SEED = "meterops-demo-1"
 # Known on purpose (demo logins printed by `make run`); the command refuses to run with DEBUG off.
@@ -200,9 +202,7 @@ def _weighted(rng: random.Random, options: tuple[tuple[str, float], ...]) -> str
 
 
 def _local_day_bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time(0), zone).astimezone(UTC)
-    end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC)
-    return start, end
+    return periods.day_bounds_utc(day, zone)
 
 
 def _business_hours_offset(rng: random.Random) -> float:
@@ -396,6 +396,8 @@ def demo_seed(
         if on_day is not None:
             on_day(day, day_counts)
     summary.events.update(_ingest(demo_quarantine_events(end)))
+    # Fresh statistics, so the admin's estimated counts and the query plans fit the new rows.
+    event_tables_analyze()
     return summary
 
 

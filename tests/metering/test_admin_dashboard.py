@@ -517,3 +517,21 @@ def test_page_with_a_subscription_states_the_billing_period_plan_and_included_un
     row = next(r for r in response.context["totals"] if r["meter"].code == "api_calls")
     assert row["included"] == "1000"
     assert "Included in plan" in html  # the cumulative chart's line
+
+
+def test_breakdown_names_events_without_the_property_none_like_the_api(calls):
+    account = AccountFactory()
+    insert(
+        event(account, calls, utc(2024, 5, 2, 9), properties={"endpoint": "/a"}),
+        event(account, calls, utc(2024, 5, 2, 9)),
+    )
+    rollups.rollup_drain()
+
+    breakdown = account_usage_dashboard(
+        account=account, at=AT, meter_code="api_calls", dimension="endpoint"
+    ).breakdown
+    figure = charts.breakdown_figure(breakdown, title="API calls by endpoint")
+
+    names = [trace["name"] for trace in figure["data"]]
+    assert any(name.startswith("(none) (1 ") for name in names), names
+    assert not any("not set" in name for name in names)

@@ -344,3 +344,44 @@ def test_schema_documents_the_usage_endpoint(client):
         "series",
     } <= set(body["properties"])
     assert operation["security"] == [{"ApiKey": []}]
+
+
+def test_events_without_the_grouped_property_are_named_none(reader, kolkata, calls):
+    day = utc(2024, 1, 2, 6)
+    insert(
+        event(kolkata, calls, day, properties={"endpoint": "/search"}),
+        event(kolkata, calls, day, properties={"region": "eu"}),  # no endpoint
+        event(kolkata, calls, day),
+    )
+    rollups.rollup_drain()
+
+    _response, body = get(
+        reader, meter="api_calls", group_by="endpoint", **{"from": "2024-01-02", "to": "2024-01-03"}
+    )
+
+    assert body["group_totals"] == {"(none)": "2", "/search": "1"}
+    assert body["series"] == [
+        {"start": "2024-01-02", "value": "3", "groups": {"(none)": "2", "/search": "1"}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"from": "2023-01-01", "to": "2024-02-06"},
+            "A daily series covers at most 400 days; this range has 401 days. "
+            "Ask for a shorter range (several requests for a longer one).",
+        ),
+        (
+            {"from": "2024-01-01T00:00:00Z", "to": "2024-03-01T00:00:00Z", "granularity": "hour"},
+            "An hourly series covers at most 1080 hours (45 days); this range has 1440 hours. "
+            "Ask for a shorter range, or for granularity=day.",
+        ),
+    ],
+)
+def test_range_too_large_says_what_to_ask_for_instead(reader, kolkata, calls, params, message):
+    _response, body = get(reader, meter="api_calls", **params)
+
+    assert body["code"] == "range_too_large"
+    assert body["message"] == message

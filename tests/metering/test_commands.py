@@ -276,3 +276,42 @@ def test_ingest_file_fail_on_error_exits_non_zero_after_the_summary(tmp_path, in
 def test_ingest_file_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(CommandError, match="No such file"):
         _run("ingest_file", str(tmp_path / "nope.jsonl"))
+
+
+# --- bulk loads leave fresh planner statistics -------------------------------------------------
+
+
+def _planner_rows(model) -> float:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table]
+        )
+        return cursor.fetchone()[0]
+
+
+def test_demo_leaves_the_planner_an_estimate_close_to_the_real_event_count(settings):
+    """The admin's events list shows the planner's estimate; a never-analysed table gave
+    15,092 for 134,235 events after `make run`."""
+    settings.DEBUG = True
+    _run("demo", "--days", "3", "--accounts", "5", "--end-date", END.isoformat())
+
+    events = UsageEvent.objects.count()
+    assert events > 300
+    assert _planner_rows(UsageEvent) == pytest.approx(events, rel=0.05)
+    assert _planner_rows(QuarantinedEvent) == pytest.approx(
+        QuarantinedEvent.objects.count(), rel=0.05
+    )
+
+
+def test_ingest_file_leaves_the_planner_an_estimate_close_to_the_real_event_count(
+    tmp_path, ingest_setup
+):
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(_lago(n)) for n in range(400)) + "\n")
+
+    _run("ingest_file", str(path), "--batch-size", "100")
+
+    assert UsageEvent.objects.count() == 400
+    assert _planner_rows(UsageEvent) == pytest.approx(400, rel=0.05)

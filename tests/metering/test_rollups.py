@@ -212,6 +212,35 @@ def test_changing_the_time_zone_rebuilds_daily_rollups(meters, django_capture_on
     assert_rollups_match_python()
 
 
+def test_a_time_zone_change_queues_the_rebuild_and_the_task_does_it_safely_twice(
+    meters, django_capture_on_commit_callbacks, monkeypatch
+):
+    from metering import tasks
+
+    queued: list[dict] = []
+    monkeypatch.setattr(
+        tasks.account_rollups_rebuild, "delay", lambda **kwargs: queued.append(kwargs)
+    )
+    acct = AccountFactory(external_id="tz-queued", timezone="UTC")
+    calls = meters[A.COUNT]
+    insert(event(acct, calls, utc(2024, 1, 1, 20)))
+    rollups.rollup_drain()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        account_upsert(external_id="tz-queued", timezone="Asia/Kolkata")
+
+    # Not rebuilt in the request: the daily row is still the UTC day.
+    assert queued == [{"account_id": acct.pk}]
+    assert daily(acct, calls, date(2024, 1, 1)).count == 1
+
+    tasks.account_rollups_rebuild.apply(kwargs=queued[0]).get()
+    tasks.account_rollups_rebuild.apply(kwargs=queued[0]).get()
+
+    assert not RollupDaily.objects.filter(account=acct, day=date(2024, 1, 1)).exists()
+    assert daily(acct, calls, date(2024, 1, 2)).count == 1
+    assert_rollups_match_python()
+
+
 # --- unique counts over ranges -------------------------------------------------------------------
 
 

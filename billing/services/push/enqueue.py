@@ -14,8 +14,9 @@ from django.utils import timezone
 from billing import periods as billing_periods
 from billing.models import BillingPeriod, PushLedgerEntry, Subscription
 from billing.services.installation import installation_id
-from billing.services.push.common import ENQUEUE_BATCH, SUM_METERS, A, Kind, Status, too_old_cutoff
+from billing.services.push.common import ENQUEUE_BATCH, SUM_METERS, Kind, Status, too_old_cutoff
 from metering.models import Account, Meter, UsageEvent
+from metering.rollup_selectors import usage_gauge_from_events
 
 # --- 1. enqueue ----------------------------------------------------------------------------------
 
@@ -28,20 +29,6 @@ WHERE event_id IN (
 )
 RETURNING event_id
 """
-
-# The period-to-date value of a max / unique_count / latest meter over [lo, hi), from the raw
-# effective events (those no correction replaces), as the rollups define them.
-_GAUGE_SQL = """
-SELECT max(e.value),
-       count(DISTINCT e.unique_value) FILTER (WHERE e.unique_value <> ''),
-       (array_agg(e.value ORDER BY e.occurred_at DESC, e.id DESC)
-            FILTER (WHERE e.value IS NOT NULL))[1]
-FROM metering_usageevent e
-WHERE e.account_id = %s AND e.meter_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
-  AND NOT EXISTS (
-      SELECT 1 FROM metering_usageevent c WHERE c.corrects_id = e.id AND c.corrects_id IS NOT NULL)
-"""
-
 
 # Count and sum meters: one entry per event, straight from the event rows (building 5,000
 # model instances per batch in Python cost more than the rest of the enqueue). A correction's
@@ -77,13 +64,8 @@ RETURNING status
 
 
 def _gauge_value(meter: Meter, account_id: int, lo: datetime, hi: datetime) -> Decimal:
-    with connection.cursor() as cursor:
-        cursor.execute(_GAUGE_SQL, [account_id, meter.pk, lo, hi])
-        top, distinct, latest = cursor.fetchone()
-    if meter.aggregation == A.UNIQUE_COUNT:
-        return Decimal(distinct or 0)
-    value = top if meter.aggregation == A.MAX else latest
-    return Decimal(0) if value is None else Decimal(value)
+    # The period-to-date value, read through metering's selector (metering owns its tables).
+    return usage_gauge_from_events(meter=meter, account_id=account_id, start=lo, end=hi)
 
 
 @dataclass(frozen=True)

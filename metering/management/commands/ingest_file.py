@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from metering import exact_json
 from metering.services.ingest import events_ingest
+from metering.services.table_stats import event_tables_analyze
 
 STATUSES = ("accepted", "duplicate", "quarantined", "conflict", "rejected")
 # Columns holding the event's payload object, per format.
@@ -199,6 +200,8 @@ class Command(BaseCommand):
                 if len(pending) >= batch_size:
                     flush()
             flush()
+        # Fresh statistics, so the admin's estimated counts and the query plans fit the new rows.
+        event_tables_analyze()
         bar.update(max(0, total_lines - last_line))
         bar.close()
 
