@@ -223,8 +223,8 @@ class StripeProvider(BillingProvider):
                 if getattr(exc, "http_status", None) == 409:
                     raise _InFlight(f"Stripe: {exc.user_message or exc}") from exc
                 raise
-            except stripe.TemporarySessionExpiredError:
-                raise
+            # TemporarySessionExpiredError (v2 stream, 401) goes up as it is: the stream
+            # renews the session and sends again.
             except (stripe.AuthenticationError, stripe.PermissionError) as exc:
                 raise ProviderMisconfigured(f"Stripe refused our key: {exc.user_message}") from exc
 
