@@ -15,7 +15,10 @@ from django.utils import timezone
 from django.utils.html import format_html_join
 
 import billing.admin_projection  # noqa: F401  (registers the projected-invoice panel)
-from billing import admin_providers  # noqa: F401  (registers the billing-provider admins)
+from billing import (
+    admin_providers,  # noqa: F401  (registers the billing-provider admins)
+    admin_push_log,  # noqa: F401  (registers the push's change and batch logs)
+)
 from billing.models import BillingPeriod, Plan, Price, Subscription
 from billing.pricing import decimal_text
 from billing.selectors import period_late_usage

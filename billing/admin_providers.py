@@ -120,7 +120,9 @@ class PushLedgerEntryAdmin(ReadOnlyModelAdmin):
     @admin.action(permissions=["change"], description="Send failed entries again")
     def send_again(self, request, queryset):
         count = ledger_retry_failed(
-            entry_ids=queryset.values_list("pk", flat=True), actor=request.user
+            entry_ids=queryset.values_list("pk", flat=True),
+            actor=request.user,
+            reason="Send failed entries again (admin action)",
         )
         self.message_user(
             request,

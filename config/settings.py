@@ -361,6 +361,8 @@ if BILLING_PROVIDER not in {"simulated", "stripe"}:
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+# The longest Retry-After the push waits for while holding its lock; longer ends the run.
+STRIPE_RETRY_AFTER_MAX = float(os.environ.get("STRIPE_RETRY_AFTER_MAX", "30"))
 if BILLING_PROVIDER == "stripe" and not STRIPE_API_KEY:
     raise ImproperlyConfigured("BILLING_PROVIDER=stripe needs STRIPE_API_KEY.")
 
