@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV
 
-.PHONY: run test lint format install bench-ingest bench-rollup bench-usage
+.PHONY: run test lint format install bench-ingest bench-rollup bench-usage bench-faults
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -36,3 +36,7 @@ bench-rollup: install
 
 bench-usage: install
 	DATABASE_URL="$$($(UV) run --frozen python scripts/ensure_db.py)" $(UV) run --frozen python bench/usage.py
+
+# Its own private PostgreSQL cluster (it restarts it), so no DATABASE_URL.
+bench-faults: install
+	$(UV) run --frozen python bench/faults.py

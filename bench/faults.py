@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import http.client
-import json
 import multiprocessing
 import os
 import random
@@ -85,7 +84,6 @@ from bench.ingest import (  # noqa: E402
     free_port,
     make_bodies,
     server_env,
-    stop_server,
 )
 from metering.rollups_sql import ACCOUNT_SLOTS, ROLLUP_LOCK_KEY  # noqa: E402
 from scripts.ensure_db import find_tool  # noqa: E402
@@ -93,6 +91,7 @@ from scripts.ensure_db import find_tool  # noqa: E402
 DEFAULT_REDIS = "redis://127.0.0.1:6379/13"
 DRAIN_TASK = "metering.tasks.rollup_drain"
 PUSH_TASK = "billing.tasks.billing_usage_push"
+SELF_CHECK_TASK = "metering.tasks.rollup_self_check"
 MAX_ATTEMPTS = 200  # per batch
 # The clients may run this share of the batches ahead of the next fault: requests are in flight
 # when it lands, and the load does not finish before the faults do.
@@ -248,10 +247,9 @@ class Supervisor:
             self.cluster.stop()
 
 
-def prepare_database(db_url: str, maintenance_url: str, accounts: int) -> str:
-    """Create the database, migrate it, create bench/ingest.py's accounts, meters and key (one
-    Django process for all of it); returns the raw API key."""
-    recreate_database(db_url.rsplit("/", 1)[1], maintenance_url)
+def prepare_database(db_url: str, accounts: int) -> str:
+    """Migrate the database, create bench/ingest.py's accounts, meters and key (one Django
+    process for all of it); returns the raw API key."""
     code = "from django.core.management import call_command\n"
     code += "call_command('migrate', verbosity=0)\n"
     code += SETUP.format(meters=[m[:4] for m in METERS], accounts=accounts)
@@ -267,7 +265,8 @@ def prepare_database(db_url: str, maintenance_url: str, accounts: int) -> str:
 
 
 def start_gunicorn(db_url: str, workers: int, port: int, logfile: Path) -> subprocess.Popen:
-    """gunicorn as bench/ingest.py starts it, its output to `logfile` (the faults make noise)."""
+    """gunicorn as bench/ingest.py starts it, its output to `logfile` (the faults make noise);
+    wait_healthy tells when it answers."""
     command = [sys.executable, "-m", "gunicorn", "config.wsgi:application"]
     command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--timeout", "120"]
     command += ["--log-level", "warning", "--error-logfile", str(logfile)]
@@ -280,18 +279,20 @@ def start_gunicorn(db_url: str, workers: int, port: int, logfile: Path) -> subpr
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 60
+    return server
+
+
+def wait_healthy(server: subprocess.Popen, port: int, logfile: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and server.poll() is None:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/healthz")
             if conn.getresponse().status == 200:
-                return server
+                return
         except OSError:
             pass
         time.sleep(0.2)
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
     raise RuntimeError(f"gunicorn did not become healthy (see {logfile})")
 
 
@@ -402,8 +403,8 @@ class Broker:
         self.app = Celery("faults", broker=url)
         self.app.conf.broker_connection_retry_on_startup = True
 
-    def send(self, name: str) -> str:
-        return self.app.send_task(name, queue=self.queue).id
+    def send(self, name: str, **kwargs) -> str:
+        return self.app.send_task(name, kwargs=kwargs, queue=self.queue).id
 
     def queued(self) -> int:
         return int(self.redis.llen(self.queue))
@@ -710,7 +711,7 @@ class Faults:
     def pause_beat(self) -> None:
         self.beat.paused.set()
 
-    def kill_worker_mid_push(self, timeout: float = 60) -> None:
+    def kill_worker_mid_push(self, timeout: float = 300) -> None:
         """Kill while a chunk is attempted and unanswered; for up to `push_aim` seconds, wait for
         the worst moment: the provider has recorded the chunk, the ledger has not its answer
         yet. The beat was paused meanwhile, so this push has a backlog to send."""
@@ -803,15 +804,6 @@ def settle(broker: Broker, db_url: str, timeout: float) -> tuple[bool, dict, int
         rounds += 1
     return False, left, rounds
 
-
-SELF_CHECK = """
-import json
-from metering.services.rollups import rollup_pending_count, rollup_self_check
-check = rollup_self_check(days=4, repair=False)
-print(json.dumps({"pending": rollup_pending_count(), "status": check.status,
-                  "checked": check.buckets_checked, "drifted": check.drifted,
-                  "examples": check.details.get("drifted", [])[:3]}, default=str))
-"""
 
 ROLLUP_TOTALS_SQL = """
 SELECT m.code,
@@ -912,26 +904,27 @@ def check_stored(db_url: str, run_id: str, events: int, client_stats: dict) -> l
     ]
 
 
-def check_rollups(db_url: str, env: dict) -> list[Check]:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", SELF_CHECK],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+def check_rollups(db_url: str, self_check_done: bool) -> list[Check]:
+    """The nightly self-check's verdict (run by the worker as its task, which records what it
+    found before repairing it), and the per-meter totals."""
+    with psycopg.connect(db_url) as conn:
+        found = conn.execute(
+            "SELECT status, buckets_checked, drifted, details FROM metering_rollupcheck "
+            "WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        pending = conn.execute("SELECT count(*) FROM metering_rollupinbox").fetchone()[0]
     checks = []
-    if out.returncode != 0:
-        checks.append(Check("rollup self-check: no drift", False, out.stderr.strip()[-500:]))
+    if not self_check_done or found is None:
+        checks.append(Check("rollup self-check: no drift", False, "the self-check did not run"))
     else:
-        found = json.loads(out.stdout.strip().splitlines()[-1])
+        status, checked, drifted, details = found
+        examples = (details or {}).get("drifted", [])[:3]
         checks.append(
             Check(
                 "rollup self-check: no drift",
-                found["drifted"] == 0 and found["pending"] == 0 and found["checked"] > 0,
-                f"{found['checked']:,} buckets checked, {found['drifted']} drifted, "
-                f"inbox {found['pending']}, status {found['status']}"
-                + (f", e.g. {found['examples']}" if found["examples"] else ""),
+                drifted == 0 and pending == 0 and checked > 0 and status == "clean",
+                f"{checked:,} buckets checked, {drifted} drifted, inbox {pending}, status {status}"
+                + (f", e.g. {examples}" if examples else ""),
             )
         )
     with psycopg.connect(db_url) as conn:
@@ -1055,11 +1048,7 @@ def run_faults(
         options = SimpleNamespace(
             events=events, batch=batch, accounts=accounts, seed=seed, clients=clients
         )
-        key = prepare_database(db_url, maintenance, accounts)
-        run_id = f"f{seed}"
-        bodies = make_bodies(options, run_id)
-        log(f"{events:,} events in {len(bodies)} batches of {batch}, {clients} clients")
-
+        recreate_database("meterops_faults", maintenance)
         env = server_env(db_url)
         env.update(
             CELERY_BROKER_URL=redis_url,
@@ -1071,9 +1060,16 @@ def run_faults(
         port = free_port()
         logdir = base / "logs"
         logdir.mkdir()
+        # The worker and gunicorn boot while the database is migrated (they touch it only
+        # when work arrives).
         worker = Worker(env, broker.queue, logdir, supervisor)
-        worker.start()  # comes up while gunicorn does
+        worker.start()
         server = supervisor.add(start_gunicorn(db_url, workers, port, logdir / "gunicorn.log"))
+        key = prepare_database(db_url, accounts)
+        run_id = f"f{seed}"
+        bodies = make_bodies(options, run_id)
+        log(f"{events:,} events in {len(bodies)} batches of {batch}, {clients} clients")
+        wait_healthy(server, port, logdir / "gunicorn.log")
         worker.wait_ready()
 
         ctx = multiprocessing.get_context("fork")
@@ -1159,17 +1155,14 @@ def run_faults(
                 f"{rounds} rounds after the load, {settle_seconds:.1f}s; left {left}",
             )
         )
-        stop_server(server)
-        worker.proc.send_signal(signal.SIGTERM)
-        try:
-            worker.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-
+        # The nightly self-check, run now by the worker (over the last 4 days: the events span 2).
+        broker.send(SELF_CHECK_TASK, days=4)
+        self_check_done = wait_idle(broker, time.monotonic() + settle_timeout)
+        # Processes are left running (idle) until the checks are done; cleanup kills them.
         client_stats = merge_stats(results)
         checks_started = time.monotonic()
         report.checks += check_stored(db_url, run_id, events, client_stats)
-        report.checks += check_rollups(db_url, env)
+        report.checks += check_rollups(db_url, self_check_done)
         report.checks += check_ledger(db_url)
         worker_log = worker.log_text()
         report.figures = {
@@ -1209,6 +1202,15 @@ def parse_args() -> argparse.Namespace:
         "--load-seconds", type=float, default=0.0, help="spread the load over at least this long"
     )
     parser.add_argument("--redis", default=DEFAULT_REDIS, help=f"broker ({DEFAULT_REDIS})")
+    parser.add_argument(
+        "--visibility-timeout", type=int, default=10, help="broker visibility timeout, s (10)"
+    )
+    parser.add_argument(
+        "--push-aim",
+        type=float,
+        default=30.0,
+        help="seconds to wait for a push chunk recorded by the provider and not yet answered (30)",
+    )
     return parser.parse_args()
 
 
@@ -1227,6 +1229,8 @@ def main() -> None:
             rollup_batch=args.rollup_batch,
             load_seconds=args.load_seconds,
             redis_url=args.redis,
+            visibility_timeout=args.visibility_timeout,
+            push_aim_seconds=args.push_aim,
         )
     except SetupError as exc:
         print(f"cannot run: {exc}", file=sys.stderr)
