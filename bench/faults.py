@@ -3,8 +3,8 @@
     uv run python bench/faults.py                          # 200,000 events, 4 clients
     uv run python bench/faults.py --events 20000 --seed 3  # a quick run
 
-Everything runs against a PRIVATE PostgreSQL cluster (initdb into .data/faults-pg-<pid>, a free
-port, removed at the end), never the shared server of $DATABASE_URL: the run restarts it. As
+Everything runs against a PRIVATE PostgreSQL cluster (initdb into .data/faults-<pid>-<time>/pg,
+a free port, removed at the end; the worker and gunicorn logs are kept there when a check fails), never the shared server of $DATABASE_URL: the run restarts it. As
 root, initdb and pg_ctl run as the `postgres` user. The cluster runs with fsync=off: the
 restart is a crash of PostgreSQL (`pg_ctl restart -m immediate`), not of the machine, so what
 reached the kernel survives it either way.
@@ -21,16 +21,22 @@ Clients retry like a product backend should: a batch that gets a connection erro
 a 5xx is sent again, same bytes, same transaction ids, until it gets a 200 (bounded: attempts
 and time).
 
-Injected while the clients send (each at a share of the batches sent, and recorded with its
-time and pid):
+Injected while the clients send (each once a share of the batches is sent; the clients may
+run only a tenth of the batches ahead of the next fault, so every fault lands during the load),
+each recorded with its time, pid and where it landed:
 
 1. kill -9 of a gunicorn worker (the master respawns it);
 2. `pg_ctl restart -m immediate` of the private cluster;
-3. kill -9 of the Celery worker while a drain transaction is open (a backend holds a rollup slot
-   lock), then a new worker is started;
-4. kill -9 of the Celery worker while a push is between recording its attempt and recording the
-   provider's answer (ledger entries pending with first_sent_at set), then a new worker;
-5. kill -9 of another gunicorn worker.
+3. kill -9 of the Celery worker while a drain transaction has claimed inbox rows and not
+   committed (its backend holds a rollup slot lock and RowExclusiveLock on the inbox), then a
+   new worker is started;
+4. the beat pauses so that a push backlog builds up; kill -9 of the Celery worker while a push
+   is between recording its attempt and recording the provider's answer (ledger entries
+   pending with first_sent_at set), preferably once the provider has recorded them (aimed for
+   up to --push-aim seconds), then a new worker;
+5. kill -9 of a gunicorn worker right after its ingest transaction committed (its session shows
+   COMMIT, idle, within the last 10 ms), before the answer reaches the client: the client
+   retries a batch that is already stored (aimed for up to 20 s, else any worker).
 
 Then the run waits until the worker has nothing left (queue and unacknowledged messages empty,
 the killed tasks redelivered) and the rollup inbox, push inbox and pending ledger entries are
@@ -38,13 +44,16 @@ empty, and checks:
 
 - stored == sent: every transaction id sent is stored once, nothing else stored, every client
   got a 200 for every batch, no item answered conflict/rejected/quarantined;
-- rollups == raw events: the rollup self-check (metering.services.rollups.rollup_self_check,
-  without repairing) finds no drifted bucket, and per meter the hourly and daily totals (count,
-  sum) equal the raw events';
+- rollups == raw events: the nightly self-check (`metering.tasks.rollup_self_check`, run by the
+  worker over the last 4 days; its RollupCheck row records what drifted before it repairs)
+  finds no drifted bucket, and per meter the hourly and daily totals (count, sum) equal the raw
+  events';
 - every ledger entry sent exactly once: no pending or failed entries, every count/sum event has
   one entry, every sent/acknowledged entry has exactly one record at the simulated provider with
-  its value, no identifier recorded twice, no record without an entry, and per count/sum meter
-  the provider's total equals the raw total.
+  its value, no identifier recorded twice, no record without an entry, nothing recorded for an
+  entry that must never be sent, and per count/sum meter the provider's total equals the raw
+  total. (A period-to-date entry attempted by the killed worker and then superseded by a newer
+  value may be recorded once; it is counted and shown, not failed: see SUPERSEDED_NOTE.)
 
 It prints the injections and the checks (figures, PASS/FAIL) and exits 1 on any failure.
 tests/test_faults.py runs the same with 5,000 events.
@@ -588,6 +597,42 @@ WHERE l.status = 'pending' AND l.first_sent_at IS NOT NULL
 """
 
 
+# A gunicorn worker's database session that has just committed (the ingest transaction): its
+# answer is being written, not yet sent.
+JUST_COMMITTED_SQL = """
+SELECT client_port FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND state = 'idle' AND query = 'COMMIT'
+  AND state_change > clock_timestamp() - interval '10 milliseconds'
+  AND pid <> pg_backend_pid()
+"""
+
+
+def _local_ports(pid: int) -> set[int]:
+    """The local TCP ports of process `pid`'s sockets (its database connection among them)."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[9]) in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def _backend_gone(conn, pid: int, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -614,8 +659,10 @@ class Faults:
         rng,
         push_aim,
         beat,
+        allowed,
     ):
         self.beat = beat
+        self.allowed = allowed
         self.report = report
         self.cluster = cluster
         self.server = server
@@ -648,12 +695,41 @@ class Faults:
         while self.done.value < share * self.total and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def kill_gunicorn_worker(self) -> None:
+    def kill_gunicorn_worker(self, after_commit: float = 0.0) -> None:
+        """Kill a gunicorn worker; with `after_commit` seconds, first wait (that long at most)
+        for a worker whose ingest transaction has just committed and whose answer is not sent
+        yet: its client sees an error for a batch that is stored, and retries it."""
         workers = sorted(_children(self.server.pid))
         if not workers:
             self.record("kill -9 gunicorn worker", 0, "no worker found", hit=False)
             return
-        victim = self.rng.choice(workers)
+        victim, aimed = None, ""
+        if after_commit:
+            deadline = time.monotonic() + after_commit
+            ports: dict[int, int] = {}
+            refreshed = 0.0
+            with psycopg.connect(self.db_url, autocommit=True) as conn:
+                # Stop aiming before the clients run out of batches they may send.
+                while (
+                    victim is None
+                    and time.monotonic() < deadline
+                    and self.done.value < self.allowed.value - 1
+                ):
+                    if time.monotonic() - refreshed > 1:
+                        ports = {port: w for w in workers for port in _local_ports(w)}
+                        refreshed = time.monotonic()
+                    for (port,) in conn.execute(JUST_COMMITTED_SQL).fetchall():
+                        if port in ports:
+                            victim = ports[port]
+                            break
+                    else:
+                        time.sleep(0.002)
+            aimed = (
+                "right after its ingest transaction committed; "
+                if victim
+                else f"no commit caught in {after_commit:.0f}s; "
+            )
+        victim = victim or self.rng.choice(workers)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
         respawned: list[int] = []
@@ -666,9 +742,12 @@ class Faults:
         self.record(
             "kill -9 gunicorn worker",
             victim,
-            f"master {self.server.pid} respawned it as {respawned or 'NOTHING'}",
+            f"{aimed}master {self.server.pid} respawned it as {respawned or 'NOTHING'}",
             hit=bool(respawned),
         )
+
+    def kill_gunicorn_worker_after_commit(self) -> None:
+        self.kill_gunicorn_worker(after_commit=20.0)
 
     def restart_postgres(self) -> None:
         old, new, seconds = self.cluster.restart_immediate()
@@ -855,9 +934,12 @@ LEDGER_SQL = {
                OR (l.status = 'superseded' AND l.first_sent_at IS NULL))
           AND EXISTS (SELECT 1 FROM billing_simulatedusagerecord r
                       WHERE r.identifier = l.identifier)""",
-    # A period-to-date entry attempted by a worker that died before recording the answer, then
-    # superseded by a newer value before a resend: the provider may hold it (once at most, see
-    # identifiers_recorded_twice); the ledger keeps it as superseded with first_sent_at set.
+    # SUPERSEDED_NOTE: a period-to-date entry attempted by a worker that died before recording
+    # the answer, then superseded by a newer value before a resend: the provider may hold it
+    # (once at most, see identifiers_recorded_twice); the ledger keeps it as `superseded` with
+    # first_sent_at set and no answer. Harmless for a `last` meter (the newer value, sent
+    # later with a later timestamp, is the one that counts), but the ledger's status does not
+    # say the provider has it.
     "superseded_after_attempt_recorded": """
         SELECT count(*) FROM billing_pushledgerentry l
         WHERE l.status = 'superseded' AND l.first_sent_at IS NOT NULL
@@ -1104,6 +1186,7 @@ def run_faults(
             rng=rng,
             push_aim=push_aim_seconds,
             beat=beat,
+            allowed=allowed,
         )
         plan = [
             (0.10, faults.kill_gunicorn_worker),
@@ -1111,7 +1194,7 @@ def run_faults(
             (0.40, faults.kill_worker_mid_drain),
             (0.45, faults.pause_beat),  # a push backlog builds up: the next push sends big chunks
             (0.60, faults.kill_worker_mid_push),
-            (0.80, faults.kill_gunicorn_worker),
+            (0.80, faults.kill_gunicorn_worker_after_commit),
         ]
         for share, inject in plan:
             allowed.value = min(len(bodies), int((share + LEAD_SHARE) * len(bodies)))
