@@ -791,12 +791,12 @@ class Faults:
         self.beat.paused.set()
 
     def kill_worker_mid_push(self, timeout: float = 300) -> None:
-        """Kill while a chunk is attempted and unanswered; for up to `push_aim` seconds, wait for
-        the worst moment: the provider has recorded the chunk, the ledger has not its answer
+        """Kill while a chunk is attempted and unanswered; for up to `push_aim` seconds from the
+        first chunk seen so, wait for the worst moment: the provider has recorded the chunk, the ledger has not its answer
         yet. The beat was paused meanwhile, so this push has a backlog to send."""
         self.broker.send(PUSH_TASK)
         deadline = time.monotonic() + timeout
-        aim_until = time.monotonic() + self.push_aim
+        aim_until = None  # counted from the first chunk seen in flight
         seen = False
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             while time.monotonic() < deadline:
@@ -804,6 +804,7 @@ class Faults:
                     time.sleep(0.005)
                     continue
                 seen = True
+                aim_until = aim_until or time.monotonic() + self.push_aim
                 if time.monotonic() > aim_until:
                     break
                 in_flight, recorded = conn.execute(IN_FLIGHT_DETAIL_SQL).fetchone()
@@ -814,10 +815,6 @@ class Faults:
             incarnation = self.worker.incarnation
             time.sleep(0.5)  # the backend notices and rolls back whatever was open
             in_flight, recorded = conn.execute(IN_FLIGHT_DETAIL_SQL).fetchone()
-        log(
-            f"push phase: queued {self.broker.queued()}, unacked {self.broker.unacked()}, "
-            f"keys {sorted(k.decode() for k in self.broker.redis.keys('*'))}"
-        )
         if seen:
             detail = (
                 f"{in_flight:,} entries attempted and unanswered, "
