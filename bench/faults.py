@@ -757,7 +757,7 @@ class Faults:
             f"postmaster {old} -> {new}, accepting again after {seconds:.1f}s",
         )
 
-    def kill_worker_mid_drain(self, timeout: float = 120) -> None:
+    def kill_worker_mid_drain(self, timeout: float = 300) -> None:
         low = ROLLUP_LOCK_KEY + 1
         high = ROLLUP_LOCK_KEY + ACCOUNT_SLOTS
         self.broker.send(DRAIN_TASK)
@@ -769,8 +769,8 @@ class Faults:
                 if row is not None:
                     break
                 time.sleep(0.005)
+            pid = self.worker.kill()  # first: the moment found is gone in milliseconds
             tasks = self.worker.held_tasks()
-            pid = self.worker.kill()
             incarnation = self.worker.incarnation
             if row is None:
                 detail, hit = "no drain transaction seen before the timeout", False
@@ -810,8 +810,8 @@ class Faults:
                 in_flight, recorded = conn.execute(IN_FLIGHT_DETAIL_SQL).fetchone()
                 if in_flight and recorded:
                     break
+            pid = self.worker.kill()  # first: the moment found is gone in milliseconds
             tasks = self.worker.held_tasks()
-            pid = self.worker.kill()
             incarnation = self.worker.incarnation
             time.sleep(0.5)  # the backend notices and rolls back whatever was open
             in_flight, recorded = conn.execute(IN_FLIGHT_DETAIL_SQL).fetchone()
@@ -944,6 +944,32 @@ LEDGER_SQL = {
                       WHERE r.identifier = l.identifier)""",
 }
 
+# Max, unique_count and latest meters reach the provider as period-to-date values on a `last`
+# meter: per (account, meter, period) the provider's newest record must carry the ledger's
+# newest value, and that entry must be done.
+GAUGE_SQL = """
+WITH keyed AS (
+    SELECT l.account_id, l.meter_id, l.period_start, l.seq, l.value, l.status,
+           r.timestamp AS recorded_ts, r.value AS recorded_value
+    FROM billing_pushledgerentry l
+    LEFT JOIN billing_simulatedusagerecord r ON r.identifier = l.identifier AND NOT r.dropped
+    WHERE l.kind = 'period_to_date'
+), newest_entry AS (
+    SELECT DISTINCT ON (account_id, meter_id, period_start) account_id, meter_id, period_start,
+           value, status
+    FROM keyed ORDER BY account_id, meter_id, period_start, seq DESC
+), newest_record AS (
+    SELECT DISTINCT ON (account_id, meter_id, period_start) account_id, meter_id, period_start,
+           recorded_value
+    FROM keyed WHERE recorded_ts IS NOT NULL
+    ORDER BY account_id, meter_id, period_start, recorded_ts DESC, seq DESC
+)
+SELECT count(*),
+       count(*) FILTER (WHERE e.status NOT IN ('sent', 'acknowledged')
+                        OR r.recorded_value IS DISTINCT FROM e.value)
+FROM newest_entry e LEFT JOIN newest_record r USING (account_id, meter_id, period_start)
+"""
+
 PROVIDER_TOTALS_SQL = """
 SELECT m.code,
        (SELECT coalesce(sum(CASE WHEN m.aggregation = 'count' THEN 1 ELSE e.value END), 0)
@@ -1030,6 +1056,7 @@ def check_ledger(db_url: str) -> list[Check]:
             else:
                 f[name] = conn.execute(sql).fetchone()[0]
         totals = conn.execute(PROVIDER_TOTALS_SQL).fetchall()
+        gauge_keys, gauge_wrong = conn.execute(GAUGE_SQL).fetchone()
     statuses = f["statuses"]
     done = statuses.get("sent", 0) + statuses.get("acknowledged", 0)
     wrong_totals = [r[0] for r in totals if r[1] != r[2]]
@@ -1064,6 +1091,11 @@ def check_ledger(db_url: str) -> list[Check]:
             "provider totals == raw totals, count/sum meters",
             not wrong_totals,
             "; ".join(f"{r[0]} {r[1]:,} vs {r[2]:,}" for r in totals),
+        ),
+        Check(
+            "provider's last value == newest ledger value, max/latest/unique meters",
+            gauge_wrong == 0,
+            f"{gauge_keys:,} (account, meter, period) keys, {gauge_wrong} differ",
         ),
     ]
 
