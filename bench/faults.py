@@ -365,8 +365,13 @@ class Worker:
             time.sleep(0.2)
         raise RuntimeError(f"the Celery worker did not start (see {logfile})")
 
-    def kill(self) -> int:
+    def kill(self, dump_first: bool = False) -> int:
+        """kill -9. With `dump_first` (the fault could not be aimed: the worker may be stuck),
+        Celery's SIGUSR1 handler first writes every thread's stack to the worker's log."""
         pid = self.proc.pid
+        if dump_first:
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(2)
         os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         return pid
@@ -769,7 +774,8 @@ class Faults:
                 if row is not None:
                     break
                 time.sleep(0.005)
-            pid = self.worker.kill()  # first: the moment found is gone in milliseconds
+            # first: the moment found is gone in milliseconds
+            pid = self.worker.kill(dump_first=row is None)
             tasks = self.worker.held_tasks()
             incarnation = self.worker.incarnation
             if row is None:
@@ -810,7 +816,8 @@ class Faults:
                 in_flight, recorded = conn.execute(IN_FLIGHT_DETAIL_SQL).fetchone()
                 if in_flight and recorded:
                     break
-            pid = self.worker.kill()  # first: the moment found is gone in milliseconds
+            # first: the moment found is gone in milliseconds
+            pid = self.worker.kill(dump_first=not seen)
             tasks = self.worker.held_tasks()
             incarnation = self.worker.incarnation
             time.sleep(0.5)  # the backend notices and rolls back whatever was open
