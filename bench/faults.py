@@ -11,8 +11,8 @@ reached the kernel survives it either way.
 
 Processes, as in production: gunicorn (config.wsgi, DEBUG off) taking Lago batches on
 `POST /api/v1/events/batch`; one Celery worker (`celery -A bench.faults_celery worker --pool
-solo`, Meterops' app with a 10 s broker visibility timeout so that a killed task is redelivered
-within seconds rather than an hour) on a queue of its own in Redis database 13; a "beat" thread
+prefork --concurrency 1`, Meterops' app with a 10 s broker visibility timeout so that the
+messages of a killed worker come back within seconds rather than an hour) on a queue of its own in Redis database 13; a "beat" thread
 that queues `metering.tasks.rollup_drain` and `billing.tasks.billing_usage_push` whenever the
 queue is empty. The worker drains with a small ROLLUP_BATCH_SIZE, so a drain is many short
 transactions; the provider is the simulated one (`BILLING_PROVIDER=simulated`, no seeded faults).
@@ -27,13 +27,15 @@ each recorded with its time, pid and where it landed:
 
 1. kill -9 of a gunicorn worker (the master respawns it);
 2. `pg_ctl restart -m immediate` of the private cluster;
-3. kill -9 of the Celery worker while a drain transaction has claimed inbox rows and not
-   committed (its backend holds a rollup slot lock and RowExclusiveLock on the inbox), then a
-   new worker is started;
-4. the beat pauses so that a push backlog builds up; kill -9 of the Celery worker while a push
-   is between recording its attempt and recording the provider's answer (ledger entries
-   pending with first_sent_at set), preferably once the provider has recorded them (aimed for
-   up to --push-aim seconds), then a new worker;
+3. kill -9 of the Celery pool process running a drain while its transaction has claimed inbox
+   rows and not committed (its backend holds a rollup slot lock and RowExclusiveLock on the
+   inbox); the worker starts another and, acks_late + reject_on_worker_lost, gets the message
+   back at once;
+4. the beat pauses so that a push backlog builds up; kill -9 of the whole Celery worker (main
+   and pool processes) while a push is between recording its attempt and recording the
+   provider's answer (ledger entries pending with first_sent_at set), preferably once the
+   provider has recorded them (aimed for up to --push-aim seconds); a new worker is started
+   and the broker hands the message back after the visibility timeout;
 5. kill -9 of a gunicorn worker right after its ingest transaction committed (its session shows
    COMMIT, idle, within the last 10 ms), before the answer reaches the client: the client
    retries a batch that is already stored (aimed for up to 20 s, else any worker).
@@ -101,6 +103,8 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/13"
 DRAIN_TASK = "metering.tasks.rollup_drain"
 PUSH_TASK = "billing.tasks.billing_usage_push"
 SELF_CHECK_TASK = "metering.tasks.rollup_self_check"
+DRAIN_KILL = "kill -9 celery pool process mid drain"
+PUSH_KILL = "kill -9 celery worker (all) mid push"
 MAX_ATTEMPTS = 200  # per batch
 # The clients may run this share of the batches ahead of the next fault: requests are in flight
 # when it lands, and the load does not finish before the faults do.
@@ -306,7 +310,11 @@ def wait_healthy(server: subprocess.Popen, port: int, logfile: Path, timeout: fl
 
 
 class Worker:
-    """The Celery worker, one process per incarnation (a killed one is replaced by a new one)."""
+    """The Celery worker as production runs it (prefork pool), with one pool process: killing
+    that process is a task's process dying (the main process starts another, and acks_late +
+    reject_on_worker_lost give the message back at once); killing the whole process group is
+    the worker's machine dying (a new incarnation is started, and the broker gives the messages
+    back after the visibility timeout)."""
 
     def __init__(self, env: dict, queue: str, logdir: Path, supervisor: Supervisor) -> None:
         self.env = env
@@ -330,7 +338,9 @@ class Worker:
             "bench.faults_celery",
             "worker",
             "--pool",
-            "solo",
+            "prefork",
+            "--concurrency",
+            "1",
             "-Q",
             self.queue,
             "-n",
@@ -365,16 +375,42 @@ class Worker:
             time.sleep(0.2)
         raise RuntimeError(f"the Celery worker did not start (see {logfile})")
 
-    def kill(self, dump_first: bool = False) -> int:
-        """kill -9. With `dump_first` (the fault could not be aimed: the worker may be stuck),
-        Celery's SIGUSR1 handler first writes every thread's stack to the worker's log."""
+    def kill(self, dump_first: bool = False) -> tuple[int, int]:
+        """kill -9 the worker, main and pool processes. With `dump_first` (the fault could not
+        be aimed: the worker may be stuck), Celery's SIGUSR1 handler first writes the stacks
+        to the worker's log. Returns (main pid, the log's length then)."""
         pid = self.proc.pid
         if dump_first:
-            os.kill(pid, signal.SIGUSR1)
+            for target in [pid, *_children(pid)]:
+                os.kill(target, signal.SIGUSR1)
             time.sleep(2)
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
-        return pid
+        return pid, self.log_size()
+
+    def kill_pool_process(self, dump_first: bool = False) -> tuple[int, int]:
+        """kill -9 the pool process (the one running the task); wait until the main process has
+        started another. Returns (pid killed, the log's length then)."""
+        children = _children(self.proc.pid)
+        if not children:
+            raise RuntimeError("the Celery worker has no pool process")
+        victim = children[0]
+        if dump_first:
+            os.kill(victim, signal.SIGUSR1)
+            time.sleep(2)
+        os.kill(victim, signal.SIGKILL)
+        offset = self.log_size()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _children(self.proc.pid)
+            if now and victim not in now:
+                break
+            time.sleep(0.05)
+        return victim, offset
+
+    def log_size(self) -> int:
+        logfile = self.logfiles[-1]
+        return logfile.stat().st_size if logfile.exists() else 0
 
     def held_tasks(self) -> list[str]:
         """The ids of the tasks the current incarnation received and has not finished (the one
@@ -382,18 +418,24 @@ class Worker:
         logfile = self.logfiles[-1]
         text = logfile.read_text(errors="replace") if logfile.exists() else ""
         running: dict[str, None] = {}  # insertion-ordered
-        for task, event in re.findall(
-            r"Task [\w.]+\[([0-9a-f-]+)\] (received|succeeded|raised|retry)", text
+        for task, event, rest in re.findall(
+            r"Task [\w.]+\[([0-9a-f-]+)\] (received|succeeded|raised|retry)(.*)", text
         ):
+            if "WorkerLostError" in rest:
+                continue  # the kill we just made, not the task finishing
             running.pop(task, None)
             if event == "received":
                 running[task] = None
         return list(running)
 
-    def received_later(self, task_id: str, after: int) -> bool:
-        """Whether an incarnation after `after` received task `task_id` (a redelivery)."""
-        for logfile in self.logfiles[after:]:
-            if logfile.exists() and f"[{task_id}] received" in logfile.read_text(errors="replace"):
+    def received_later(self, task_id: str, incarnation: int, offset: int) -> bool:
+        """Whether task `task_id` was received again after `offset` in the log of `incarnation`
+        or by a later incarnation (a redelivery)."""
+        for number, logfile in enumerate(self.logfiles[incarnation - 1 :], start=incarnation):
+            if not logfile.exists():
+                continue
+            text = logfile.read_bytes()[offset if number == incarnation else 0 :]
+            if f"[{task_id}] received".encode() in text:
                 return True
         return False
 
@@ -678,8 +720,8 @@ class Faults:
         self.total = total
         self.t0 = t0
         self.rng = rng
-        # (what, ids of the tasks the killed worker held, its incarnation)
-        self.killed_tasks: list[tuple[str, list[str], int]] = []
+        # (what, ids of the tasks the killed process held, the incarnation, its log's length)
+        self.killed_tasks: list[tuple[str, list[str], int, int]] = []
         self.push_aim = push_aim
 
     def record(self, what: str, pid: int, detail: str, hit: bool = True) -> None:
@@ -775,7 +817,7 @@ class Faults:
                     break
                 time.sleep(0.005)
             # first: the moment found is gone in milliseconds
-            pid = self.worker.kill(dump_first=row is None)
+            pid, offset = self.worker.kill_pool_process(dump_first=row is None)
             tasks = self.worker.held_tasks()
             incarnation = self.worker.incarnation
             if row is None:
@@ -789,17 +831,16 @@ class Faults:
                     f"{'rolled back' if gone else 'STILL THERE'}); inbox {inbox:,} after"
                 )
                 hit = gone
-        self.killed_tasks.append(("drain", tasks, incarnation))
-        self.record("kill -9 celery worker mid drain", pid, f"{detail}; held {len(tasks)}", hit=hit)
-        self.worker.start()
+        self.killed_tasks.append(("drain", tasks, incarnation, offset))
+        self.record(DRAIN_KILL, pid, f"{detail}; held {len(tasks)}", hit=hit)
 
     def pause_beat(self) -> None:
         self.beat.paused.set()
 
     def kill_worker_mid_push(self, timeout: float = 300) -> None:
         """Kill while a chunk is attempted and unanswered; for up to `push_aim` seconds from the
-        first chunk seen so, wait for the worst moment: the provider has recorded the chunk, the ledger has not its answer
-        yet. The beat was paused meanwhile, so this push has a backlog to send."""
+        first chunk seen so, wait for the worst moment: the provider has recorded the chunk, the
+        ledger has not its answer yet. The beat was paused meanwhile, so this push has a backlog to send."""
         self.broker.send(PUSH_TASK)
         deadline = time.monotonic() + timeout
         aim_until = None  # counted from the first chunk seen in flight
@@ -817,7 +858,7 @@ class Faults:
                 if in_flight and recorded:
                     break
             # first: the moment found is gone in milliseconds
-            pid = self.worker.kill(dump_first=not seen)
+            pid, offset = self.worker.kill(dump_first=not seen)
             tasks = self.worker.held_tasks()
             incarnation = self.worker.incarnation
             time.sleep(0.5)  # the backend notices and rolls back whatever was open
@@ -830,9 +871,9 @@ class Faults:
         else:
             detail = "no push between attempt and answer seen before the timeout"
         self.beat.paused.clear()
-        self.killed_tasks.append(("push", tasks, incarnation))
+        self.killed_tasks.append(("push", tasks, incarnation, offset))
         self.record(
-            "kill -9 celery worker mid push",
+            PUSH_KILL,
             pid,
             f"{detail}; held {len(tasks)}",
             hit=seen and in_flight > 0,
@@ -1249,11 +1290,11 @@ def run_faults(
         settle_seconds = time.monotonic() - t0 - load_seconds_taken
         log(f"settled: {settled} after {rounds} rounds, {settle_seconds:.1f}s; left {left}")
 
-        for what, task_ids, incarnation in faults.killed_tasks:
-            again = [t for t in task_ids if worker.received_later(t, incarnation)]
+        for what, task_ids, incarnation, offset in faults.killed_tasks:
+            again = [t for t in task_ids if worker.received_later(t, incarnation, offset)]
             report.checks.append(
                 Check(
-                    f"tasks held by the worker killed mid {what} redelivered",
+                    f"tasks held by the process killed mid {what} redelivered",
                     bool(task_ids) and len(again) == len(task_ids),
                     f"{len(again)} of {len(task_ids)} run again by a later worker"
                     + (f" ({', '.join(t[:8] for t in task_ids)})" if task_ids else ""),
@@ -1295,6 +1336,7 @@ def run_faults(
             "tasks_succeeded": worker_log.count(" succeeded in "),
             "tasks_retried": len(re.findall(r"\] retry: ", worker_log)),
             "tasks_failed": len(re.findall(r"\] raised unexpected", worker_log)),
+            "worker_lost": worker_log.count("Task handler raised error: WorkerLostError"),
         }
     finally:
         supervisor.cleanup()
@@ -1363,7 +1405,8 @@ def main() -> None:
             f"({f['events_per_second']:,.0f} events/s with the faults); settled in "
             f"{f['settle_seconds']:.1f}s (setup {f['setup_seconds']:.1f}s, checks "
             f"{f['check_seconds']:.1f}s); worker tasks: {f['tasks_succeeded']} succeeded, "
-            f"{f['tasks_retried']} retried, {f['tasks_failed']} failed"
+            f"{f['tasks_retried']} retried, {f['tasks_failed']} failed, {f['worker_lost']} lost "
+            "with their process"
         )
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     sys.exit(0 if report.ok else 1)
