@@ -473,6 +473,8 @@ class Broker:
 
     def cleanup(self) -> None:
         keys = [self.queue, "unacked", "unacked_index", "unacked_mutex"]
+        # What the worker's remote control leaves (the run's database is its own).
+        keys += ["_kombu.binding.celery.pidbox", "_kombu.binding_deadlines"]
         keys += [k for k in self.redis.scan_iter(f"*{self.queue}*")]
         self.redis.delete(*keys)
         self.app.close()
