@@ -358,3 +358,52 @@ def late_usage_after_close(*, period: BillingPeriod) -> dict[int, tuple[int, Dec
         {"a": period.account_id, "s": period.starts_at, "e": period.ends_at, "c": period.closed_at},
     )
     return {meter_id: (count, Decimal(value or 0)) for meter_id, count, value in rows}
+
+
+# --- the mismatch page -------------------------------------------------------------------------
+
+
+@dataclass
+class PageDay:
+    day: date
+    ours: Decimal | None
+    reported: Decimal | None
+    pending: Decimal
+    provider: Decimal | None
+    events: int
+    events_url: str
+    in_period: bool  # the UTC day intersects the period
+    delta: Decimal | None = None  # ours − provider
+    delta_reported: Decimal | None = None  # ours − reported
+    delta_provider: Decimal | None = None  # reported − provider
+
+
+def _minus(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    if a is None and b is None:
+        return None
+    return (a or Decimal(0)) - (b or Decimal(0))
+
+
+def mismatch_page_days(*, mismatch, events_url) -> list[PageDay]:
+    """The mismatch's UTC days with their deltas and a link to each day's raw events
+    (`events_url(start, end)` builds it)."""
+    first, end = cover_days(mismatch.period_starts_at, mismatch.period_ends_at)
+    rows = []
+    for d in mismatch.days.order_by("day"):
+        start = utc_midnight(d.day)
+        rows.append(
+            PageDay(
+                day=d.day,
+                ours=d.ours,
+                reported=d.reported,
+                pending=d.pending,
+                provider=d.provider,
+                events=d.events,
+                events_url=events_url(start, start + DAY),
+                in_period=first <= d.day < end,
+                delta=_minus(d.ours, d.provider),
+                delta_reported=_minus(d.ours, d.reported),
+                delta_provider=_minus(d.reported, d.provider),
+            )
+        )
+    return rows
