@@ -23,12 +23,10 @@ from billing.models import (
     Price,
     ProviderInvoiceLine,
     ProviderMeter,
-    ProviderUsageSummary,
     PushLedgerEntry,
 )
 from billing.pricing import PriceSpec
-from metering.models import Account, Meter
-from metering.rollup_selectors import usage_daily_by_meter
+from metering.models import Meter
 
 A = Meter.Aggregation
 Status = PushLedgerEntry.Status
@@ -96,25 +94,63 @@ def accounts_to_reconcile(
 
 
 def periods_to_reconcile(
-    *, account: Account, now: datetime, period_end_before: date | None = None
+    *, account_ids: list[int], now: datetime, period_end_before: date | None = None
 ) -> list[BillingPeriod]:
+    """The accounts' periods to reconcile, with their subscription and account (one query)."""
     return list(
-        BillingPeriod.objects.filter(account=account)
+        BillingPeriod.objects.filter(account_id__in=account_ids)
         .filter(periods_to_reconcile_q(now=now, period_end_before=period_end_before))
-        .select_related("subscription__plan")
-        .order_by("starts_at")
+        .select_related("subscription", "account")
+        .order_by("account_id", "starts_at")
     )
 
 
-def period_prices(period: BillingPeriod) -> dict[int, PriceSpec]:
-    """meter id -> the period's price for it (from the subscription's plan)."""
-    prices = Price.objects.filter(plan_id=period.subscription.plan_id).select_related(
-        "meter", "plan"
+def plan_prices(plan_ids: set[int]) -> dict[int, dict[int, PriceSpec]]:
+    """plan id -> meter id -> the plan's price for it (one query)."""
+    result: dict[int, dict[int, PriceSpec]] = defaultdict(dict)
+    for price in Price.objects.filter(plan_id__in=plan_ids).select_related("meter", "plan"):
+        result[price.plan_id][price.meter_id] = price.to_spec()
+    return result
+
+
+# --- batched reads: many periods (of many accounts) per query -------------------------------
+
+
+def _periods_table(periods: list[BillingPeriod]) -> tuple[str, dict]:
+    """A FROM item `p(pid, aid, lo, hi, s, e, d0, d1)` of the periods: window UTC days
+    [lo, hi), exact bounds [s, e), local days [d0, d1)."""
+    windows = [window_days(p.starts_at, p.ends_at) for p in periods]
+    params = {
+        "pid": [p.pk for p in periods],
+        "aid": [p.account_id for p in periods],
+        "lo": [w[0] for w in windows],
+        "hi": [w[1] for w in windows],
+        "s": [p.starts_at for p in periods],
+        "e": [p.ends_at for p in periods],
+        "d0": [p.start_date for p in periods],
+        "d1": [p.end_date for p in periods],
+    }
+    sql = (
+        "unnest(%(pid)s::bigint[], %(aid)s::bigint[], %(lo)s::date[], %(hi)s::date[], "
+        "%(s)s::timestamptz[], %(e)s::timestamptz[], %(d0)s::date[], %(d1)s::date[]) "
+        "AS p(pid, aid, lo, hi, s, e, d0, d1)"
     )
-    return {price.meter_id: price.to_spec() for price in prices}
+    return sql, params
 
 
-# --- ours --------------------------------------------------------------------------------------
+_LATEST = """(max(ARRAY[(extract(epoch FROM r.latest_at) * 1000000)::numeric,
+                      r.latest_event_id::numeric, r.latest_value])
+               FILTER (WHERE r.latest_at IS NOT NULL))[3]"""
+
+
+def _value(aggregation: str, count, total, top, latest, distinct) -> Decimal | None:
+    return {
+        A.COUNT: Decimal(count or 0),
+        A.SUM: Decimal(total or 0),
+        A.MAX: None if top is None else Decimal(top),
+        A.LATEST: None if latest is None else Decimal(latest),
+        A.UNIQUE_COUNT: Decimal(distinct or 0),
+    }[aggregation]
 
 
 @dataclass
@@ -123,57 +159,95 @@ class OursDay:
     events: int
 
 
-def ours_by_utc_day(*, account_id: int, first: date, end: date) -> dict[int, dict[date, OursDay]]:
-    """meter id -> UTC day -> our value that day (in the meter's aggregation) and the raw event
-    count, from the hourly (UTC) rollups. Two queries."""
-    lo, hi = utc_midnight(first), utc_midnight(end)
+def has_unique_meters() -> bool:
+    return Meter.objects.filter(aggregation=A.UNIQUE_COUNT).exists()
+
+
+def ours_by_utc_day(
+    periods: list[BillingPeriod], *, unique: bool = True
+) -> dict[int, dict[int, dict[date, OursDay]]]:
+    """period id -> meter id -> UTC day of the period's window -> our value that day (in the
+    meter's aggregation) and the raw event count, from the hourly (UTC) rollups. One query,
+    two with unique_count meters."""
+    table, params = _periods_table(periods)
     rows = _fetch(
-        """
-        SELECT r.meter_id, (r.hour AT TIME ZONE 'UTC')::date AS day, m.aggregation,
-               sum(r.count), sum(r.sum), max(r.max),
-               (max(ARRAY[(extract(epoch FROM r.latest_at) * 1000000)::numeric,
-                          r.latest_event_id::numeric, r.latest_value])
-                   FILTER (WHERE r.latest_at IS NOT NULL))[3]
-        FROM metering_rolluphourly r JOIN metering_meter m ON m.id = r.meter_id
-        WHERE r.account_id = %(a)s AND r.dim_key = '' AND r.hour >= %(lo)s AND r.hour < %(hi)s
-        GROUP BY 1, 2, 3
+        f"""
+        SELECT p.pid, r.meter_id, (r.hour AT TIME ZONE 'UTC')::date AS day, m.aggregation,
+               sum(r.count), sum(r.sum), max(r.max), {_LATEST}
+        FROM {table}
+        JOIN metering_rolluphourly r
+          ON r.account_id = p.aid AND r.dim_key = ''
+         AND r.hour >= (p.lo::timestamp AT TIME ZONE 'UTC')
+         AND r.hour < (p.hi::timestamp AT TIME ZONE 'UTC')
+        JOIN metering_meter m ON m.id = r.meter_id
+        GROUP BY 1, 2, 3, 4
         """,
-        {"a": account_id, "lo": lo, "hi": hi},
+        params,
     )
-    distinct = {
-        (meter_id, day): count
-        for meter_id, day, count in _fetch(
-            """
-            SELECT meter_id, (hour AT TIME ZONE 'UTC')::date, count(DISTINCT value)
-            FROM metering_rolluphourlydistinct
-            WHERE account_id = %(a)s AND dim_key = '' AND hour >= %(lo)s AND hour < %(hi)s
-            GROUP BY 1, 2
-            """,
-            {"a": account_id, "lo": lo, "hi": hi},
-        )
-    }
-    result: dict[int, dict[date, OursDay]] = defaultdict(dict)
-    for meter_id, day, aggregation, count, total, top, latest in rows:
-        value = {
-            A.COUNT: Decimal(count or 0),
-            A.SUM: Decimal(total or 0),
-            A.MAX: None if top is None else Decimal(top),
-            A.LATEST: None if latest is None else Decimal(latest),
-            A.UNIQUE_COUNT: Decimal(distinct.get((meter_id, day), 0)),
-        }[aggregation]
-        result[meter_id][day] = OursDay(value, int(count or 0))
+    distinct = {}
+    if unique:
+        distinct = {
+            (pid, meter_id, day): count
+            for pid, meter_id, day, count in _fetch(
+                f"""
+                SELECT p.pid, r.meter_id, (r.hour AT TIME ZONE 'UTC')::date,
+                       count(DISTINCT r.value)
+                FROM {table}
+                JOIN metering_rolluphourlydistinct r
+                  ON r.account_id = p.aid AND r.dim_key = ''
+                 AND r.hour >= (p.lo::timestamp AT TIME ZONE 'UTC')
+                 AND r.hour < (p.hi::timestamp AT TIME ZONE 'UTC')
+                GROUP BY 1, 2, 3
+                """,
+                params,
+            )
+        }
+    result: dict[int, dict[int, dict[date, OursDay]]] = defaultdict(lambda: defaultdict(dict))
+    for pid, meter_id, day, aggregation, count, total, top, latest in rows:
+        value = _value(aggregation, count, total, top, latest, distinct.get((pid, meter_id, day)))
+        result[pid][meter_id][day] = OursDay(value, int(count or 0))
     return result
 
 
-def ours_by_period(*, period: BillingPeriod, meters: list[Meter]) -> dict[int, Decimal]:
-    """meter id -> our value over the period's exact bounds: its local days, from the daily
-    rollups cut in the account's zone (three queries; distinct values for unique_count)."""
-    if not meters:
-        return {}
-    usage = usage_daily_by_meter(
-        account=period.account, first=period.start_date, end=period.end_date, meters=meters
+def ours_by_period(
+    periods: list[BillingPeriod], *, unique: bool = True
+) -> dict[int, dict[int, Decimal]]:
+    """period id -> meter id -> our value over the period's exact bounds: its local days, from
+    the daily rollups cut in the account's zone, combined as metering.rollup_selectors does
+    (distinct values over the whole period for unique_count). One or two queries."""
+    table, params = _periods_table(periods)
+    rows = _fetch(
+        f"""
+        SELECT p.pid, r.meter_id, m.aggregation, sum(r.count), sum(r.sum), max(r.max), {_LATEST}
+        FROM {table}
+        JOIN metering_rollupdaily r
+          ON r.account_id = p.aid AND r.dim_key = '' AND r.day >= p.d0 AND r.day < p.d1
+        JOIN metering_meter m ON m.id = r.meter_id
+        GROUP BY 1, 2, 3
+        """,
+        params,
     )
-    return {row.meter.pk: row.total or Decimal(0) for row in usage}
+    distinct = {}
+    if unique:
+        distinct = {
+            (pid, meter_id): count
+            for pid, meter_id, count in _fetch(
+                f"""
+                SELECT p.pid, r.meter_id, count(DISTINCT r.value)
+                FROM {table}
+                JOIN metering_rollupdailydistinct r
+                  ON r.account_id = p.aid AND r.dim_key = '' AND r.day >= p.d0
+                 AND r.day < p.d1
+                GROUP BY 1, 2
+                """,
+                params,
+            )
+        }
+    result: dict[int, dict[int, Decimal]] = defaultdict(dict)
+    for pid, meter_id, aggregation, count, total, top, latest in rows:
+        value = _value(aggregation, count, total, top, latest, distinct.get((pid, meter_id)))
+        result[pid][meter_id] = value if value is not None else Decimal(0)
+    return result
 
 
 # --- reported (the push ledger) ---------------------------------------------------------------
@@ -200,36 +274,31 @@ NOT_TAKEN = (Status.PENDING,)
 FAILED = (Status.FAILED, Status.REJECTED)
 
 
-def ledger_for_period(
-    *, account_id: int, provider: str, period: BillingPeriod, first: date, end: date
-) -> dict[int, LedgerCell]:
-    """meter id -> the ledger's view of the cell. Event entries (count and sum meters) are
-    summed by UTC day over [first, end) and by status inside the period's exact bounds;
-    period-to-date entries (max, latest, unique_count) are read for the period's start.
-    Two queries."""
+def ledger_for_periods(
+    periods: list[BillingPeriod], *, provider: str
+) -> dict[int, dict[int, LedgerCell]]:
+    """period id -> meter id -> the ledger's view of the cell. Event entries (count and sum
+    meters) are summed by UTC day over the window and by status inside the period's exact
+    bounds; period-to-date entries (max, latest, unique_count) are read for the period's
+    start. Two queries."""
+    table, params = _periods_table(periods)
+    params["provider"] = provider
     rows = _fetch(
-        """
-        SELECT meter_id, day, status,
-               timestamp >= %(s)s AND timestamp < %(e)s AS inside,
-               coalesce(payload->'payload'->>'stripe_customer_id', '') AS customer,
-               sum(value), count(*)
-        FROM billing_pushledgerentry
-        WHERE provider = %(p)s AND account_id = %(a)s AND kind = 'event'
-          AND day >= %(lo)s AND day < %(hi)s
-        GROUP BY 1, 2, 3, 4, 5
+        f"""
+        SELECT p.pid, l.meter_id, l.day, l.status, l.timestamp >= p.s AND l.timestamp < p.e,
+               coalesce(l.payload->'payload'->>'stripe_customer_id', ''),
+               sum(l.value), count(*)
+        FROM {table}
+        JOIN billing_pushledgerentry l
+          ON l.provider = %(provider)s AND l.account_id = p.aid AND l.kind = 'event'
+         AND l.day >= p.lo AND l.day < p.hi
+        GROUP BY 1, 2, 3, 4, 5, 6
         """,
-        {
-            "p": provider,
-            "a": account_id,
-            "s": period.starts_at,
-            "e": period.ends_at,
-            "lo": first,
-            "hi": end,
-        },
+        params,
     )
-    cells: dict[int, LedgerCell] = defaultdict(LedgerCell)
-    for meter_id, day, status, inside, customer, total, count in rows:
-        cell = cells[meter_id]
+    cells: dict[int, dict[int, LedgerCell]] = defaultdict(lambda: defaultdict(LedgerCell))
+    for pid, meter_id, day, status, inside, customer, total, count in rows:
+        cell = cells[pid][meter_id]
         total = Decimal(total)
         if status in PushLedgerEntry.DONE:
             cell.done_by_day[day] = cell.done_by_day.get(day, Decimal(0)) + total
@@ -247,40 +316,40 @@ def ledger_for_period(
             cell.failed += total
         elif status == Status.TOO_OLD:
             cell.too_old += total
-    gauges = (
-        PushLedgerEntry.objects.filter(
-            provider=provider,
-            account_id=account_id,
-            kind=PushLedgerEntry.Kind.PERIOD_TO_DATE,
-            period_start=period.start_date,
-        )
-        .order_by("meter_id", "seq")
-        .values_list("meter_id", "seq", "status", "value", "day", "payload")
+    gauges = _fetch(
+        f"""
+        SELECT p.pid, l.meter_id, l.status, l.value, l.day,
+               coalesce(l.payload->'payload'->>'stripe_customer_id', '')
+        FROM {table}
+        JOIN billing_pushledgerentry l
+          ON l.provider = %(provider)s AND l.account_id = p.aid AND l.kind = 'period_to_date'
+         AND l.period_start = p.d0
+        ORDER BY 1, 2, l.seq
+        """,
+        params,
     )
-    for meter_id, _seq, status, value, day, payload in gauges:
-        cell = cells[meter_id]
+    for pid, meter_id, status, value, day, customer in gauges:
+        cell = cells[pid][meter_id]
         cell.counts[status] = cell.counts.get(status, 0) + 1
         cell.latest_status, cell.latest_value = status, value
         if status in PushLedgerEntry.DONE:
             cell.done = value  # the newest value the provider took is the period's value
             cell.done_by_day[day] = value
-            customer = (payload or {}).get("payload", {}).get("stripe_customer_id", "")
             cell.done_by_customer = {customer: value}
-        elif status == Status.SUPERSEDED:
-            continue
         elif status in NOT_TAKEN + FAILED:
             cell.pending_by_day[day] = value
-    for cell in cells.values():
-        if cell.latest_value is None:
-            continue  # no period-to-date entries: an event meter
-        unsent = cell.latest_value - cell.done
-        if cell.latest_status in NOT_TAKEN:
-            cell.pending = unsent
-        elif cell.latest_status in FAILED:
-            cell.failed = unsent
-        elif cell.latest_status == Status.TOO_OLD:
-            cell.too_old = unsent
-    return dict(cells)
+    for by_meter in cells.values():
+        for cell in by_meter.values():
+            if cell.latest_value is None:
+                continue  # no period-to-date entries: an event meter
+            unsent = cell.latest_value - cell.done
+            if cell.latest_status in NOT_TAKEN:
+                cell.pending = unsent
+            elif cell.latest_status in FAILED:
+                cell.failed = unsent
+            elif cell.latest_status == Status.TOO_OLD:
+                cell.too_old = unsent
+    return cells
 
 
 def ledger_entries_for_cell(*, mismatch, limit: int = 200):
@@ -302,15 +371,25 @@ def ledger_entries_for_cell(*, mismatch, limit: int = 200):
 
 
 def provider_days(
-    *, account_id: int, provider: str, first: date, end: date
-) -> dict[int, dict[date, Decimal]]:
-    """meter id -> UTC day -> the provider's stored daily summary (as last pulled)."""
-    result: dict[int, dict[date, Decimal]] = defaultdict(dict)
-    rows = ProviderUsageSummary.objects.filter(
-        provider=provider, account_id=account_id, day__gte=first, day__lt=end
-    ).values_list("meter_id", "day", "value")
-    for meter_id, day, value in rows:
-        result[meter_id][day] = value
+    periods: list[BillingPeriod], *, provider: str
+) -> dict[int, dict[int, dict[date, Decimal]]]:
+    """period id -> meter id -> UTC day of the window -> the provider's stored daily summary
+    (as last pulled). One query."""
+    table, params = _periods_table(periods)
+    params["provider"] = provider
+    rows = _fetch(
+        f"""
+        SELECT p.pid, s.meter_id, s.day, s.value
+        FROM {table}
+        JOIN billing_providerusagesummary s
+          ON s.provider = %(provider)s AND s.account_id = p.aid AND s.day >= p.lo
+         AND s.day < p.hi
+        """,
+        params,
+    )
+    result: dict[int, dict[int, dict[date, Decimal]]] = defaultdict(lambda: defaultdict(dict))
+    for pid, meter_id, day, value in rows:
+        result[pid][meter_id][day] = value
     return result
 
 

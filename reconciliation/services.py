@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -76,6 +76,7 @@ _COMPARED = (
 
 @dataclass
 class AccountResult:
+    accounts: int = 0
     periods: int = 0
     cells: int = 0
     opened: int = 0
@@ -188,17 +189,18 @@ def _pull_period(
     *,
     provider: BillingProvider,
     account: Account,
-    meters: dict[int, Meter],
-    mappings: dict,
+    meter_ids: set[int],
+    ctx: _Context,
     customer_id: str,
     first: date,
     end: date,
     now: datetime,
     result: AccountResult,
 ) -> None:
-    for meter_id, meter in meters.items():
-        if meter_id not in mappings or not customer_id:
+    for meter_id in sorted(meter_ids):
+        if meter_id not in ctx.mappings or not customer_id:
             continue
+        meter = ctx.meters[meter_id]
         try:
             provider_summaries_pull(
                 provider=provider, account=account, meter=meter, since=first, until=end, now=now
@@ -213,6 +215,62 @@ def _pull_period(
 
 
 @dataclass
+class _Context:
+    """What every account of a run shares: read once per run."""
+
+    meters: dict[int, Meter]
+    mappings: dict
+    thresholds: dict[int | None, Threshold]
+    unique: bool  # any unique_count meter (else the distinct tables are not read)
+    prices: dict[int, dict[int, PriceSpec]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, provider_name: str, thresholds=None) -> _Context:
+        return cls(
+            meters=Meter.objects.in_bulk(),
+            mappings=sel.provider_meters(provider=provider_name),
+            thresholds=thresholds if thresholds is not None else thresholds_load(),
+            unique=sel.has_unique_meters(),
+        )
+
+    def prices_for(self, periods: list[BillingPeriod]) -> None:
+        missing = {p.subscription.plan_id for p in periods} - set(self.prices)
+        if missing:
+            loaded = sel.plan_prices(missing)
+            for plan_id in missing:
+                self.prices[plan_id] = loaded.get(plan_id, {})
+
+
+@dataclass
+class _Reads:
+    """The batched reads of a set of periods, by period id."""
+
+    ours_days: dict
+    ours_period: dict
+    ledger: dict
+    provider_days: dict
+    invoiced: dict
+    late: dict
+
+    @classmethod
+    def load(cls, periods: list[BillingPeriod], *, provider_name: str, unique: bool) -> _Reads:
+        closed = [p for p in periods if p.state == BillingPeriod.State.CLOSED]
+        return cls(
+            ours_days=sel.ours_by_utc_day(periods, unique=unique),
+            ours_period=sel.ours_by_period(periods, unique=unique),
+            ledger=sel.ledger_for_periods(periods, provider=provider_name),
+            provider_days=sel.provider_days(periods, provider=provider_name),
+            invoiced={
+                p.pk: sel.invoiced_quantities(
+                    account_id=p.account_id, provider=provider_name, period=p
+                )
+                for p in closed
+            },
+            late={p.pk: sel.late_usage_after_close(period=p) for p in closed},
+        )
+
+
+@dataclass
 class Cell:
     meter: Meter
     numbers: dict
@@ -222,109 +280,87 @@ class Cell:
 
 def _cells_for_period(
     *,
-    account: Account,
     period: BillingPeriod,
+    reads: _Reads,
+    ctx: _Context,
     provider: BillingProvider | None,
-    provider_name: str,
-    pull: bool,
-    now: datetime,
-    thresholds: dict[int | None, Threshold],
-    mappings: dict,
-    meters_by_id: dict[int, Meter],
-    result: AccountResult,
+    customer_id: str,
 ) -> list[Cell]:
+    """Compare every cell of one period from the batched reads (no query, except one
+    exact-bounds summary call per cell to the provider when `provider` is given and the
+    period's bounds are not UTC midnights)."""
     first, end = sel.window_days(period.starts_at, period.ends_at)
-    prices = sel.period_prices(period)
-    ours_days = sel.ours_by_utc_day(account_id=account.pk, first=first, end=end)
-    ledger = sel.ledger_for_period(
-        account_id=account.pk, provider=provider_name, period=period, first=first, end=end
-    )
-    customer_id = _customer_id(provider, account) if provider is not None else ""
-    meter_ids = set(prices) | set(ours_days) | set(ledger)
-    if pull and provider is not None:
-        _pull_period(
-            provider=provider,
-            account=account,
-            meters={m: meters_by_id[m] for m in meter_ids},
-            mappings=mappings,
-            customer_id=customer_id,
-            first=first,
-            end=end,
-            now=now,
-            result=result,
-        )
-    prov_days = sel.provider_days(
-        account_id=account.pk, provider=provider_name, first=first, end=end
-    )
-    meter_ids |= set(prov_days)
-    meters = [meters_by_id[m] for m in sorted(meter_ids)]
-    ours_period = sel.ours_by_period(period=period, meters=meters)
-    closed = period.state == BillingPeriod.State.CLOSED
-    invoiced = (
-        sel.invoiced_quantities(account_id=account.pk, provider=provider_name, period=period)
-        if closed
-        else {}
-    )
-    late = sel.late_usage_after_close(period=period) if closed else {}
+    prices = ctx.prices.get(period.subscription.plan_id, {})
+    ours_days = reads.ours_days.get(period.pk, {})
+    ours_period = reads.ours_period.get(period.pk, {})
+    ledger = reads.ledger.get(period.pk, {})
+    prov_days = reads.provider_days.get(period.pk, {})
+    invoiced = reads.invoiced.get(period.pk, {})
+    late = reads.late.get(period.pk, {})
+    meter_ids = set(prices) | set(ours_days) | set(ours_period) | set(ledger) | set(prov_days)
     aligned = sel.is_utc_aligned(period.starts_at) and sel.is_utc_aligned(period.ends_at)
+    all_days = list(_iter_days(first, end))
     cells = []
-    for meter in meters:
+    for meter_id in sorted(meter_ids):
+        meter = ctx.meters[meter_id]
         additive = meter.aggregation in sel.SUM_METERS
-        mapping = mappings.get(meter.pk)
-        cell_ledger = ledger.get(meter.pk) or sel.LedgerCell()
-        days_provider = prov_days.get(meter.pk, {})
+        mapping = ctx.mappings.get(meter_id)
+        cell_ledger = ledger.get(meter_id) or sel.LedgerCell()
+        days_provider = prov_days.get(meter_id, {})
         provider_value, _exact = _provider_period_value(
-            provider=provider if pull else None,
+            provider=provider,
             provider_meter_id=mapping.provider_meter_id if mapping else "",
             customer_id=customer_id,
             period=period,
             days=days_provider,
             additive=additive,
         )
-        ours = ours_period.get(meter.pk)
-        ours = ZERO if ours is None else ours
+        ours = ours_period.get(meter_id, ZERO)
+        meter_days = ours_days.get(meter_id, {})
+        empty = ZERO if additive else None
         days = []
-        meter_days = ours_days.get(meter.pk, {})
-        for day in _iter_days(first, end):
+        for day in all_days:
             ours_day = meter_days.get(day)
             days.append(
                 DayNumbers(
                     day=day,
-                    ours=ours_day.value if ours_day else (ZERO if additive else None),
-                    reported=cell_ledger.done_by_day.get(day, ZERO if additive else None),
+                    ours=ours_day.value if ours_day else empty,
+                    reported=cell_ledger.done_by_day.get(day, empty),
                     pending=cell_ledger.pending_by_day.get(day, ZERO),
-                    provider=days_provider.get(day, ZERO if additive else None),
+                    provider=days_provider.get(day, empty),
                     events=ours_day.events if ours_day else 0,
                 )
             )
-        late_events, late_value = late.get(meter.pk, (0, ZERO))
-        cell_input = CellInput(
-            additive=additive,
-            unit=meter.unit or ("events" if meter.aggregation == Meter.Aggregation.COUNT else ""),
-            ours=ours,
-            reported=cell_ledger.done,
-            provider=provider_value,
-            pending=cell_ledger.pending,
-            failed=cell_ledger.failed,
-            too_old=cell_ledger.too_old,
-            invoiced=invoiced.get(meter.pk),
-            late_value=late_value,
-            late_events=late_events,
-            days=days,
-            boundaries_aligned=aligned,
-            customer_id=customer_id,
-            reported_by_customer=cell_ledger.done_by_customer,
-            provider_meter_aggregation=mapping.aggregation if mapping else None,
-            expected_aggregation=meter_spec(meter).aggregation,
-            ledger_counts=cell_ledger.counts,
+        late_events, late_value = late.get(meter_id, (0, ZERO))
+        invoiced_value = invoiced.get(meter_id)
+        causes = analyse(
+            CellInput(
+                additive=additive,
+                unit=meter.unit
+                or ("events" if meter.aggregation == Meter.Aggregation.COUNT else ""),
+                ours=ours,
+                reported=cell_ledger.done,
+                provider=provider_value,
+                pending=cell_ledger.pending,
+                failed=cell_ledger.failed,
+                too_old=cell_ledger.too_old,
+                invoiced=invoiced_value,
+                late_value=late_value,
+                late_events=late_events,
+                days=days,
+                boundaries_aligned=aligned,
+                customer_id=customer_id,
+                reported_by_customer=cell_ledger.done_by_customer,
+                provider_meter_aggregation=mapping.aggregation if mapping else None,
+                expected_aggregation=meter_spec(meter).aggregation,
+                ledger_counts=cell_ledger.counts,
+            )
         )
-        causes = analyse(cell_input)
-        invoiced_value = invoiced.get(meter.pk)
-        spec = prices.get(meter.pk)
+        spec = prices.get(meter_id)
         others = [provider_value] + ([invoiced_value] if invoiced_value is not None else [])
-        money = _money_minor(spec, ours, others, period.currency)
+        money = _money_minor(spec, ours, others, period.currency) if causes else 0
         gap = max(abs(ours - other) for other in others)
-        over = _threshold_for(thresholds, meter.pk).exceeded(
+        over = _threshold_for(ctx.thresholds, meter_id).exceeded(
             gap=gap, ours=ours, money_minor=money, priced=spec is not None
         )
         numbers = {
@@ -394,6 +430,7 @@ def _apply(
     run: ReconciliationRun | None,
     now: datetime,
     result: AccountResult,
+    checked: list[int],
 ) -> None:
     numbers = cell.numbers
     if existing is None:
@@ -432,16 +469,18 @@ def _apply(
             _save(existing, reason=f"Resolved automatically: matching in {run_text}")
             _write_days(existing, cell.days)
             result.resolved += 1
-        else:
+        elif changed:
             Mismatch.objects.filter(pk=existing.pk).update(
                 last_checked_at=now, last_run=run, **{f: numbers[f] for f in changed}
             )
+        else:
+            checked.append(existing.pk)
         return
     reopen = existing.status == Mismatch.Status.RESOLVED and (
         existing.resolution == Mismatch.Resolution.AUTO or "delta" in changed
     )
     if not changed and not reopen:
-        Mismatch.objects.filter(pk=existing.pk).update(last_checked_at=now, last_run=run)
+        checked.append(existing.pk)
         return
     for name in changed:
         setattr(existing, name, numbers[name])
@@ -457,56 +496,86 @@ def _apply(
     result.updated += 1
 
 
-def reconcile_account(
+def reconcile_accounts(
     *,
-    account: Account,
+    accounts: list[Account],
     provider: BillingProvider | None = None,
     now: datetime | None = None,
     pull: bool = True,
     period_end_before: date | None = None,
     run: ReconciliationRun | None = None,
     thresholds: dict[int | None, Threshold] | None = None,
+    ctx: _Context | None = None,
 ) -> AccountResult:
-    """Compare every cell of the account's periods to reconcile (open, closing, or closed in
+    """Compare every cell of the accounts' periods to reconcile (open, closing, or closed in
     the last 7 days; with `period_end_before`, only periods ending by that local date) and
-    open, update or resolve its mismatches. With `pull`, first pull the provider's UTC-day
-    summaries for each period (a day either side included) and read each period's exact-bounds
-    value from the provider; without, use the summaries already stored."""
+    open, update or resolve their mismatches.
+
+    With `pull`, first pull the provider's UTC-day summaries of each period's window and read
+    each unaligned period's exact-bounds value from the provider; without, use the summaries
+    already stored (and the UTC cover days for unaligned periods). The reads are batched over
+    all the accounts' periods (a fixed number of queries), then the writes happen in one
+    transaction under each account's advisory lock; a cell whose mismatch did not change is
+    not written (only its last_checked_at, in one statement)."""
     now = now or timezone.now()
     if provider is None and pull:
         provider = get_provider()
     provider_name = provider.name if provider is not None else _default_provider_name()
-    thresholds = thresholds if thresholds is not None else thresholds_load()
+    ctx = ctx or _Context.load(provider_name, thresholds)
     result = AccountResult()
+    by_id = {a.pk: a for a in accounts}
     periods = sel.periods_to_reconcile(
-        account=account, now=now, period_end_before=period_end_before
+        account_ids=list(by_id), now=now, period_end_before=period_end_before
     )
     if not periods:
         return result
-    mappings = sel.provider_meters(provider=provider_name)
-    meters_by_id = Meter.objects.in_bulk()
-    computed = []
     for period in periods:
-        # Reads and provider calls outside the write transaction.
-        cells = _cells_for_period(
-            account=account,
-            period=period,
-            provider=provider,
-            provider_name=provider_name,
-            pull=pull,
-            now=now,
-            thresholds=thresholds,
-            mappings=mappings,
-            meters_by_id=meters_by_id,
-            result=result,
+        period.account = by_id[period.account_id]
+    ctx.prices_for(periods)
+    customers = {
+        a.pk: (_customer_id(provider, a) if provider is not None else "") for a in accounts
+    }
+    if pull and provider is not None:
+        # Provider calls outside the write transaction.
+        for period in periods:
+            first, end = sel.window_days(period.starts_at, period.ends_at)
+            _pull_period(
+                provider=provider,
+                account=period.account,
+                meter_ids=set(ctx.prices.get(period.subscription.plan_id, {})) | set(ctx.mappings),
+                ctx=ctx,
+                customer_id=customers[period.account_id],
+                first=first,
+                end=end,
+                now=now,
+                result=result,
+            )
+    reads = _Reads.load(periods, provider_name=provider_name, unique=ctx.unique)
+    computed = [
+        (
+            period,
+            _cells_for_period(
+                period=period,
+                reads=reads,
+                ctx=ctx,
+                provider=provider if pull else None,
+                customer_id=customers[period.account_id],
+            ),
         )
-        computed.append((period, cells))
+        for period in periods
+    ]
+    checked: list[int] = []
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [RECON_LOCK_NS, account.pk])
+            cursor.execute(
+                # Ids past 2^31 fold onto lock keys; a collision only makes two accounts take turns.
+                "SELECT pg_advisory_xact_lock(%s, (a %% 2147483647)::int) "
+                "FROM unnest(%s::bigint[]) a ORDER BY a",
+                [RECON_LOCK_NS, sorted(by_id)],
+            )
         existing = {
             (m.period_id, m.meter_id): m
-            for m in Mismatch.objects.filter(account=account, period__in=[p for p, _ in computed])
+            for m in Mismatch.objects.filter(period__in=[p for p, _ in computed])
         }
         for period, cells in computed:
             result.periods += 1
@@ -515,14 +584,22 @@ def reconcile_account(
                 _apply(
                     cell=cell,
                     existing=existing.get((period.pk, cell.meter.pk)),
-                    account=account,
+                    account=period.account,
                     period=period,
                     provider_name=provider_name,
                     run=run,
                     now=now,
                     result=result,
+                    checked=checked,
                 )
+        if checked:
+            Mismatch.objects.filter(pk__in=checked).update(last_checked_at=now, last_run=run)
     return result
+
+
+def reconcile_account(*, account: Account, **kwargs) -> AccountResult:
+    """reconcile_accounts for one account (see there)."""
+    return reconcile_accounts(accounts=[account], **kwargs)
 
 
 def _default_provider_name() -> str:
@@ -533,29 +610,37 @@ def _default_provider_name() -> str:
 
 def reconciliation_run(
     *,
-    account: Account,
+    accounts: list[Account] | None = None,
+    account: Account | None = None,
     provider: BillingProvider | None = None,
     now: datetime | None = None,
     pull: bool = True,
     period_end_before: date | None = None,
     trigger: str = "task",
     thresholds: dict[int | None, Threshold] | None = None,
+    ctx: _Context | None = None,
 ) -> ReconciliationRun:
-    """Reconcile one account and record the run (started, finished, counts, duration). A run
-    that fails is recorded as failed, with its error, and the error is raised again."""
+    """Reconcile one account (or a batch of them) and record the run: started, finished,
+    periods, cells compared, mismatches opened, updated and resolved, duration; the run names
+    the account when there is one. A run that fails is recorded as failed, with its error, and
+    the error is raised again."""
+    accounts = list(accounts or []) + ([account] if account is not None else [])
     started = time.monotonic()
     run = ReconciliationRun.objects.create(
-        account=account, trigger=trigger, started_at=timezone.now()
+        account=accounts[0] if len(accounts) == 1 else None,
+        trigger=trigger,
+        started_at=timezone.now(),
     )
     try:
-        result = reconcile_account(
-            account=account,
+        result = reconcile_accounts(
+            accounts=accounts,
             provider=provider,
             now=now,
             pull=pull,
             period_end_before=period_end_before,
             run=run,
             thresholds=thresholds,
+            ctx=ctx,
         )
     except Exception as exc:
         run.status = ReconciliationRun.Status.FAILED
@@ -578,6 +663,9 @@ def _finish(run: ReconciliationRun, started: float) -> None:
     run.save()
 
 
+BATCH_ACCOUNTS = 200
+
+
 def reconciliation_run_all(
     *,
     account_ids: list[int] | None = None,
@@ -585,28 +673,35 @@ def reconciliation_run_all(
     now: datetime | None = None,
     pull: bool = True,
     trigger: str = "command",
-    progress: Callable[[Account, ReconciliationRun], None] | None = None,
+    batch: int = BATCH_ACCOUNTS,
+    progress: Callable[[int, int, ReconciliationRun], None] | None = None,
 ) -> tuple[AccountResult, list[ReconciliationRun]]:
-    """Reconcile the given accounts (default: every account with a period to reconcile) one
-    after the other, one recorded run each: what `manage.py reconcile` does."""
+    """Reconcile the given accounts (default: every account with a period to reconcile) in
+    batches of `batch` accounts, one recorded run per batch (`batch=1`: one per account), as
+    `manage.py reconcile` does. `progress(accounts done, accounts in all, run)` after each."""
     now = now or timezone.now()
     ids = account_ids or sel.accounts_to_reconcile(now=now, period_end_before=period_end_before)
     provider = get_provider() if pull else None
-    thresholds = thresholds_load()
+    provider_name = provider.name if provider is not None else _default_provider_name()
+    ctx = _Context.load(provider_name)
     total = AccountResult()
     runs = []
-    for account in Account.objects.filter(pk__in=ids).order_by("pk"):
+    accounts = list(Account.objects.filter(pk__in=ids).order_by("pk"))
+    done = 0
+    for start in range(0, len(accounts), max(batch, 1)):
+        chunk = accounts[start : start + max(batch, 1)]
         run = reconciliation_run(
-            account=account,
+            accounts=chunk,
             provider=provider,
             now=now,
             pull=pull,
             period_end_before=period_end_before,
             trigger=trigger,
-            thresholds=thresholds,
+            ctx=ctx,
         )
         total.add(
             AccountResult(
+                accounts=len(chunk),
                 periods=run.periods,
                 cells=run.cells_compared,
                 opened=run.mismatches_opened,
@@ -615,8 +710,9 @@ def reconciliation_run_all(
             )
         )
         runs.append(run)
+        done += len(chunk)
         if progress is not None:
-            progress(account, run)
+            progress(done, len(accounts), run)
     return total, runs
 
 

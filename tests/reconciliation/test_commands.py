@@ -54,9 +54,19 @@ def test_the_command_reconciles_every_account_with_progress_and_a_summary(two_ac
     call_command("reconcile", stdout=out)
 
     text = out.getvalue()
-    assert "[1] early: 3 cell(s)" in text and "[2] late: 3 cell(s)" in text
+    assert "[2/2 accounts] 6 cell(s)" in text
     assert "Reconciled 2 account(s), 2 period(s), 6 cell(s)" in text
-    assert ReconciliationRun.objects.filter(trigger="command", status="done").count() == 2
+    assert ReconciliationRun.objects.filter(trigger="command", status="done").count() == 1
+
+
+def test_the_command_records_one_run_per_account_with_batch_1(two_accounts):
+    out = StringIO()
+
+    call_command("reconcile", "--batch", "1", stdout=out)
+
+    assert "[1/2 accounts] 3 cell(s)" in out.getvalue()
+    runs = ReconciliationRun.objects.filter(trigger="command")
+    assert sorted(r.account.external_id for r in runs) == ["early", "late"]
     assert Mismatch.objects.count() > 0
 
 

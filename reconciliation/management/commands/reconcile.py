@@ -4,6 +4,7 @@ manage.py reconcile                                   # every account with a per
 manage.py reconcile --account acme                    # one account (external id), repeatable
 manage.py reconcile --period-end-before 2026-12-01    # only periods ending by that local date
 manage.py reconcile --no-pull                         # use the provider summaries already pulled
+manage.py reconcile --batch 1                         # one recorded run per account
 """
 
 from __future__ import annotations
@@ -42,12 +43,20 @@ class Command(BaseCommand):
             help="Only periods whose end (a local date, exclusive) is on or before DATE.",
         )
         parser.add_argument(
+            "--batch",
+            type=int,
+            default=200,
+            help="Accounts reconciled together, one recorded run each batch (default 200).",
+        )
+        parser.add_argument(
             "--no-pull",
             action="store_true",
             help="Do not call the provider: use the summaries already pulled.",
         )
 
-    def handle(self, *args, accounts, period_end_before, no_pull, **options):
+    def handle(self, *args, accounts, period_end_before, batch, no_pull, **options):
+        if batch < 1:
+            raise CommandError("--batch is at least 1.")
         account_ids = None
         if accounts:
             found = dict(
@@ -58,23 +67,22 @@ class Command(BaseCommand):
                 raise CommandError(f"Unknown account(s): {', '.join(missing)}.")
             account_ids = list(found.values())
         started = time.monotonic()
-        done = [0]
 
-        def progress(account, run) -> None:
-            done[0] += 1
+        def progress(done: int, total: int, run) -> None:
             if options["verbosity"] >= 1:
                 self.stdout.write(
-                    f"[{done[0]}] {account.external_id}: {run.cells_compared} cell(s), "
+                    f"[{done}/{total} accounts] {run.cells_compared} cell(s), "
                     f"{run.mismatches_opened} opened, {run.mismatches_updated} updated, "
                     f"{run.mismatches_resolved} resolved ({run.duration_ms} ms)"
                 )
 
         try:
-            total, runs = reconciliation_run_all(
+            total, _runs = reconciliation_run_all(
                 account_ids=account_ids,
                 period_end_before=period_end_before,
                 pull=not no_pull,
                 trigger="command",
+                batch=batch,
                 progress=progress,
             )
         except ProviderError as exc:
@@ -82,7 +90,7 @@ class Command(BaseCommand):
         seconds = time.monotonic() - started
         self.stdout.write(
             self.style.SUCCESS(
-                f"Reconciled {len(runs)} account(s), {total.periods} period(s), "
+                f"Reconciled {total.accounts} account(s), {total.periods} period(s), "
                 f"{total.cells} cell(s) in {seconds:.1f} s: {total.opened} mismatch(es) opened, "
                 f"{total.updated} updated, {total.resolved} resolved."
             )
