@@ -139,8 +139,14 @@ GROUP BY account_id, meter_id, aggregation;
 INSERT INTO billing_providerusagesummary (provider, account_id, meter_id, provider_meter_id, day,
                                           value, pulled_at)
 SELECT 'simulated', account_id, meter_id, 'sim_mtr_' || meter_id, day,
-       CASE WHEN faulty AND aggregation IN ('count', 'sum') THEN value - 1 ELSE value END, now()
-FROM bench_cells;
+       CASE WHEN faulty THEN value - 1 ELSE value END, now()
+FROM bench_cells WHERE aggregation IN ('count', 'sum');
+
+-- A `last` meter's summary: the period-to-date value on the day it was sent.
+INSERT INTO billing_providerusagesummary (provider, account_id, meter_id, provider_meter_id, day,
+                                          value, pulled_at)
+SELECT 'simulated', account_id, meter_id, 'sim_mtr_' || meter_id, day, value, now()
+FROM billing_pushledgerentry WHERE kind = 'period_to_date';
 
 ANALYZE;
 """
@@ -208,11 +214,11 @@ def main() -> None:
 
     for label in ("first run", "second run (nothing changed)"):
         started = time.monotonic()
-        total, runs = reconciliation_run_all(pull=False, trigger="bench")
+        total, _runs = reconciliation_run_all(pull=False, trigger="bench")
         wall = time.monotonic() - started
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
-            f"{label}: {len(runs):,} accounts, {total.cells:,} cells in {wall:.1f} s = "
+            f"{label}: {total.accounts:,} accounts, {total.cells:,} cells in {wall:.1f} s = "
             f"{total.cells / wall:,.0f} cells/s; opened {total.opened:,}, updated "
             f"{total.updated:,}, resolved {total.resolved:,}; peak RSS {peak_mb:,.0f} MB"
         )

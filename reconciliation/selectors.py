@@ -144,13 +144,15 @@ _LATEST = """(max(ARRAY[(extract(epoch FROM r.latest_at) * 1000000)::numeric,
 
 
 def _value(aggregation: str, count, total, top, latest, distinct) -> Decimal | None:
-    return {
-        A.COUNT: Decimal(count or 0),
-        A.SUM: Decimal(total or 0),
-        A.MAX: None if top is None else Decimal(top),
-        A.LATEST: None if latest is None else Decimal(latest),
-        A.UNIQUE_COUNT: Decimal(distinct or 0),
-    }[aggregation]
+    if aggregation == A.COUNT:
+        return Decimal(count or 0)
+    if aggregation == A.SUM:
+        return Decimal(total or 0)
+    if aggregation == A.MAX:
+        return None if top is None else Decimal(top)
+    if aggregation == A.LATEST:
+        return None if latest is None else Decimal(latest)
+    return Decimal(distinct or 0)
 
 
 @dataclass
@@ -164,19 +166,26 @@ def has_unique_meters() -> bool:
 
 
 def ours_by_utc_day(
-    periods: list[BillingPeriod], *, unique: bool = True
+    cells: list[tuple[BillingPeriod, int]], *, unique: bool = True
 ) -> dict[int, dict[int, dict[date, OursDay]]]:
-    """period id -> meter id -> UTC day of the period's window -> our value that day (in the
-    meter's aggregation) and the raw event count, from the hourly (UTC) rollups. One query,
-    two with unique_count meters."""
-    table, params = _periods_table(periods)
+    """For (period, meter id) cells: period id -> meter id -> UTC day of the period's window ->
+    our value that day (in the meter's aggregation) and the raw event count, from the hourly
+    (UTC) rollups. One query, two with unique_count meters."""
+    result: dict[int, dict[int, dict[date, OursDay]]] = defaultdict(lambda: defaultdict(dict))
+    if not cells:
+        return result
+    table, params = _periods_table([period for period, _ in cells])
+    params["mid"] = [meter_id for _, meter_id in cells]
+    table = table.replace("%(d1)s::date[])", "%(d1)s::date[], %(mid)s::bigint[])").replace(
+        "d0, d1)", "d0, d1, mid)"
+    )
     rows = _fetch(
         f"""
         SELECT p.pid, r.meter_id, (r.hour AT TIME ZONE 'UTC')::date AS day, m.aggregation,
                sum(r.count), sum(r.sum), max(r.max), {_LATEST}
         FROM {table}
         JOIN metering_rolluphourly r
-          ON r.account_id = p.aid AND r.dim_key = ''
+          ON r.account_id = p.aid AND r.meter_id = p.mid AND r.dim_key = ''
          AND r.hour >= (p.lo::timestamp AT TIME ZONE 'UTC')
          AND r.hour < (p.hi::timestamp AT TIME ZONE 'UTC')
         JOIN metering_meter m ON m.id = r.meter_id
@@ -194,7 +203,7 @@ def ours_by_utc_day(
                        count(DISTINCT r.value)
                 FROM {table}
                 JOIN metering_rolluphourlydistinct r
-                  ON r.account_id = p.aid AND r.dim_key = ''
+                  ON r.account_id = p.aid AND r.meter_id = p.mid AND r.dim_key = ''
                  AND r.hour >= (p.lo::timestamp AT TIME ZONE 'UTC')
                  AND r.hour < (p.hi::timestamp AT TIME ZONE 'UTC')
                 GROUP BY 1, 2, 3
@@ -202,7 +211,6 @@ def ours_by_utc_day(
                 params,
             )
         }
-    result: dict[int, dict[int, dict[date, OursDay]]] = defaultdict(lambda: defaultdict(dict))
     for pid, meter_id, day, aggregation, count, total, top, latest in rows:
         value = _value(aggregation, count, total, top, latest, distinct.get((pid, meter_id, day)))
         result[pid][meter_id][day] = OursDay(value, int(count or 0))

@@ -31,6 +31,7 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 from django.utils import timezone
+from simple_history.utils import bulk_create_with_history
 
 from billing.models import BillingPeriod, PushLedgerEntry
 from billing.money import to_minor_units
@@ -252,11 +253,15 @@ class _Reads:
     invoiced: dict
     late: dict
 
+    provider_period: dict = field(default_factory=dict)
+    day_cells: set = field(default_factory=set)  # (period id, meter id) read per UTC day
+
     @classmethod
     def load(cls, periods: list[BillingPeriod], *, provider_name: str, unique: bool) -> _Reads:
+        """Everything but our per-UTC-day numbers, which only cells that differ need."""
         closed = [p for p in periods if p.state == BillingPeriod.State.CLOSED]
         return cls(
-            ours_days=sel.ours_by_utc_day(periods, unique=unique),
+            ours_days={},
             ours_period=sel.ours_by_period(periods, unique=unique),
             ledger=sel.ledger_for_periods(periods, provider=provider_name),
             provider_days=sel.provider_days(periods, provider=provider_name),
@@ -278,17 +283,55 @@ class Cell:
     over: bool
 
 
-def _cells_for_period(
+def _period_meter_ids(period: BillingPeriod, reads: _Reads, ctx: _Context) -> set[int]:
+    return (
+        set(ctx.prices.get(period.subscription.plan_id, {}))
+        | set(reads.ours_period.get(period.pk, {}))
+        | set(reads.ledger.get(period.pk, {}))
+        | set(reads.provider_days.get(period.pk, {}))
+    )
+
+
+def _provider_values(
     *,
     period: BillingPeriod,
     reads: _Reads,
     ctx: _Context,
     provider: BillingProvider | None,
     customer_id: str,
+) -> list[int]:
+    """Fill reads.provider_period for the period's cells; return the meters whose cell
+    differs (ours against the provider or the invoice): only those need per-day numbers."""
+    values = reads.provider_period.setdefault(period.pk, {})
+    ours_period = reads.ours_period.get(period.pk, {})
+    invoiced = reads.invoiced.get(period.pk, {})
+    differing = []
+    for meter_id in sorted(_period_meter_ids(period, reads, ctx)):
+        mapping = ctx.mappings.get(meter_id)
+        value, _exact = _provider_period_value(
+            provider=provider,
+            provider_meter_id=mapping.provider_meter_id if mapping else "",
+            customer_id=customer_id,
+            period=period,
+            days=reads.provider_days.get(period.pk, {}).get(meter_id, {}),
+            additive=ctx.meters[meter_id].aggregation in sel.SUM_METERS,
+        )
+        values[meter_id] = value
+        ours = ours_period.get(meter_id, ZERO)
+        if ours != value or invoiced.get(meter_id, ours) != ours:
+            differing.append(meter_id)
+    return differing
+
+
+def _cells_for_period(
+    *,
+    period: BillingPeriod,
+    reads: _Reads,
+    ctx: _Context,
+    customer_id: str,
 ) -> list[Cell]:
-    """Compare every cell of one period from the batched reads (no query, except one
-    exact-bounds summary call per cell to the provider when `provider` is given and the
-    period's bounds are not UTC midnights)."""
+    """Compare every cell of one period from the batched reads (no query). A cell that
+    matches gets no per-day numbers (it opens nothing and has nothing to explain)."""
     first, end = sel.window_days(period.starts_at, period.ends_at)
     prices = ctx.prices.get(period.subscription.plan_id, {})
     ours_days = reads.ours_days.get(period.pk, {})
@@ -297,7 +340,7 @@ def _cells_for_period(
     prov_days = reads.provider_days.get(period.pk, {})
     invoiced = reads.invoiced.get(period.pk, {})
     late = reads.late.get(period.pk, {})
-    meter_ids = set(prices) | set(ours_days) | set(ours_period) | set(ledger) | set(prov_days)
+    meter_ids = _period_meter_ids(period, reads, ctx)
     aligned = sel.is_utc_aligned(period.starts_at) and sel.is_utc_aligned(period.ends_at)
     all_days = list(_iter_days(first, end))
     cells = []
@@ -307,19 +350,13 @@ def _cells_for_period(
         mapping = ctx.mappings.get(meter_id)
         cell_ledger = ledger.get(meter_id) or sel.LedgerCell()
         days_provider = prov_days.get(meter_id, {})
-        provider_value, _exact = _provider_period_value(
-            provider=provider,
-            provider_meter_id=mapping.provider_meter_id if mapping else "",
-            customer_id=customer_id,
-            period=period,
-            days=days_provider,
-            additive=additive,
-        )
+        provider_value = reads.provider_period[period.pk][meter_id]
         ours = ours_period.get(meter_id, ZERO)
         meter_days = ours_days.get(meter_id, {})
         empty = ZERO if additive else None
         days = []
-        for day in all_days:
+        with_days = (period.pk, meter_id) in reads.day_cells
+        for day in all_days if with_days else ():
             ours_day = meter_days.get(day)
             days.append(
                 DayNumbers(
@@ -404,20 +441,21 @@ def _save(mismatch: Mismatch, *, reason: str, actor=None, fields: list[str] | No
     mismatch.save(update_fields=fields)
 
 
+def _day_row(mismatch: Mismatch, d: DayNumbers) -> MismatchDay:
+    return MismatchDay(
+        mismatch=mismatch,
+        day=d.day,
+        ours=d.ours,
+        reported=d.reported,
+        pending=d.pending,
+        provider=d.provider,
+        events=d.events,
+    )
+
+
 def _write_days(mismatch: Mismatch, days: list[DayNumbers]) -> None:
     MismatchDay.objects.filter(mismatch=mismatch).delete()
-    MismatchDay.objects.bulk_create(
-        MismatchDay(
-            mismatch=mismatch,
-            day=d.day,
-            ours=d.ours,
-            reported=d.reported,
-            pending=d.pending,
-            provider=d.provider,
-            events=d.events,
-        )
-        for d in days
-    )
+    MismatchDay.objects.bulk_create(_day_row(mismatch, d) for d in days)
 
 
 def _apply(
@@ -431,6 +469,7 @@ def _apply(
     now: datetime,
     result: AccountResult,
     checked: list[int],
+    created: list[tuple[Mismatch, list[DayNumbers]]],
 ) -> None:
     numbers = cell.numbers
     if existing is None:
@@ -450,8 +489,7 @@ def _apply(
             last_run=run,
             **numbers,
         )
-        _save(mismatch, reason=f"Opened by reconciliation run {run.pk if run else '-'}")
-        _write_days(mismatch, cell.days)
+        created.append((mismatch, cell.days))  # saved together, with their history
         result.opened += 1
         return
     changed = [f for f in _COMPARED if not _same(getattr(existing, f), numbers[f])]
@@ -551,6 +589,25 @@ def reconcile_accounts(
                 result=result,
             )
     reads = _Reads.load(periods, provider_name=provider_name, unique=ctx.unique)
+    unresolved = set(
+        Mismatch.objects.unresolved()
+        .filter(period__in=periods)
+        .values_list("period_id", "meter_id")
+    )
+    need_days = []
+    for period in periods:
+        differing = _provider_values(
+            period=period,
+            reads=reads,
+            ctx=ctx,
+            provider=provider if pull else None,
+            customer_id=customers[period.account_id],
+        )
+        # Cells that differ, and open mismatches (resolving one rewrites its days).
+        wanted = set(differing) | {m for p, m in unresolved if p == period.pk}
+        need_days.extend((period, meter_id) for meter_id in sorted(wanted))
+    reads.ours_days = sel.ours_by_utc_day(need_days, unique=ctx.unique)
+    reads.day_cells = {(period.pk, meter_id) for period, meter_id in need_days}
     computed = [
         (
             period,
@@ -558,13 +615,13 @@ def reconcile_accounts(
                 period=period,
                 reads=reads,
                 ctx=ctx,
-                provider=provider if pull else None,
                 customer_id=customers[period.account_id],
             ),
         )
         for period in periods
     ]
     checked: list[int] = []
+    created: list[tuple[Mismatch, list[DayNumbers]]] = []
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
@@ -591,7 +648,23 @@ def reconcile_accounts(
                     now=now,
                     result=result,
                     checked=checked,
+                    created=created,
                 )
+        if created:
+            saved = bulk_create_with_history(
+                [m for m, _ in created],
+                Mismatch,
+                batch_size=1000,
+                default_change_reason=f"Opened by reconciliation run {run.pk if run else '-'}",
+            )
+            MismatchDay.objects.bulk_create(
+                [
+                    _day_row(mismatch, d)
+                    for mismatch, (_, days) in zip(saved, created, strict=True)
+                    for d in days
+                ],
+                batch_size=5000,
+            )
         if checked:
             Mismatch.objects.filter(pk__in=checked).update(last_checked_at=now, last_run=run)
     return result

@@ -119,6 +119,8 @@ def test_re_pushing_then_rerunning_resolves_the_mismatch_automatically(
     assert (mismatch.status, mismatch.resolution) == ("resolved", "auto")
     assert third.mismatches_resolved == 1
     assert Mismatch.objects.count() == 1
+    days = list(mismatch.days.values_list("ours", "reported", "provider"))
+    assert len(days) == 32 and all(o == r == p for o, r, p in days)  # the matching days
     reasons = list(
         mismatch.history.order_by("history_id").values_list("history_change_reason", flat=True)
     )
