@@ -148,6 +148,14 @@ def _money_minor(
 # --- provider reads at reconciliation time -----------------------------------------------------
 
 
+def _answers_exact_bounds(provider: BillingProvider) -> bool:
+    """Whether the adapter's summaries honour bounds that are not UTC midnights. The simulated
+    one does; the Stripe adapter asks Stripe for day-grouped summaries, which it refuses over
+    such bounds (an adapter may declare `exact_summary_bounds = True` once it can ask without
+    the day grouping)."""
+    return bool(getattr(provider, "exact_summary_bounds", provider.name == "simulated"))
+
+
 def _provider_period_value(
     *,
     provider: BillingProvider | None,
@@ -159,11 +167,17 @@ def _provider_period_value(
 ) -> tuple[Decimal, bool]:
     """(the provider's value over the period's exact bounds, exact?). UTC-aligned periods are
     read from the day summaries; others with one summary call over the exact bounds (the
-    adapter answers per UTC day inside them), falling back to the cover days when the provider
-    refuses unaligned bounds (Stripe's day grouping does)."""
+    adapter answers per UTC day inside them) when the adapter can, else from the UTC cover
+    days (not exact: an edge day also holds the neighbouring period's usage)."""
     first, end = sel.cover_days(period.starts_at, period.ends_at)
     aligned = sel.is_utc_aligned(period.starts_at) and sel.is_utc_aligned(period.ends_at)
-    if not aligned and provider is not None and customer_id and provider_meter_id:
+    if (
+        not aligned
+        and provider is not None
+        and _answers_exact_bounds(provider)
+        and customer_id
+        and provider_meter_id
+    ):
         try:
             summaries = sorted(
                 provider.list_meter_event_summaries(

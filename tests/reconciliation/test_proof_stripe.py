@@ -138,3 +138,24 @@ def test_faults_at_the_fake_stripe_server_are_found_with_their_cause(fake):
     assert not false_alarms, false_alarms
     assert faulty >= 20
     assert len(wrong) <= len(flagged) * Decimal("0.1"), wrong
+
+
+def test_a_period_off_utc_midnights_is_read_over_its_utc_days_against_stripe(fake):
+    """Stripe refuses day-grouped summaries over bounds that are not UTC midnights: such a
+    period is compared over its UTC cover days, without an error."""
+    from billing.services.push import usage_push
+
+    meters = meters_count_sum_max()
+    account, period = account_with_period(
+        external_id="kolkata",
+        tz="Asia/Kolkata",
+        plan=plan_for(meters),
+        start=today() - timedelta(days=32),
+        end=today() - timedelta(days=2),
+    )
+    ingest([e for m in meters for e in usage(account, m, period, per_day=1)])
+    usage_push()
+
+    total, _runs = reconciliation_run_all(pull=True, trigger="test")
+
+    assert total.cells == 3 and total.opened == 0
