@@ -94,14 +94,23 @@ def accounts_to_reconcile(
 
 
 def periods_to_reconcile(
-    *, account_ids: list[int], now: datetime, period_end_before: date | None = None
+    *,
+    account_ids: list[int],
+    now: datetime,
+    period_end_before: date | None = None,
+    period_ids: list[int] | None = None,
 ) -> list[BillingPeriod]:
-    """The accounts' periods to reconcile, with their subscription and account (one query)."""
+    """The accounts' periods to reconcile (or exactly `period_ids`, whatever their state),
+    with their subscription and account (one query)."""
+    periods = BillingPeriod.objects.filter(account_id__in=account_ids)
+    if period_ids is not None:
+        periods = periods.filter(pk__in=period_ids)
+    else:
+        periods = periods.filter(
+            periods_to_reconcile_q(now=now, period_end_before=period_end_before)
+        )
     return list(
-        BillingPeriod.objects.filter(account_id__in=account_ids)
-        .filter(periods_to_reconcile_q(now=now, period_end_before=period_end_before))
-        .select_related("subscription", "account")
-        .order_by("account_id", "starts_at")
+        periods.select_related("subscription", "account").order_by("account_id", "starts_at")
     )
 
 

@@ -558,6 +558,7 @@ def reconcile_accounts(
     run: ReconciliationRun | None = None,
     thresholds: dict[int | None, Threshold] | None = None,
     ctx: _Context | None = None,
+    period_ids: list[int] | None = None,
 ) -> AccountResult:
     """Compare every cell of the accounts' periods to reconcile (open, closing, or closed in
     the last 7 days; with `period_end_before`, only periods ending by that local date) and
@@ -577,7 +578,10 @@ def reconcile_accounts(
     result = AccountResult()
     by_id = {a.pk: a for a in accounts}
     periods = sel.periods_to_reconcile(
-        account_ids=list(by_id), now=now, period_end_before=period_end_before
+        account_ids=list(by_id),
+        now=now,
+        period_end_before=period_end_before,
+        period_ids=period_ids,
     )
     if not periods:
         return result
@@ -706,6 +710,7 @@ def reconciliation_run(
     trigger: str = "task",
     thresholds: dict[int | None, Threshold] | None = None,
     ctx: _Context | None = None,
+    period_ids: list[int] | None = None,
 ) -> ReconciliationRun:
     """Reconcile one account (or a batch of them) and record the run: started, finished,
     periods, cells compared, mismatches opened, updated and resolved, duration; the run names
@@ -728,6 +733,7 @@ def reconciliation_run(
             run=run,
             thresholds=thresholds,
             ctx=ctx,
+            period_ids=period_ids,
         )
     except Exception as exc:
         run.status = ReconciliationRun.Status.FAILED
@@ -801,6 +807,39 @@ def reconciliation_run_all(
         if progress is not None:
             progress(done, len(accounts), run)
     return total, runs
+
+
+# --- before a period closes ---------------------------------------------------------------------
+
+
+def reconciliation_period_close_check(
+    *, period: BillingPeriod, provider: BillingProvider | None = None, now: datetime | None = None
+) -> list[str]:
+    """Reconcile exactly this period (pulling the provider's numbers first) and return why it
+    should be held: one sentence per unresolved mismatch over its threshold, largest money
+    first; empty when it may close. Meant for the period roll, which billing cannot import:
+    it would reach this through a setting (see the README's Reconciliation section). Recorded
+    as a run with trigger `period_close`."""
+    reconciliation_run(
+        account=period.account,
+        provider=provider,
+        now=now,
+        trigger="period_close",
+        # Only this period, whatever its state (the roll calls this while it is closing).
+        period_ids=[period.pk],
+    )
+    blocking = (
+        Mismatch.objects.unresolved()
+        .filter(period=period, over_threshold=True)
+        .select_related("meter")
+        .order_by("-delta_amount_minor", "pk")
+    )
+    return [
+        f"{m.meter.code}: ours {m.ours.normalize():f}, provider {m.provider_value.normalize():f}"
+        f" ({m.top_cause or 'unexplained'}, {m.delta_amount_minor} {m.currency} minor units"
+        " at stake)"
+        for m in blocking
+    ]
 
 
 # --- the manager's actions ---------------------------------------------------------------------

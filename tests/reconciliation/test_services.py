@@ -16,6 +16,7 @@ from reconciliation.services import (
     mismatch_acknowledge,
     mismatch_repush,
     mismatch_resolve,
+    reconciliation_period_close_check,
     reconciliation_run,
 )
 from tests.metering.rollup_support import event
@@ -282,3 +283,22 @@ def test_usage_that_arrived_after_the_invoice_is_late_after_close(world, meters)
     assert mismatch.delta == 0
     assert mismatch.top_cause == "late_after_close"
     assert "arrived after it was closed" in mismatch.causes[0]["sentence"]
+
+
+def test_the_close_check_reconciles_the_period_and_says_why_to_hold_it(world, meters):
+    _account, period = world
+    push_ledger_enqueue(provider_name="simulated")
+    entry_ids = list(
+        PushLedgerEntry.objects.filter(meter=meters[0]).values_list("pk", flat=True)[:2]
+    )
+    PushLedgerEntry.objects.filter(pk__in=entry_ids).update(status="failed")
+    push()
+    BillingPeriod.objects.filter(pk=period.pk).update(state="closing")
+    period.refresh_from_db()
+
+    reasons = reconciliation_period_close_check(period=period, provider=SimulatedProvider())
+
+    assert reasons == ["calls: ours 93, provider 91 (not_pushed, 2 USD minor units at stake)"]
+    assert ReconciliationRun.objects.get().trigger == "period_close"
+    Mismatch.objects.update(status="resolved", resolution="accepted")
+    assert reconciliation_period_close_check(period=period, provider=SimulatedProvider()) == []
