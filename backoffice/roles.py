@@ -43,6 +43,12 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "billing.change_subscription",
         "billing.change_billingperiod",
         "billing.change_pushledgerentry",
+        # Reconciliation: work the mismatch queue and set its thresholds.
+        "reconciliation.acknowledge_mismatch",
+        "reconciliation.resolve_mismatch",
+        "reconciliation.repush_mismatch",
+        "reconciliation.add_reconciliationthreshold",
+        "reconciliation.change_reconciliationthreshold",
     ),
 }
 

@@ -323,6 +323,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute=23),
         "options": {"expire_seconds": 3300},
     },
+    # Every night at 02:41 UTC: reconcile every account's open periods and those closed in the
+    # last 7 days against the billing provider, one task per account (before the 03:17
+    # self-check, off the hour).
+    "reconciliation-nightly": {
+        "task": "reconciliation.tasks.reconcile_all",
+        "schedule": crontab(minute=41, hour=2),
+        "options": {"expire_seconds": 3600},
+    },
 }
 
 # --- Status endpoint thresholds (GET /status, backoffice.status) ---
