@@ -13,7 +13,7 @@ of the code import it from here):
 - subscriptions: subscriptions, billing periods
 - projection: projection snapshots
 - providers: provider choices, provider meters, provider usage summaries and invoices
-- push: push inbox, push ledger
+- push: push ledger
 - webhooks: provider webhook events
 - simulated: simulated provider records and faults
 """
@@ -27,7 +27,7 @@ from billing.models.providers import (
     ProviderMeter,
     ProviderUsageSummary,
 )
-from billing.models.push import PushInbox, PushLedgerEntry, PushLedgerEntryQuerySet
+from billing.models.push import PushLedgerEntry, PushLedgerEntryQuerySet
 from billing.models.simulated import SimulatedFaultConfig, SimulatedUsageRecord
 from billing.models.subscriptions import (
     BillingPeriod,
@@ -49,7 +49,6 @@ __all__ = [
     "ProviderInvoiceLine",
     "ProviderMeter",
     "ProviderUsageSummary",
-    "PushInbox",
     "PushLedgerEntry",
     "PushLedgerEntryQuerySet",
     "SimulatedFaultConfig",

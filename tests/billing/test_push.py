@@ -15,13 +15,14 @@ import psycopg
 import pytest
 from django.db import connection
 
-from billing.models import ProviderMeter, PushInbox, PushLedgerEntry
+from billing.models import ProviderMeter, PushLedgerEntry
 from billing.providers import get_provider
 from billing.services import push as push_service
 from billing.services.push import send as push_send
 from billing.services.push import usage_push
 from billing.tasks import billing_provider_pull, billing_usage_push
-from metering.models import Meter, UsageEvent
+from metering.models import Meter, RolledUpEvent, UsageEvent
+from metering.services.rollups import rollup_drain
 from tests.billing.fake_stripe import FakeStripe
 from tests.metering.factories import AccountFactory, MeterFactory
 
@@ -32,9 +33,9 @@ _txn = itertools.count(1)
 
 
 def make_event(account, meter, value, at, *, corrects=None, unique_value=""):
-    """A stored usage event (the insert trigger puts it in the push inbox)."""
+    """A stored usage event, rolled up (the drain puts it in the rolled-up feed the push reads)."""
     transaction_id = f"t-{next(_txn)}"
-    return UsageEvent.objects.create(
+    event = UsageEvent.objects.create(
         account=account,
         meter=meter,
         transaction_id=transaction_id,
@@ -47,6 +48,8 @@ def make_event(account, meter, value, at, *, corrects=None, unique_value=""):
         kind=UsageEvent.Kind.CORRECTION if corrects else UsageEvent.Kind.NORMAL,
         corrects=corrects,
     )
+    rollup_drain()
+    return event
 
 
 def hours_ago(n: float) -> datetime:
@@ -114,7 +117,7 @@ def test_each_event_is_pushed_once_and_acknowledged(fake, account, calls):
     event_ids = UsageEvent.objects.order_by("pk").values_list("pk", flat=True)
     assert [e.identifier for e in entries] == [f"mo-e{pk}" for pk in event_ids]
     assert all(e.payload["identifier"] == e.identifier and e.attempts == 1 for e in entries)
-    assert not PushInbox.objects.exists()
+    assert not RolledUpEvent.objects.exists()
     pm = ProviderMeter.objects.get(meter=calls, provider="stripe")
     assert fake.meters[pm.provider_meter_id]["default_aggregation"]["formula"] == "sum"
 

@@ -1,5 +1,5 @@
-"""Step 1, enqueue: drain the push inbox into ledger entries (one per event for count and sum
-meters; period-to-date gauge entries for max, unique_count and latest meters)."""
+"""Step 1, enqueue: drain metering's rolled-up feed into ledger entries (one per event for count
+and sum meters; period-to-date gauge entries for max, unique_count and latest meters)."""
 
 from __future__ import annotations
 
@@ -15,18 +15,9 @@ from billing import periods as billing_periods
 from billing.models import BillingPeriod, PushLedgerEntry, Subscription
 from billing.services.push.common import ENQUEUE_BATCH, SUM_METERS, A, Kind, Status, too_old_cutoff
 from metering.models import Account, Meter, UsageEvent
+from metering.services.rolled_up_feed import rolled_up_events_claim
 
 # --- 1. enqueue ----------------------------------------------------------------------------------
-
-# DELETE ... RETURNING claims inbox rows and removes them in the caller's transaction; SKIP
-# LOCKED keeps a second drainer (there should be none: the push lock) from waiting.
-_DRAIN_SQL = """
-DELETE FROM billing_pushinbox
-WHERE event_id IN (
-    SELECT event_id FROM billing_pushinbox ORDER BY event_id LIMIT %s FOR UPDATE SKIP LOCKED
-)
-RETURNING event_id
-"""
 
 # The period-to-date value of a max / unique_count / latest meter over [lo, hi), from the raw
 # effective events (those no correction replaces), as the rollups define them.
@@ -188,15 +179,15 @@ def _gauge_entry(
 def push_ledger_enqueue(
     *, provider_name: str, now: datetime | None = None, batch_size: int = ENQUEUE_BATCH
 ) -> tuple[int, int, int]:
-    """Drain the push inbox into ledger entries. Returns (events drained, entries created,
+    """Drain the rolled-up feed into ledger entries. Returns (events drained, entries created,
     of which too old to send)."""
     drained = created = too_old = 0
     while True:
         now_ = now or timezone.now()
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(_DRAIN_SQL, [batch_size])
-                ids = [row[0] for row in cursor.fetchall()]
+            # Claimed from metering's rolled-up feed (DELETE ... RETURNING, in this
+            # transaction): events reach the ledger once, and only once they are in the rollups.
+            ids = rolled_up_events_claim(limit=batch_size)
             if not ids:
                 return drained, created, too_old
             with connection.cursor() as cursor:
