@@ -22,6 +22,7 @@ from billing.services.push import send as push_send
 from billing.services.push import usage_push
 from billing.tasks import billing_provider_pull, billing_usage_push
 from metering.models import Meter, RolledUpEvent, UsageEvent
+from metering.services.ingest import events_ingest
 from metering.services.rollups import rollup_drain
 from tests.billing.fake_stripe import FakeStripe
 from tests.metering.factories import AccountFactory, MeterFactory
@@ -120,6 +121,32 @@ def test_each_event_is_pushed_once_and_acknowledged(fake, account, calls):
     assert not RolledUpEvent.objects.exists()
     pm = ProviderMeter.objects.get(meter=calls, provider="stripe")
     assert fake.meters[pm.provider_meter_id]["default_aggregation"]["formula"] == "sum"
+
+
+def test_an_ingested_event_reaches_the_push_ledger_only_after_the_rollup_drain(account, calls):
+    ingested = events_ingest(
+        items=[
+            {
+                "transaction_id": "drain-first",
+                "external_customer_id": account.external_id,
+                "code": calls.code,
+                "timestamp": hours_ago(1).isoformat(),
+            }
+        ],
+        fmt="lago",
+    )
+    assert ingested.accepted == 1
+
+    before = usage_push()
+
+    assert before.events_drained == 0
+    assert not PushLedgerEntry.objects.exists()
+
+    rollup_drain()
+    after = usage_push()
+
+    assert after.events_drained == 1
+    assert PushLedgerEntry.objects.get().identifier == f"mo-e{UsageEvent.objects.get().pk}"
 
 
 def test_a_second_run_sends_nothing_again(fake, account, calls):
