@@ -10,20 +10,28 @@ from __future__ import annotations
 from django.db import connection
 
 # Claim a batch in key order (account, event), so a backlog is taken an account at a time along
-# the primary key. The picked keys are deleted by key, not ctid (DESIGN: Citus); the join on
-# the full primary key makes every delete an index probe, so a batch costs the same whatever
-# the backlog. SKIP LOCKED: a second consumer (there should be none: the caller's own lock)
-# takes other rows instead of waiting. Exactly once rests on the DELETE: a row two claimers
-# pick is returned by only one of them.
+# the primary key, and delete the picked rows by key, not by ctid (DESIGN: Citus). SKIP LOCKED:
+# a second consumer (there should be none: the caller's own lock) takes other rows instead of
+# waiting. Exactly once rests on the DELETE: a row two claimers pick is returned by only one.
+#
+# The bounds on the deleted rows (the picked keys' account range and lowest event id, as
+# InitPlan parameters) are index conditions: without them the planner joins the picked keys to
+# a sequential scan of the whole feed (by EXPLAIN on a backlog of 1M rows: 180 ms per
+# 5,000-row batch, against 21 ms with them; the push inbox this replaces took 675 ms), which
+# makes draining a large backlog quadratic.
 CLAIM = """
-DELETE FROM metering_rolledupevent f
-USING (
+WITH picked AS MATERIALIZED (
     SELECT account_id, event_id FROM metering_rolledupevent
     ORDER BY account_id, event_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-) picked
+)
+DELETE FROM metering_rolledupevent f
+USING picked
 WHERE f.account_id = picked.account_id AND f.event_id = picked.event_id
+  AND f.account_id BETWEEN (SELECT min(account_id) FROM picked)
+                       AND (SELECT max(account_id) FROM picked)
+  AND f.event_id >= (SELECT min(event_id) FROM picked)
 RETURNING f.event_id
 """
 
