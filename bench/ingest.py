@@ -19,9 +19,11 @@ the local server), recreated at the start and kept afterwards for inspection. St
    unique key (no other index, trigger or foreign key), then, after emptying it, into the event
    table itself (same indexes, same inbox trigger, same deferred foreign keys);
 7. print events/s over HTTP and for both COPYs, the ratios HTTP / COPY into the event table
-   (target >= 0.4) and HTTP / bare COPY (target >= 0.25), batch latency p50/p99, the server's
-   peak memory, and the load average (other work on the machine skews figures: compare only
-   figures printed by the same run).
+   (target >= 0.4) and HTTP / bare COPY (target >= 0.25), the CPU time per event of each (HTTP:
+   gunicorn and its PostgreSQL backends, read from /proc, so the server must run on this
+   machine; COPY: this process and its backend), batch latency p50/p99, the server's peak
+   memory, and the load average (other work on the machine skews the rates: compare only
+   figures printed by the same run; the CPU times are disturbed less).
 
 The HTTP path does strictly more than COPY: authentication, JSON parsing with exact decimals,
 validation, a content hash per event, deduplication with ON CONFLICT, the per-item answer.
@@ -261,6 +263,35 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 when it is gone)."""
+    try:
+        fields = (Path(f"/proc/{pid}/stat")).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _backend_pids(db_url: str) -> list[int]:
+    """The PostgreSQL backends connected to the bench database (the server runs here)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def server_cpu(server_pid: int, db_url: str) -> dict[int, float]:
+    """CPU seconds so far of gunicorn (master and workers) and of the database's backends."""
+    pids = [server_pid, *_children(server_pid), *_backend_pids(db_url)]
+    return {pid: _cpu_seconds(pid) for pid in pids}
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 class MemorySampler(threading.Thread):
     """Peak of the summed RSS of gunicorn's master and workers, sampled every 100 ms."""
 
@@ -359,18 +390,23 @@ def read_rows(db_url: str) -> list[tuple]:
         ).fetchall()
 
 
-def _timed_copy(conn: psycopg.Connection, table: str, rows: list[tuple]) -> float:
+def _timed_copy(conn: psycopg.Connection, table: str, rows: list[tuple]) -> tuple[float, float]:
+    """(seconds to commit, CPU seconds of this process and of its backend)."""
     conn.execute("CHECKPOINT")
     conn.commit()
+    backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    conn.commit()
+    cpu = time.process_time() + _cpu_seconds(backend)
     started = time.perf_counter()
     with conn.cursor().copy(f"COPY {table} ({COLUMNS}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
     conn.commit()  # deferred foreign-key checks run here, as for the HTTP path
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    return elapsed, time.process_time() + _cpu_seconds(backend) - cpu
 
 
-def copy_full(db_url: str, rows: list[tuple]) -> float:
+def copy_full(db_url: str, rows: list[tuple]) -> tuple[float, float]:
     """Empty the event table and COPY the rows back in: every index, the inbox trigger and the
     deferred foreign keys, as in production. Seconds to commit."""
     with psycopg.connect(db_url) as conn:
@@ -383,13 +419,13 @@ def copy_full(db_url: str, rows: list[tuple]) -> float:
         ]
         conn.execute(f"TRUNCATE metering_usageevent, {', '.join(inboxes)} CASCADE")
         conn.commit()
-        elapsed = _timed_copy(conn, "metering_usageevent", rows)
+        timed = _timed_copy(conn, "metering_usageevent", rows)
         inbox = conn.execute("SELECT count(*) FROM metering_rollupinbox").fetchone()[0]
         assert inbox == len(rows), "the inbox trigger did not fire for COPY"
-    return elapsed
+    return timed
 
 
-def copy_bare(db_url: str, rows: list[tuple]) -> float:
+def copy_bare(db_url: str, rows: list[tuple]) -> tuple[float, float]:
     """COPY the rows into a fresh table of the same columns whose only index is the events'
     unique key (account, source, transaction_id): no other index, no trigger, no foreign key.
     The least any store that dedupes by key must do. Seconds to commit."""
@@ -400,10 +436,10 @@ def copy_bare(db_url: str, rows: list[tuple]) -> float:
             " INCLUDING IDENTITY, UNIQUE (account_id, source, transaction_id))"
         )
         conn.commit()
-        elapsed = _timed_copy(conn, "bench_bare_event", rows)
+        timed = _timed_copy(conn, "bench_bare_event", rows)
         conn.execute("DROP TABLE bench_bare_event")
         conn.commit()
-    return elapsed
+    return timed
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -427,7 +463,9 @@ def main() -> None:
         sampler = MemorySampler(server.pid)
         sampler.start()
         log(f"sending {len(bodies)} batches ({body_mb:.0f} MB) from {args.clients} clients")
+        cpu_before = server_cpu(server.pid, db_url)
         first = send_all(port, key, bodies, args.clients)
+        http_cpu = cpu_used(cpu_before, server_cpu(server.pid, db_url))
         after_first = stored_count(db_url)
         replay = None
         if not args.no_replay:
@@ -443,8 +481,8 @@ def main() -> None:
     log("loading the same rows with COPY: into a bare table, then into the event table")
     rows = read_rows(db_url)
     copied = len(rows)
-    bare_seconds = copy_bare(db_url, rows)
-    copy_seconds = copy_full(db_url, rows)
+    bare_seconds, bare_cpu = copy_bare(db_url, rows)
+    copy_seconds, copy_cpu = copy_full(db_url, rows)
     del rows
 
     http_rate = args.events / first["elapsed"]
@@ -460,6 +498,14 @@ def main() -> None:
     print(f"ratio HTTP / COPY event tbl {http_rate / copy_rate:.2f}   (target >= 0.40)")
     print(f"ratio HTTP / COPY bare tbl  {http_rate / bare_rate:.2f}   (target >= 0.25)")
     print(f"ratio COPY event / bare tbl {copy_rate / bare_rate:.2f}   (what the schema costs)")
+    # CPU time per event is what other work on a shared machine disturbs least: HTTP counts
+    # gunicorn and its PostgreSQL backends, COPY this process and its backend.
+    per = 1e6 / copied
+    print(
+        f"CPU per event               HTTP {http_cpu * 1e6 / args.events:.1f} us, "
+        f"COPY event table {copy_cpu * per:.1f} us, bare {bare_cpu * per:.1f} us; "
+        f"ratio bare / HTTP {bare_cpu * per / (http_cpu * 1e6 / args.events):.2f}"
+    )
     print(
         f"batch latency               p50 {percentile(lat, 0.5) * 1000:.0f} ms, "
         f"p99 {percentile(lat, 0.99) * 1000:.0f} ms"
