@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "simple_history",
     "metering",
     "billing",
+    "alerts",
     "reconciliation",
     "adjustments",
     "backoffice",
@@ -283,6 +284,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "billing.tasks.billing_provider_pull",
         "schedule": crontab(minute=23),
         "options": {"expire_seconds": 3300},
+    },
+    # Every 15 minutes (at :02, :17, :32, :47): evaluate the alert rules, one task per slice.
+    "alerts-evaluate": {
+        "task": "alerts.tasks.alerts_evaluate",
+        "schedule": crontab(minute="2,17,32,47"),
+        "options": {"expire_seconds": 840},
     },
 }
 
