@@ -172,16 +172,29 @@ def slice_load(
     ):
         value = Decimal(count) if by_id[meter_id].aggregation == A.COUNT else total
         data.daily.setdefault((account_id, meter_id), {})[day] = value
-    for account_id, meter_id, first in _fetch(
-        """
-        SELECT account_id, meter_id, min(day) FROM metering_rollupdaily
-        WHERE account_id = ANY(%(ids)s) AND meter_id = ANY(%(meters)s) AND dim_key = ''
-          AND count > 0
-        GROUP BY account_id, meter_id
-        """,
-        params,
-    ):
-        data.first_usage[(account_id, meter_id)] = first
+    # The first day with usage: the window's own first day with usage, unless that is later
+    # than the window's start (a new meter, or usage that stopped and resumed), when older
+    # usage is looked for; most pairs (usage on the window's first day) need no query.
+    for key, days in data.daily.items():
+        data.first_usage[key] = min(days)
+    maybe_older = [key for key, first in data.first_usage.items() if first > lo]
+    if maybe_older:
+        for account_id, meter_id, first in _fetch(
+            """
+            SELECT r.account_id, r.meter_id, min(r.day)
+            FROM metering_rollupdaily r
+            JOIN unnest(%(accounts)s::bigint[], %(meters)s::bigint[]) AS p(a, m)
+              ON r.account_id = p.a AND r.meter_id = p.m
+            WHERE r.dim_key = '' AND r.day < %(lo)s AND r.count > 0
+            GROUP BY r.account_id, r.meter_id
+            """,
+            {
+                "accounts": [a for a, _ in maybe_older],
+                "meters": [m for _, m in maybe_older],
+                "lo": lo,
+            },
+        ):
+            data.first_usage[(account_id, meter_id)] = first
     for (account_id, meter_id), days in data.daily.items():
         value = days.get(today[account_id])
         if value is not None:
