@@ -16,7 +16,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
-from django.db import models
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -424,7 +423,6 @@ class AlertRuleAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     search_fields = ("code", "name")
     autocomplete_fields = ("account",)
     change_form_class = change_reason_form(AlertRule)
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     readonly_fields = ("label_summary", "defaults")
     fields = (
         "code",

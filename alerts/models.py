@@ -10,6 +10,7 @@ for that account. Numbers are Decimal, money integer minor units.
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import URLValidator
 from django.db import models
 from django.db.models import Q
 from simple_history.models import HistoricalRecords
@@ -97,7 +98,14 @@ class AlertRule(models.Model):
         blank=True,
         help_text="Comma-separated addresses; empty: the account's metadata.cs_owner_email.",
     )
-    team_webhook_url = models.URLField(blank=True, help_text="Slack-compatible webhook.")
+    # A CharField with the URL validator: a URLField's form field warns about Django 6's
+    # default scheme in every ModelForm built for this model.
+    team_webhook_url = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[URLValidator(schemes=["https", "http"])],
+        help_text="Slack-compatible incoming webhook URL.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
