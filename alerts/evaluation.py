@@ -26,7 +26,7 @@ from decimal import Decimal
 from django.db import connection
 from django.utils import timezone
 
-from alerts.baseline import ZERO, Baseline, median, ratio, weekday_baseline
+from alerts.baseline import WEEK, ZERO, Baseline, median, ratio, weekday_baseline
 from alerts.models import Alert, AlertRule
 from billing.models import BillingPeriod, Price, ProjectionSnapshot
 from billing.money import format_money
@@ -161,16 +161,18 @@ def slice_load(
     look_back = max(7 * book.max_weeks(), book.max_window_days()) + 1
     lo = min(today.values()) - dt.timedelta(days=look_back)
     hi = max(today.values())
-    params = {"ids": ids, "meters": list(by_id), "lo": lo, "hi": hi}
-    for account_id, meter_id, day, count, total in _fetch(
+    count_ids = [pk for pk, m in by_id.items() if m.aggregation == A.COUNT]
+    params = {"ids": ids, "meters": list(by_id), "lo": lo, "hi": hi, "counts": count_ids}
+    for account_id, meter_id, day, value in _fetch(
         """
-        SELECT account_id, meter_id, day, count, sum FROM metering_rollupdaily
+        SELECT account_id, meter_id, day,
+               CASE WHEN meter_id = ANY(%(counts)s) THEN count::numeric ELSE sum END
+        FROM metering_rollupdaily
         WHERE account_id = ANY(%(ids)s) AND meter_id = ANY(%(meters)s) AND dim_key = ''
           AND day >= %(lo)s AND day <= %(hi)s AND count > 0
         """,
         params,
     ):
-        value = Decimal(count) if by_id[meter_id].aggregation == A.COUNT else total
         data.daily.setdefault((account_id, meter_id), {})[day] = value
     # The first day with usage: the window's own first day with usage, unless that is later
     # than the window's start (a new meter, or usage that stopped and resumed), when older
@@ -244,6 +246,26 @@ def _so_far_before_at(data: SliceData, *, accounts, meters, by_id) -> None:
 # --- the rules ---------------------------------------------------------------------------------
 
 
+_INT_PARAMS = {"weeks", "min_history_days", "min_samples", "window_days", "hours"}
+
+
+def parsed(rule: AlertRule) -> dict:
+    """The rule's effective parameters, numbers parsed once per rule instance (Decimal, or int
+    for counts of days, hours and samples)."""
+    cached = rule.__dict__.get("_parsed_params")
+    if cached is None:
+        cached = {}
+        for name, value in rule.effective_params.items():
+            if value is None:
+                cached[name] = None
+            elif name in _INT_PARAMS:
+                cached[name] = int(value)
+            else:
+                cached[name] = Decimal(str(value))
+        rule.__dict__["_parsed_params"] = cached
+    return cached
+
+
 def _history_days(data: SliceData, key: tuple[int, int], today: dt.date) -> int:
     first = data.first_usage.get(key)
     return -1 if first is None else (today - first).days
@@ -254,28 +276,25 @@ def spike_check(
 ) -> tuple[Finding | None, Baseline | None]:
     key = (account.pk, meter.pk)
     today = data.today[account.pk]
-    if _history_days(data, key, today) < int(rule.param("min_history_days")):
+    p = parsed(rule)
+    if _history_days(data, key, today) < p["min_history_days"]:
         return None, None
     daily = data.daily.get(key, {})
     base = weekday_baseline(
         daily,
         on=today,
-        weeks=int(rule.param("weeks")),
+        weeks=p["weeks"],
         first_usage=data.first_usage.get(key),
-        band_mads=Decimal(str(rule.param("band_mads"))),
-        min_samples=int(rule.param("min_samples")),
+        band_mads=p["band_mads"],
+        min_samples=p["min_samples"],
     )
     if base is None or not base.median:
         return None, base  # no normal level to compare with
     observed = data.so_far.get(key, ZERO)
     multiple = ratio(observed, base.median)
-    if multiple < Decimal(str(rule.param("multiple"))) or observed <= base.high:
+    if multiple < p["multiple"] or observed <= base.high:
         return None, base
-    level = (
-        Alert.Level.CRITICAL
-        if multiple >= Decimal(str(rule.param("critical_multiple")))
-        else Alert.Level.WARNING
-    )
+    level = Alert.Level.CRITICAL if multiple >= p["critical_multiple"] else Alert.Level.WARNING
     unit = meter.unit or "units"
     finding = Finding(
         rule=rule,
@@ -301,21 +320,21 @@ def spike_check(
 def drop_check(rule: AlertRule, account: Account, meter: Meter, data: SliceData) -> Finding | None:
     key = (account.pk, meter.pk)
     today = data.today[account.pk]
-    if _history_days(data, key, today) < int(rule.param("min_history_days")):
+    p = parsed(rule)
+    if _history_days(data, key, today) < p["min_history_days"]:
         return None
     daily = data.daily.get(key, {})
-    window = int(rule.param("window_days"))
+    window = p["window_days"]
     active = sum(1 for back in range(1, window + 1) if daily.get(today - back * DAY))
-    if active < Decimal(str(rule.param("active_ratio"))) * window:
+    if active < p["active_ratio"] * window:
         return None  # the meter is not normally in use every day
-    hours = int(rule.param("hours"))
-    weeks = int(rule.param("weeks"))
+    hours = p["hours"]
+    weeks = p["weeks"]
     first = data.first_usage.get(key)
     last_hour = data.last_usage_hour.get(key)
-    typical = [daily.get(today - back * DAY, ZERO) for back in range(1, window + 1)]
-    normal_day = median(typical)
     since = periods.hour_floor(data.at - dt.timedelta(hours=hours))
     if last_hour is None or last_hour < since:
+        normal_day = median([daily.get(today - back * DAY, ZERO) for back in range(1, window + 1)])
         return Finding(
             rule=rule,
             account=account,
@@ -331,9 +350,16 @@ def drop_check(rule: AlertRule, account: Account, meter: Meter, data: SliceData)
                 "integration may have stopped sending usage."
             ),
         )
+    # Cheap rejection first: a day at or above below_ratio x the largest of its weekday's
+    # samples cannot be under below_ratio x their median.
+    yesterday = today - DAY
+    value = daily.get(yesterday, ZERO)
+    samples = [daily.get(yesterday - back * WEEK, ZERO) for back in range(1, weeks + 1)]
+    if value >= p["below_ratio"] * max(samples):
+        return None
     # Far below the weekday band on each of the last complete days (never today: it is partial).
     days = max(1, math.ceil(hours / 24))
-    below = Decimal(str(rule.param("below_ratio")))
+    below = p["below_ratio"]
     checked = []
     for back in range(1, days + 1):
         day = today - back * DAY
@@ -601,7 +627,7 @@ def finding_context(finding: Finding, *, at: dt.datetime, data_baseline: Baselin
         finding.period_usage = usage_totals_between(
             account=account, meters=[meter], start=start, end=end
         ).get(meter.pk)
-    if prev_bounds:
+    if prev_bounds and finding.previous_period_usage is None:
         finding.previous_period_usage = usage_totals_between(
             account=account, meters=[meter], start=prev_bounds[0], end=prev_bounds[1]
         ).get(meter.pk)

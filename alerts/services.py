@@ -131,12 +131,15 @@ def _apply_account(account: Account, findings: list[Finding], *, at, baselines) 
         .select_related("rule", "account", "meter")
     }
     for finding in findings:
+        alert = open_alerts.pop(finding.key, None)
+        if alert is not None and alert.day == finding.day:
+            # The previous period does not move within a day: keep what was measured.
+            finding.previous_period_usage = alert.previous_period_usage
         finding_context(
             finding,
             at=at,
             data_baseline=baselines.get((account.pk, finding.meter.pk if finding.meter else 0)),
         )
-        alert = open_alerts.pop(finding.key, None)
         if alert is None:
             alert = _open(finding, at=at)
             run.opened.append(alert.pk)
