@@ -164,3 +164,37 @@ def test_the_beat_task_fans_out_slices_that_evaluate(settings):
     usage(acct, meter, TODAY - 70 * ONE_DAY, TODAY, lambda d: 1000)
     assert "alerts-evaluate" in settings.CELERY_BEAT_SCHEDULE
     assert tasks.alerts_evaluate.delay().get() == 1
+
+
+def test_invoice_rule_fires_at_a_multiple_of_the_previous_period():
+    feb_1 = dt.date(2024, 2, 1)
+    scenario = count_scenario(started=feb_1, now=at(TODAY, 20))
+    AlertRule.objects.create(
+        code="invoice-x1.5", name="1.5x", kind="invoice", params={"multiple": 1.5}
+    )
+    count_usage(scenario.account, scenario.meter, feb_1, TODAY, lambda d: 100)
+    alerts_evaluate_all(at=at(TODAY, 20))
+    assert not Alert.objects.filter(kind="invoice").exists()
+    count_usage(scenario.account, scenario.meter, TODAY, TODAY + ONE_DAY, lambda d: 1500, hour=13)
+    alerts_evaluate_all(at=at(TODAY, 20))
+    alert = Alert.objects.get(kind="invoice")
+    expected = projected_invoice_build(account=scenario.account, now=at(TODAY, 20))
+    assert alert.previous_invoice_minor == expected.previous.total_minor == 29 * 100 * 50
+    assert alert.projected_invoice_minor == expected.projected_total_minor
+    assert alert.projected_invoice_minor >= 1.5 * alert.previous_invoice_minor
+    assert alert.baseline == int(1.5 * alert.previous_invoice_minor)  # the threshold crossed
+
+
+def test_quota_uses_the_plans_included_units_without_an_account_limit():
+    from tests.billing.projection_scenarios import api_calls_scenario, sum_usage
+
+    scenario = api_calls_scenario(now=at(TODAY, 20), started=MARCH_1)  # 1M calls included
+    sum_usage(scenario.account, scenario.meter, MARCH_1, TODAY, lambda d: {"/v1/search": 45_000})
+    alerts_evaluate_all(at=at(TODAY, 20))  # 19 x 45,000 = 855,000: 85.5%
+    alert = Alert.objects.get(kind="quota")
+    assert (alert.level, alert.limit, alert.period_usage) == (
+        Alert.Level.WARNING,
+        1_000_000,
+        855_000,
+    )
+    assert alert.period_key == "2024-03-01"
