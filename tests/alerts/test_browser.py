@@ -13,7 +13,7 @@ from tests.browser.conftest import browser, output_dir, page  # noqa: F401 - fix
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.django_db(transaction=True),
 ]
 
 PASSWORD = "support-alerts-9"

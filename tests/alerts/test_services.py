@@ -66,8 +66,7 @@ def test_a_snoozed_alert_escalates_silently_and_wakes_when_the_snooze_ends(djang
     assert alert.status == Alert.Status.OPEN and alert.snoozed_until is None
 
 
-# serialized_rollback: the flush after a transactional test would drop the default rules.
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_two_evaluations_at_the_same_time_open_one_alert():
     acct, meter = account(), api_meter()
     usage(acct, meter, TODAY - 70 * ONE_DAY, TODAY, lambda d: 1000)
