@@ -447,8 +447,12 @@ def quota_check(
         first, end_day = _local_month(today)
         start, end = periods.days_bounds_utc(first, end_day, account.timezone)
         period_key = f"{first:%Y-%m}"
-    # Whole local days up to today's end: today's usage so far is all the daily rollup holds.
-    until = min(end, periods.day_bounds_utc(today, account.timezone)[1])
+    # Live, whole local days up to today's end (today's usage so far is all the daily rollup
+    # holds: rollups only). As of a past time inside a day that has since ended, exactly up to
+    # `at` (usage_totals_between counts the partial day from the events, as the rollups would).
+    day_end = periods.day_bounds_utc(today, account.timezone)[1]
+    past = day_end <= timezone.now() - LIVE_MARGIN
+    until = min(end, at if past else day_end)
     by_pk = {m.pk: m for m in meters.values()}
     wanted = [by_pk[pk] for pk in limits if pk in by_pk]
     rules = {m.pk: rule_for("quota", account, m) for m in wanted}

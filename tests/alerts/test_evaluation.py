@@ -238,3 +238,17 @@ def test_a_disabled_account_rule_switches_the_global_rule_off_for_that_account()
     usage(acct, meter, TODAY, TODAY + ONE_DAY, lambda d: 12_000)
     alerts_evaluate_all(at=at(TODAY, 20))
     assert open_alerts() == []
+
+
+def test_quota_as_of_a_past_time_counts_the_period_up_to_that_time():
+    acct = account(metadata={"limits": {"api_calls": 10_000}})
+    meter = api_meter()
+    usage(acct, meter, TODAY.replace(day=1), TODAY, lambda d: 400)  # 7,600 by yesterday
+    usage(acct, meter, TODAY, TODAY + ONE_DAY, lambda d: 500, hour=9)  # 8,100 at 09:00
+    usage(acct, meter, TODAY, TODAY + ONE_DAY, lambda d: 2000, hour=15)  # 10,100 at 15:00
+    alerts_evaluate_all(at=at(TODAY, 12))
+    (alert,) = open_alerts()
+    assert (alert.level, alert.period_usage) == (Alert.Level.WARNING, 8100)
+    alerts_evaluate_all(at=at(TODAY, 16))
+    (alert,) = open_alerts()
+    assert (alert.level, alert.period_usage) == (Alert.Level.CRITICAL, 10_100)
