@@ -115,6 +115,7 @@ INSTALLED_APPS = [
     "simple_history",
     "metering",
     "billing",
+    "alerts",
     "reconciliation",
     "adjustments",
     "backoffice",
@@ -330,6 +331,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "reconciliation.tasks.reconcile_all",
         "schedule": crontab(minute=41, hour=2),
         "options": {"expire_seconds": 3600},
+    },
+    # Every 15 minutes (at :02, :17, :32, :47): evaluate the alert rules, one task per slice.
+    "alerts-evaluate": {
+        "task": "alerts.tasks.alerts_evaluate",
+        "schedule": crontab(minute="2,17,32,47"),
+        "options": {"expire_seconds": 840},
     },
 }
 
