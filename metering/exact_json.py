@@ -54,6 +54,10 @@ def _reject_constant(name: str):
 
 
 def _storable_decimal(text: str) -> Decimal:
+    # Fast path: without an exponent, a literal of at most 16383 characters has at most that
+    # many digits on either side of the point, so it is inside numeric's range.
+    if len(text) <= -_PG_MIN_EXPONENT and "e" not in text and "E" not in text:
+        return Decimal(text)
     value = Decimal(text)
     if value and (
         value.adjusted() > _PG_MAX_ADJUSTED_EXPONENT or value.as_tuple().exponent < _PG_MIN_EXPONENT

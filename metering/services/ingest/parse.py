@@ -88,7 +88,15 @@ def _unix_seconds(value: Decimal) -> datetime:
     # Beyond 10^12 seconds is past year 9999; refuse before any arithmetic on a huge number.
     if not value.is_finite() or (value and value.adjusted() > 12):
         raise ValueError("out of range")
-    return _EPOCH + timedelta(microseconds=math.floor(value.scaleb(6, EXACT)))
+    return _epoch_plus(math.floor(value.scaleb(6, EXACT)))
+
+
+def _epoch_plus(microseconds: int) -> datetime:
+    """The epoch plus `microseconds`: timedelta(microseconds=N) normalises a large N about four
+    times slower than days, seconds and microseconds already split (the same exact value)."""
+    days, rest = divmod(microseconds, 86_400_000_000)
+    seconds, micros = divmod(rest, 1_000_000)
+    return _EPOCH + timedelta(days, seconds, micros)
 
 
 def parse_timestamp(raw: Any, *, numeric: bool = True) -> datetime | None:
@@ -99,7 +107,8 @@ def parse_timestamp(raw: Any, *, numeric: bool = True) -> datetime | None:
         if isinstance(raw, int):
             if not numeric:
                 return None
-            return _EPOCH + timedelta(seconds=raw)
+            days, seconds = divmod(raw, 86_400)
+            return _EPOCH + timedelta(days, seconds)
         if isinstance(raw, Decimal | float):
             if not numeric:
                 return None
