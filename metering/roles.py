@@ -15,6 +15,7 @@ ROLE_NAMES = ("Support", "Manager", "Auditor")
 
 # Apps whose every model all three roles may view.
 VIEWABLE_APPS = (
+    "notifications",
     "metering",
     "billing",
     "reconciliation",
@@ -37,6 +38,9 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "billing.change_subscription",
         "billing.change_billingperiod",
         "billing.change_pushledgerentry",
+        # Customer webhooks: fix or re-enable an endpoint, send a delivery again.
+        "notifications.change_webhookendpoint",
+        "notifications.resend_webhookdelivery",
     ),
 }
 
