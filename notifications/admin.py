@@ -14,6 +14,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
@@ -68,8 +69,14 @@ def _pretty_json_text(text: str) -> str:
 # --- endpoints -------------------------------------------------------------------------------
 
 
+def _https_formfield(db_field, **kwargs):
+    # A URL typed without a scheme means https (Django 6's default; silences its warning).
+    if isinstance(db_field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")
+    return db_field.formfield(**kwargs)
+
+
 class WebhookEndpointChangeForm(forms.ModelForm):
-    url = forms.URLField(max_length=2000, assume_scheme="https")
     change_reason = forms.CharField(
         label="Reason for this change",
         max_length=100,
@@ -79,6 +86,7 @@ class WebhookEndpointChangeForm(forms.ModelForm):
     class Meta:
         model = WebhookEndpoint
         fields = ("url", "event_types", "enabled")
+        formfield_callback = _https_formfield
 
     def clean(self):
         cleaned = super().clean()
@@ -117,6 +125,7 @@ class WebhookEndpointAdmin(ActionPermissionMixin, SimpleHistoryAdmin):
     search_help_text = "Exact owner key (account:<id>), endpoint name or URL."
     ordering = ("owner_key", "name")
     form = WebhookEndpointChangeForm
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     state_fields = (
         "owner_key",
         "name",
