@@ -55,3 +55,16 @@ def test_rollup_drain_workers_out_of_range_fails_loudly():
     result = _manage("check", env_overrides={**PRODUCTION, "ROLLUP_DRAIN_WORKERS": "17"})
     assert result.returncode != 0
     assert "ROLLUP_DRAIN_WORKERS must be 1 to 16" in result.stderr
+
+
+def test_webhooks_go_to_public_https_only_unless_debug_or_told_otherwise():
+    # Checked with `manage.py shell -c` so the settings module is read as production reads it.
+    code = "from django.conf import settings; print(settings.WEBHOOK_ALLOW_PRIVATE)"
+
+    def allowed(env: dict[str, str]) -> str:
+        result = _manage("shell", "--no-imports", "-c", code, env_overrides=env)
+        return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr
+
+    assert allowed(PRODUCTION) == "False"
+    assert allowed({**PRODUCTION, "DEBUG": "true"}) == "True"
+    assert allowed({**PRODUCTION, "WEBHOOK_ALLOW_PRIVATE": "true"}) == "True"
