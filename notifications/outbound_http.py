@@ -8,9 +8,11 @@ endpoint is saved and again before every send; the send then connects to the che
 itself (the Host header and TLS SNI, and so certificate verification, carry the name), so a DNS
 answer that changes between the check and the connection (DNS rebinding) cannot redirect it.
 
-Timeouts: 5 s to connect, 10 s for each read or write, and the response is read for at most
-10 s in all and 1 KB (an excerpt is all we keep). Redirects are never followed, and proxies from
-the environment are ignored (they would connect elsewhere than the checked address).
+Timeouts: 5 s to connect and 10 s for the whole exchange (connect, TLS, request, answer): every
+socket operation gets what is left of the 10 s, so a receiver that trickles bytes cannot hold a
+worker past it (which keeps an attempt well inside its 60 s claim). Only the first 1 KB of the
+answer is read (an excerpt is all we keep). Redirects are never followed, and proxies from the
+environment are ignored (they would connect elsewhere than the checked address).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+import httpcore
 import httpx
 from django.conf import settings
 
@@ -99,6 +102,66 @@ def url_check(url: str, *, resolve: bool = True) -> CheckedUrl:
     return CheckedUrl(url=parsed, host=parsed.host, address=addresses[0])
 
 
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every operation times out at the exchange's deadline at the
+    latest (httpx's own timeouts apply per operation, not to the whole exchange)."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None, error: type[Exception]) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise error(f"the exchange took more than {TOTAL_TIMEOUT_SECONDS:g} s")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        stream = self._inner.start_tls(
+            ssl_context, server_hostname, self._left(timeout, httpcore.ConnectTimeout)
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def get_extra_info(self, info: str):
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.SyncBackend):
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("no time left to connect")
+        timeout = left if timeout is None else min(timeout, left)
+        stream = super().connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport on a connection pool whose sockets share one deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(trust_env=False)
+        # httpx builds its httpcore pool without a way to pass a network backend: rebuild it.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=1,
+            max_keepalive_connections=0,
+            network_backend=_DeadlineBackend(deadline),
+        )
+
+
 def post_checked(checked: CheckedUrl, *, content: bytes, headers: dict[str, str]) -> HttpResult:
     """POST `content` to the checked address. Raises httpx.HTTPError on network trouble."""
     url = checked.url
@@ -116,7 +179,10 @@ def post_checked(checked: CheckedUrl, *, content: bytes, headers: dict[str, str]
     deadline = time.monotonic() + TOTAL_TIMEOUT_SECONDS
     # One client per call: a shared pool would reuse a TLS connection made for another name
     # on the same address.
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    transport = _DeadlineTransport(deadline)
+    with httpx.Client(
+        timeout=timeout, follow_redirects=False, trust_env=False, transport=transport
+    ) as client:
         request = client.build_request(
             "POST", target, content=content, headers=all_headers, extensions=extensions
         )
@@ -125,7 +191,7 @@ def post_checked(checked: CheckedUrl, *, content: bytes, headers: dict[str, str]
             excerpt = bytearray()
             for chunk in response.iter_raw():
                 excerpt.extend(chunk)
-                if len(excerpt) >= EXCERPT_BYTES or time.monotonic() > deadline:
+                if len(excerpt) >= EXCERPT_BYTES:
                     break
         finally:
             response.close()
