@@ -148,6 +148,11 @@ class _DeadlineBackend(httpcore.SyncBackend):
         return _DeadlineStream(stream, self._deadline)
 
 
+def tls_context():
+    """The system's CA bundle (certifi's), certificates and host names verified."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class _DeadlineTransport(httpx.HTTPTransport):
     """httpx's transport on a connection pool whose sockets share one deadline."""
 
@@ -155,7 +160,7 @@ class _DeadlineTransport(httpx.HTTPTransport):
         super().__init__(trust_env=False)
         # httpx builds its httpcore pool without a way to pass a network backend: rebuild it.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=tls_context(),
             max_connections=1,
             max_keepalive_connections=0,
             network_backend=_DeadlineBackend(deadline),

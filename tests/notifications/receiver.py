@@ -4,6 +4,7 @@ is given, and answers from a script (200 once the script is used up)."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,8 +36,10 @@ class Answer:
 
 
 class WebhookReceiver:
-    def __init__(self) -> None:
+    def __init__(self, tls_context: ssl.SSLContext | None = None) -> None:
         self.secrets: list[str] = []
+        # The TLS server names (SNI) clients asked for, when serving https.
+        self.server_names: list[str | None] = []
         self.script: list[Answer] = []
         self.requests: list[Received] = []
         self._lock = threading.Lock()
@@ -71,6 +74,10 @@ class WebhookReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"
+        if tls_context is not None:
+            tls_context.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
+            self.server.socket = tls_context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def answer(self, *answers: Answer) -> None:

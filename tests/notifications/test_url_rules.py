@@ -4,11 +4,15 @@ the address it checked."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 
 import pytest
 from django.core.exceptions import ValidationError
 
+from notifications import outbound_http
 from notifications.models import WebhookAttempt, WebhookDelivery
 from notifications.outbound_http import UrlRefused, url_check
 from notifications.services import (
@@ -16,6 +20,7 @@ from notifications.services import (
     webhook_endpoint_upsert,
     webhook_enqueue,
 )
+from tests.notifications.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.django_db
 
@@ -154,3 +159,82 @@ def test_the_send_connects_to_the_checked_address_with_the_name_in_the_host_head
     (request,) = receiver.requests
     assert request.headers["host"] == f"hooks.invalid:{receiver.port}"
     assert request.verified == [True]
+
+
+def test_https_connects_to_the_checked_address_with_the_name_in_sni_and_verifies_its_certificate(
+    monkeypatch, tmp_path
+):
+    """The DNS-rebinding defence over TLS: the socket goes to the checked address, while the
+    TLS handshake names the host (SNI) and the certificate is verified for that name."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=hooks.test",
+            "-addext", "subjectAltName=DNS:hooks.test",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    monkeypatch.setattr(
+        outbound_http, "tls_context", lambda: ssl.create_default_context(cafile=str(cert))
+    )
+    _resolving_to(monkeypatch, "127.0.0.1")
+    with WebhookReceiver(tls_context=server_tls) as receiver:
+        url = f"https://hooks.test:{receiver.port}/hook"
+        _endpoint, secret, _ = webhook_endpoint_upsert(
+            owner_key="account:1", name="tls", url=url, event_types=["usage.spike"], enabled=True
+        )
+        receiver.secrets.append(secret)
+        (delivery,) = webhook_enqueue(
+            owner_key="account:1", event_type="usage.spike", payload={}, idempotency_key="k"
+        )
+        assert webhook_deliveries_dispatch() == 1
+
+    assert receiver.server_names == ["hooks.test"]
+    (request,) = receiver.requests
+    assert request.headers["host"] == f"hooks.test:{receiver.port}"
+    assert request.verified == [True]
+    delivery.refresh_from_db()
+    assert delivery.status == WebhookDelivery.Status.DELIVERED
+
+
+def test_https_refuses_a_certificate_for_another_name(monkeypatch, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=other.test",
+            "-addext", "subjectAltName=DNS:other.test",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    monkeypatch.setattr(
+        outbound_http, "tls_context", lambda: ssl.create_default_context(cafile=str(cert))
+    )
+    _resolving_to(monkeypatch, "127.0.0.1")
+    with WebhookReceiver(tls_context=server_tls) as receiver:
+        webhook_endpoint_upsert(
+            owner_key="account:1",
+            name="tls",
+            url=f"https://hooks.test:{receiver.port}/hook",
+            event_types=["usage.spike"],
+            enabled=True,
+        )
+        (delivery,) = webhook_enqueue(
+            owner_key="account:1", event_type="usage.spike", payload={}, idempotency_key="k"
+        )
+        webhook_deliveries_dispatch()
+    assert receiver.requests == []
+    attempt = delivery.attempts.get()
+    assert attempt.outcome == WebhookAttempt.Outcome.NETWORK_ERROR
+    assert "certificate" in attempt.response_excerpt.lower()
