@@ -166,6 +166,20 @@ def test_enqueue_twice_with_the_same_idempotency_key_writes_no_new_rows(
     assert len(callbacks) == 1
 
 
+def test_enqueue_queues_the_dispatch_task_once_the_transaction_commits(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    queued = []
+    monkeypatch.setattr(tasks.webhook_deliveries_dispatch, "delay", lambda: queued.append(1))
+    WebhookEndpointFactory(owner_key="account:1", event_types=["usage.spike"])
+    with django_capture_on_commit_callbacks(execute=True):
+        webhook_enqueue(
+            owner_key="account:1", event_type="usage.spike", payload={}, idempotency_key="k"
+        )
+        assert queued == []
+    assert queued == [1]
+
+
 def test_the_same_key_for_another_owner_is_another_message():
     WebhookEndpointFactory(owner_key="account:1", event_types=["usage.spike"])
     WebhookEndpointFactory(owner_key="account:2", event_types=["usage.spike"])
