@@ -88,9 +88,9 @@ def webhook_endpoint_validate(*, name: str, url: str, event_types: list[str]) ->
             "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit."
         ]
     try:
-        url_check(url, resolve=False)
-        if not settings.WEBHOOK_ALLOW_PRIVATE:
-            url_check(url)
+        # In production the host is resolved (the rule is about its addresses); in
+        # development a name that does not resolve yet may be saved.
+        url_check(url, resolve=not settings.WEBHOOK_ALLOW_PRIVATE)
     except UrlRefused as exc:
         errors["url"] = [str(exc)]
     if (
