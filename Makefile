@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV
 
-.PHONY: run test test-embedded db-stop lint format install bench-ingest bench-rollup bench-usage
+.PHONY: run test test-embedded db-stop lint format install bench-ingest bench-rollup bench-usage bench-faults
 
 # The database URL from scripts/ensure_db.py; a failure (explained there in one line) stops make.
 DB_URL = url="$$($(UV) run --frozen python scripts/ensure_db.py)" || exit 1;
@@ -49,3 +49,7 @@ bench-rollup: install
 
 bench-usage: install
 	$(DB_URL) DATABASE_URL="$$url" $(UV) run --frozen python bench/usage.py
+
+# Its own private PostgreSQL cluster (it restarts it), so no DATABASE_URL.
+bench-faults: install
+	$(UV) run --frozen python bench/faults.py

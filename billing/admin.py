@@ -1,8 +1,8 @@
 """The billing back office: plans with their prices, subscriptions, billing periods.
 
-Every action declares the permission it needs (AuditedAdminMixin turns a POSTed action the user
-may not run into a 403), and a change to an existing record asks why; the reason is kept in its
-history with the acting user.
+Every admin is an AuditedHistoryAdmin (metering.admin.common): each action declares the
+permission it needs, a POSTed action the user may not run is a 403, and a change to an existing
+record asks why; the reason is kept in its history with the acting user.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.html import format_html_join
-from simple_history.admin import SimpleHistoryAdmin
 
 import billing.admin_projection  # noqa: F401  (registers the projected-invoice panel)
-from billing import admin_providers  # noqa: F401  (registers the billing-provider admins)
+from billing import (
+    admin_providers,  # noqa: F401  (registers the billing-provider admins)
+    admin_push_log,  # noqa: F401  (registers the push's change and batch logs)
+)
 from billing.models import BillingPeriod, Plan, Price, Subscription
 from billing.pricing import decimal_text
 from billing.selectors import period_late_usage
 from billing.services.periods import (
-    PeriodNotEnded,
+    PeriodNotReady,
     PeriodOutsideSubscription,
     billing_period_begin_close,
     billing_period_ensure,
@@ -31,7 +33,7 @@ from billing.services.subscriptions import (
     subscription_check_new,
     subscription_create,
 )
-from metering.admin import AuditedAdminMixin, change_reason_form, pretty_json
+from metering.admin import AuditedHistoryAdmin, pretty_json
 
 # --- plans and prices ------------------------------------------------------------------------
 
@@ -51,7 +53,7 @@ class PriceInline(admin.StackedInline):
 
 
 @admin.register(Plan)
-class PlanAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class PlanAdmin(AuditedHistoryAdmin):
     list_display = (
         "code",
         "name",
@@ -67,7 +69,6 @@ class PlanAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     readonly_fields = ("created_at", "updated_at")
     inlines = (PriceInline,)
     actions = ("deactivate_selected",)
-    change_form_class = change_reason_form(Plan)
 
     def get_queryset(self, request):
         return (
@@ -123,14 +124,13 @@ class PlanAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
 
 @admin.register(Price)
-class PriceAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class PriceAdmin(AuditedHistoryAdmin):
     list_display = ("plan", "meter", "name", "model", "unit_price", "included_units")
     list_select_related = ("plan", "meter")
     list_filter = ("model", "plan")
     search_fields = ("plan__code", "meter__code", "name")
     autocomplete_fields = ("plan", "meter")
     readonly_fields = ("created_at", "updated_at")
-    change_form_class = change_reason_form(Price)
 
 
 # --- subscriptions ---------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class SubscriptionAddForm(forms.ModelForm):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class SubscriptionAdmin(AuditedHistoryAdmin):
     list_display = (
         "account",
         "plan",
@@ -183,7 +183,6 @@ class SubscriptionAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     search_fields = ("account__external_id", "account__name", "provider_subscription_id")
     autocomplete_fields = ("account", "plan")
     actions = ("open_current_period", "cancel_at_period_end")
-    change_form_class = change_reason_form(Subscription)
     # Dates and anchor shape the billing periods; change them with the actions, not by hand.
     fixed_after_create = (
         "account",
@@ -250,7 +249,7 @@ class SubscriptionAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
 
 @admin.register(BillingPeriod)
-class BillingPeriodAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class BillingPeriodAdmin(AuditedHistoryAdmin):
     """Read-mostly: periods are opened and closed by services; the only action starts closing."""
 
     list_display = (
@@ -331,12 +330,14 @@ class BillingPeriodAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
     @admin.action(permissions=["change"], description="Begin closing (ended periods only)")
     def begin_closing(self, request, queryset):
+        # Only marks the intent (open -> closing) when the service's close guard passes (ended,
+        # grace over, usage rolled up); otherwise says why. The hourly roll prices and closes.
         now = timezone.now()
         started = 0
         for period in queryset.filter(state=BillingPeriod.State.OPEN):
             try:
                 billing_period_begin_close(period=period, actor=request.user, now=now)
                 started += 1
-            except PeriodNotEnded as exc:
-                self.message_user(request, f"{period}: {exc}", messages.WARNING)
+            except PeriodNotReady as exc:
+                self.message_user(request, f"{period}: not closed: {exc}", messages.WARNING)
         self.message_user(request, f"{started} period(s) are now closing.")

@@ -3,8 +3,8 @@
 The panel lives at /admin/billing/projectionsnapshot/account/<account id>/ (URL name
 `admin:billing_projection_panel`): the open period's lines with their explanations, the totals
 against the previous period, and a chart of how the projection moved (one snapshot a day).
-With `?embed=1` it renders without the admin's chrome so the account usage page
-(metering) can show it in a same-origin iframe without importing billing.
+With `?embed=1` it renders without the admin's chrome, so a page that shows an account's usage
+can frame it (same-origin iframe, templates/admin/billing/projection/usage_include.html).
 
 Who may see it: anyone who may view subscriptions or accounts (Support, Manager, Auditor).
 """

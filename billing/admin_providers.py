@@ -8,9 +8,10 @@ change staff make to the ledger is "send again" for failed entries (the change p
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from simple_history.admin import SimpleHistoryAdmin
+from django.db.models import Q
 
 from billing.models import (
+    Provider,
     ProviderInvoice,
     ProviderInvoiceLine,
     ProviderMeter,
@@ -21,26 +22,32 @@ from billing.models import (
     WebhookEvent,
 )
 from billing.services.push import ledger_retry_failed
-from metering.admin import AuditedAdminMixin, ReadOnlyModelAdmin, pretty_json
+from metering.admin import (
+    AuditedHistoryAdmin,
+    EstimatedCountPaginator,
+    ReadOnlyModelAdmin,
+    pretty_json,
+)
+from metering.models import Account
+
+# The ledger and the simulated provider's records have a row per event: their lists never
+# count the table (estimated counts, no facets, no date hierarchy) and search only by exact,
+# index-backed values (an icontains search would read every row).
 
 
 @admin.register(ProviderMeter)
-class ProviderMeterAdmin(SimpleHistoryAdmin):
+class ProviderMeterAdmin(AuditedHistoryAdmin):
     list_display = ("meter", "provider", "provider_meter_id", "event_name", "aggregation")
     list_select_related = ("meter",)
     list_filter = ("provider", "aggregation")
     search_fields = ("meter__code", "provider_meter_id", "event_name")
     readonly_fields = ("created_at", "updated_at")
-
-    def has_add_permission(self, request):
-        return False  # created by the push when a meter is first used
-
-    def has_change_permission(self, request, obj=None):
-        return False
+    # Created by the push when a meter is first used; its history is evidence.
+    read_only = True
 
 
 @admin.register(PushLedgerEntry)
-class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
+class PushLedgerEntryAdmin(ReadOnlyModelAdmin):
     list_display = (
         "identifier",
         "account",
@@ -55,9 +62,11 @@ class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
     )
     list_select_related = ("account", "meter")
     list_filter = ("status", "provider", "kind")
-    search_fields = ("identifier", "account__external_id")
-    date_hierarchy = "timestamp"
+    search_fields = ("identifier", "account__external_id")  # exact: get_search_results
+    search_help_text = "Exact identifier (mo-…) or account external id."
+    paginator = EstimatedCountPaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     ordering = ("-id",)
     actions = ("send_again",)
     fields = (
@@ -85,6 +94,19 @@ class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
     )
     readonly_fields = fields
 
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        # (provider, identifier) is the unique index: naming every provider lets PostgreSQL
+        # probe it once per provider. The account is resolved by its unique external id first,
+        # so the OR is two index scans (BitmapOr), not a join filtered row by row.
+        match = Q(provider__in=Provider.values, identifier=term)
+        account_id = Account.objects.filter(external_id=term).values_list("pk", flat=True).first()
+        if account_id is not None:
+            match |= Q(account_id=account_id)
+        return queryset.filter(match), False
+
     @admin.display(description="Payload sent")
     def payload_pretty(self, obj: PushLedgerEntry) -> str:
         return pretty_json(obj.payload) if obj.payload else "-"
@@ -93,14 +115,14 @@ class PushLedgerEntryAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
     def response_pretty(self, obj: PushLedgerEntry) -> str:
         return pretty_json(obj.response) if obj.response else "-"
 
-    def has_send_again_permission(self, request) -> bool:
-        opts = self.opts
-        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
-
-    @admin.action(permissions=["send_again"], description="Send failed entries again")
+    # "change" on a read-only admin: the rows stay read-only; the action (billing's
+    # change_pushledgerentry permission) asks the push to send failed entries again.
+    @admin.action(permissions=["change"], description="Send failed entries again")
     def send_again(self, request, queryset):
         count = ledger_retry_failed(
-            entry_ids=queryset.values_list("pk", flat=True), actor=request.user
+            entry_ids=queryset.values_list("pk", flat=True),
+            actor=request.user,
+            reason="Send failed entries again (admin action)",
         )
         self.message_user(
             request,
@@ -181,7 +203,7 @@ class WebhookEventAdmin(ReadOnlyModelAdmin):
 
 
 @admin.register(SimulatedFaultConfig)
-class SimulatedFaultConfigAdmin(SimpleHistoryAdmin):
+class SimulatedFaultConfigAdmin(AuditedHistoryAdmin):
     list_display = (
         "name",
         "seed",
@@ -211,5 +233,16 @@ class SimulatedUsageRecordAdmin(ReadOnlyModelAdmin):
         "visible_at",
     )
     list_filter = ("dropped", "event_name")
-    search_fields = ("identifier", "customer_id")
+    search_fields = ("identifier", "customer_id")  # exact: get_search_results
+    search_help_text = "Exact identifier or customer id."
+    paginator = EstimatedCountPaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    ordering = ("-id",)
+
+    def get_search_results(self, request, queryset, search_term):
+        # Both columns lead an index; an exact OR of the two is a BitmapOr of index scans.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(identifier=term) | Q(customer_id=term)), False

@@ -10,6 +10,8 @@ once per line, never to unit prices, tiers or partial
 sums, so a line's amount is the exact amount rounded once and an invoice total is the sum of its
 rounded lines.
 
+Unknown currency codes raise `UnknownCurrency` (a ValueError); see metering.currencies.
+
 No floats: every entry point rejects `float` with a TypeError rather than converting it.
 """
 
@@ -19,32 +21,13 @@ import decimal
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
+from metering.currencies import CURRENCY_MINOR_UNITS, currency_minor_unit
+
 ROUNDING = ROUND_HALF_UP
 
-# ISO 4217 minor-unit exponents that differ from the default of 2 are listed, plus the common
-# 2-decimal currencies for clarity. Unknown currencies use DEFAULT_EXPONENT.
-CURRENCY_EXPONENTS: dict[str, int] = {
-    "USD": 2,
-    "EUR": 2,
-    "GBP": 2,
-    "CHF": 2,
-    "CAD": 2,
-    "AUD": 2,
-    "INR": 2,
-    "JPY": 0,
-    "KRW": 0,
-    "CLP": 0,
-    "VND": 0,
-    "ISK": 0,
-    "KWD": 3,
-    "BHD": 3,
-    "JOD": 3,
-    "OMR": 3,
-    "TND": 3,
-    "IQD": 3,
-    "LYD": 3,
-}
-DEFAULT_EXPONENT = 2
+# The full ISO 4217 table lives in metering (accounts are validated against it there); an
+# unknown code is refused here too, never given a default of 2 decimals.
+CURRENCY_EXPONENTS = CURRENCY_MINOR_UNITS
 
 # Symbols only where they are unambiguous to a reader; everything else shows its ISO code.
 CURRENCY_SYMBOLS: dict[str, str] = {
@@ -61,8 +44,8 @@ _WIDE = decimal.Context(prec=200, rounding=ROUNDING)
 
 
 def _check_currency(currency: str) -> str:
-    if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
-        raise ValueError(f"Currency must be a three-letter ISO 4217 code, got {currency!r}.")
+    """The code in upper case; UnknownCurrency (a ValueError) unless it is in ISO 4217."""
+    currency_minor_unit(currency)
     return currency.upper()
 
 
@@ -82,8 +65,10 @@ def _check_minor(value: int, what: str = "Minor units") -> int:
 
 
 def currency_exponent(currency: str) -> int:
-    """Number of decimal places of the currency's minor unit (USD 2, JPY 0, KWD 3)."""
-    return CURRENCY_EXPONENTS.get(_check_currency(currency), DEFAULT_EXPONENT)
+    """Number of decimal places of the currency's minor unit (USD 2, JPY 0, KWD 3, CLF 4).
+
+    Raises UnknownCurrency (a ValueError) for a code that is not in ISO 4217."""
+    return currency_minor_unit(currency)
 
 
 def to_minor_units(amount: Decimal | int, currency: str) -> int:

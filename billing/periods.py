@@ -5,10 +5,11 @@ A monthly period starts on the subscription's anchor day in the account's time z
 day instead, and the next month goes back to the anchor: anchor 31 gives Jan 31 -> Feb 28 (29 in
 a leap year) -> Mar 31 -> Apr 30 -> May 31.
 
-Local dates become UTC instants at the start of the local day: `datetime(d, 00:00, tz)` with
-fold=0. In a DST gap at midnight (e.g. America/Santiago) that resolves to the instant the day
-actually begins, and at an ambiguous midnight to its first occurrence, so consecutive periods
-always share their boundary instant and no instant belongs to two periods or to none.
+Local dates become UTC instants at the start of the local day (metering.periods.day_start_utc,
+the same rule the daily rollups use): in a DST gap at midnight (e.g. America/Santiago) the
+instant the day actually begins, and at an ambiguous midnight its first occurrence, so
+consecutive periods always share their boundary instant and no instant belongs to two periods
+or to none.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 from typing import NamedTuple
-from zoneinfo import ZoneInfo
+
+from metering.periods import day_start_utc
+from metering.periods import local_date as metering_local_date
 
 UTC = dt.UTC
 
@@ -26,10 +29,6 @@ class PeriodBounds(NamedTuple):
     end_date: dt.date  # first local day of the next period (exclusive)
     starts_at: dt.datetime  # UTC instant of start_date's local midnight
     ends_at: dt.datetime  # UTC instant of end_date's local midnight (exclusive)
-
-
-def _zone(tz: str | dt.tzinfo) -> dt.tzinfo:
-    return ZoneInfo(tz) if isinstance(tz, str) else tz
 
 
 def _check_anchor(anchor_day: int) -> int:
@@ -55,15 +54,33 @@ def _shift_month(year: int, month: int, delta: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
-def local_midnight_utc(day: dt.date, tz: str | dt.tzinfo) -> dt.datetime:
-    """The UTC instant at which `day` begins in `tz` (see the module docstring for DST)."""
-    local = dt.datetime.combine(day, dt.time(0), tzinfo=_zone(tz))
-    return local.astimezone(UTC)
+# One implementation of "the instant a local day begins" and "the local date of an instant":
+# metering's, which the daily rollups use too (it also finds the start of a day whose midnight
+# falls in a DST gap that does not begin at midnight). Billing names them as before.
+local_midnight_utc = day_start_utc
+local_date = metering_local_date
 
 
-def local_date(at: dt.datetime, tz: str | dt.tzinfo) -> dt.date:
-    """The calendar date in `tz` at the instant `at`."""
-    return _aware(at).astimezone(_zone(tz)).date()
+def local_days_of(
+    *, starts_at: dt.datetime, ends_at: dt.datetime, tz: str | dt.tzinfo
+) -> tuple[dt.date, dt.date]:
+    """The local days `[first, end)` of zone `tz` that the instants `[starts_at, ends_at)` touch.
+
+    For a period cut in `tz` these are its own dates. For one cut in a zone the account has
+    since left, the first and last of them are partial days (see billing.services.periods).
+    """
+    return local_date(starts_at, tz), local_date(_aware(ends_at) - dt.timedelta.resolution, tz) + (
+        dt.timedelta(days=1)
+    )
+
+
+def is_whole_local_days(
+    *, starts_at: dt.datetime, ends_at: dt.datetime, tz: str | dt.tzinfo
+) -> bool:
+    """Whether the instants begin and end at local midnights of `tz` (usage over them can then
+    be read from daily rollups alone)."""
+    first, end = local_days_of(starts_at=starts_at, ends_at=ends_at, tz=tz)
+    return local_midnight_utc(first, tz) == starts_at and local_midnight_utc(end, tz) == ends_at
 
 
 def period_dates_for(*, anchor_day: int, on: dt.date) -> tuple[dt.date, dt.date]:

@@ -42,6 +42,7 @@ from billing.money import (
     from_minor_units,
     to_minor_units,
 )
+from metering.decimals import decimal_text
 
 MAX_PRICE_PLACES = 12
 
@@ -113,12 +114,6 @@ def _number(
     if places is not None and value and value.normalize(EXACT).as_tuple().exponent < -places:
         raise PricingError(f"{what} has more than {places} decimal places: {value}.", field=field)
     return value
-
-
-def decimal_text(value: Decimal) -> str:
-    """Canonical plain text for a Decimal: no exponent, no trailing zeros (1E+6 -> '1000000')."""
-    with decimal.localcontext(EXACT):
-        return f"{value.normalize():f}" if value else "0"
 
 
 def format_quantity(value: Decimal) -> str:
@@ -230,7 +225,8 @@ class PriceSpec:
             currency_exponent(self.currency)
         except (ValueError, AttributeError):
             raise PricingError(
-                f"Currency must be a three-letter code, got {self.currency!r}.", field="currency"
+                f"Currency must be a current ISO 4217 code, got {self.currency!r}.",
+                field="currency",
             ) from None
         for name, what in (
             ("unit_price", "The unit price"),

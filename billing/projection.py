@@ -41,7 +41,7 @@ from django.utils import timezone
 
 from billing import explain
 from billing.models import BillingPeriod
-from billing.periods import local_date, local_midnight_utc
+from billing.periods import is_whole_local_days, local_date, local_days_of, local_midnight_utc
 from billing.pricing import InvoiceAmount, LineAmount, LineKind, PriceSpec, price_invoice
 from billing.selectors import (
     period_open,
@@ -51,7 +51,7 @@ from billing.selectors import (
     subscription_current,
 )
 from metering.models import ROLLUP_OTHER, Account, Meter
-from metering.rollup_selectors import usage_daily_by_meter, usage_series
+from metering.rollup_selectors import usage_daily_by_meter, usage_series, usage_totals_between
 
 FORECAST_LOOKBACK_DAYS = 28
 ZERO = Decimal(0)
@@ -320,6 +320,11 @@ def projected_invoice_build(
     """The projected invoice of the account's open period containing the local day `on`
     (default: today in the account's zone, as of `now`).
 
+    Usage to date is exact over the period's own instants, also for a period cut in a zone the
+    account has since left; its days (the forecast's calendar) are the local days of the
+    account's current zone it touches, so the forecast treats its partial first and last days
+    as whole days (an estimate, never billed).
+
     Raises NoActiveSubscription when no subscription covers the day and NoOpenPeriod when one
     does but its period is not open (not opened yet, or already being invoiced). Reads only
     rollups and billing rows: about a dozen queries plus four or five per priced meter with
@@ -351,14 +356,26 @@ def projected_invoice_build(
     plan = period.subscription.plan
     prices = plan_prices(plan=plan)
     meters = [price.meter for price, _ in prices]
-    to_date_end = min(on + ONE_DAY, period.end_date)
+    # The period's days in the account's zone: its own dates, unless it was cut in a zone the
+    # account has since left (then its first and last days here are partial, see
+    # billing.services.periods). Usage to date is always counted over the period's instants.
+    first_day, end_day = local_days_of(starts_at=period.starts_at, ends_at=period.ends_at, tz=tz)
+    to_date_end = min(on + ONE_DAY, end_day)
+    exact_to_date = None
+    if meters and not is_whole_local_days(
+        starts_at=period.starts_at, ends_at=period.ends_at, tz=tz
+    ):
+        exact_to_date = usage_totals_between(
+            account=account,
+            meters=meters,
+            start=period.starts_at,
+            end=min(local_midnight_utc(to_date_end, tz), period.ends_at),
+        )
 
     so_far = {
         usage.meter.pk: usage
         for usage in (
-            usage_daily_by_meter(
-                account=account, first=period.start_date, end=to_date_end, meters=meters
-            )
+            usage_daily_by_meter(account=account, first=first_day, end=to_date_end, meters=meters)
             if meters
             else []
         )
@@ -385,7 +402,7 @@ def projected_invoice_build(
     for price, spec in prices:
         meter = price.meter
         usage = so_far[meter.pk]
-        units = usage.total or ZERO
+        units = (usage.total if exact_to_date is None else exact_to_date[meter.pk]) or ZERO
         if meter.aggregation in ADDITIVE:
             window = history_window(history[meter.pk].days)
             remaining = forecast_remaining(
@@ -393,7 +410,7 @@ def projected_invoice_build(
                 on=on,
                 on_so_far=usage.days.get(on) or ZERO,
                 on_complete=on_complete,
-                end_date=period.end_date,
+                end_date=end_day,
             )
             places = places_of(units, *window.values())
             forecast = units + remaining.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
@@ -406,7 +423,7 @@ def projected_invoice_build(
         forecasts.append((spec, forecast))
         methods.append(method)
         tops.append(
-            _top_dimension(account=account, meter=meter, first=period.start_date, end=to_date_end)
+            _top_dimension(account=account, meter=meter, first=first_day, end=to_date_end)
             if units
             else None
         )
@@ -478,8 +495,8 @@ def projected_invoice_build(
         plan_code=plan.code,
         plan_name=plan.name,
         period_id=period.pk,
-        period_start=period.start_date,
-        period_end=period.end_date,
+        period_start=first_day,
+        period_end=end_day,
         period_state=period.state,
         on=on,
         on_complete=on_complete,

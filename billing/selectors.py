@@ -14,7 +14,7 @@ from billing.models import BillingPeriod, Plan, Price, Subscription
 from billing.periods import local_date
 from billing.pricing import PriceSpec
 from metering.models import Account
-from metering.rollup_selectors import usage_daily_by_meter
+from metering.rollup_selectors import usage_totals_between
 
 
 def subscription_current(*, account: Account, at: dt.datetime | None = None) -> Subscription | None:
@@ -83,19 +83,19 @@ def plan_prices(*, plan: Plan) -> list[tuple[Price, PriceSpec]]:
 
 
 def period_usage(*, period: BillingPeriod) -> dict[str, Decimal]:
-    """Usage of each meter priced on the period's plan over the period's local days, exact, by
-    meter code (0 where nothing was used). Read from metering's daily rollups (three queries).
-
-    Daily rollups are cut in the account's current zone; a period keeps the zone it was cut in
-    (`period.timezone`), and the two only differ if the account's zone changed mid-period.
+    """Usage of each meter priced on the period's plan over the period's instants
+    `[starts_at, ends_at)`, exact, by meter code (0 where nothing was used). Read from metering's
+    rollups (metering.rollup_selectors.usage_totals_between): whole local days from the daily
+    rollups, and, for a period cut in a zone the account has since left (its bounds are no
+    longer local midnights), its partial first and last days from the events themselves.
     """
     meters = [price.meter for price in period.subscription.plan.prices.select_related("meter")]
     if not meters:
         return {}
-    usage = usage_daily_by_meter(
-        account=period.account, first=period.start_date, end=period.end_date, meters=meters
+    totals = usage_totals_between(
+        account=period.account, meters=meters, start=period.starts_at, end=period.ends_at
     )
-    return {row.meter.code: row.total or Decimal(0) for row in usage}
+    return {meter.code: totals[meter.pk] or Decimal(0) for meter in meters}
 
 
 @dataclass(frozen=True)

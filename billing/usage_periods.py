@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from billing.models import BillingPeriod
+from billing.periods import local_days_of
 from billing.selectors import period_open, period_previous
 from metering.dashboard_selectors import AccountPeriods, UsagePeriod
 from metering.models import Account
@@ -23,16 +25,24 @@ def account_usage_periods(
     if period is None:
         return None
     before = period_previous(period=period)
+    current = _usage_period(period, account.timezone)
     if before is not None:
-        previous = UsagePeriod(before.start_date, before.end_date, "billing")
+        previous = _usage_period(before, account.timezone)
     else:
         # The first period: compare with as many days just before it (nothing was billed then).
-        length = period.end_date - period.start_date
-        previous = UsagePeriod(period.start_date - length, period.start_date, "before_billing")
+        length = current.end - current.first
+        previous = UsagePeriod(current.first - length, current.first, "before_billing")
     prices = period.subscription.plan.prices.select_related("meter")
     return AccountPeriods(
-        current=UsagePeriod(period.start_date, period.end_date, "billing"),
+        current=current,
         previous=previous,
         plan_name=period.subscription.plan.name,
         included_units={price.meter.code: price.included_units for price in prices},
     )
+
+
+def _usage_period(period: BillingPeriod, tz: str) -> UsagePeriod:
+    """The period as the page shows it: its days in the account's current zone and its own UTC
+    bounds (they differ only for a period cut in a zone the account has since left)."""
+    first, end = local_days_of(starts_at=period.starts_at, ends_at=period.ends_at, tz=tz)
+    return UsagePeriod(first, end, "billing", starts_at=period.starts_at, ends_at=period.ends_at)

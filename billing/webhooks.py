@@ -21,6 +21,7 @@ answers 500, so Stripe delivers it again.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -31,7 +32,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing.models import PushLedgerEntry, WebhookEvent
+from billing.models import PushLedgerChange, PushLedgerEntry, WebhookEvent
 from billing.providers.base import InvoiceData, WebhookSignatureError
 from billing.providers.stripe import TOO_OLD_CODES, line_from_stripe, webhook_verify
 from billing.services.pull import provider_invoice_store
@@ -40,6 +41,7 @@ from metering.models import Account
 logger = logging.getLogger(__name__)
 
 METER_ERROR_TYPES = ("billing.meter.error_report_triggered", "v1.billing.meter.")
+_PART_SUFFIX = re.compile(r"\.p\d+$")
 
 
 def _ts(value) -> datetime | None:
@@ -97,13 +99,33 @@ def _handle_meter_error(event: dict, now: datetime) -> str:
             if code in TOO_OLD_CODES
             else PushLedgerEntry.Status.REJECTED
         )
-        marked += PushLedgerEntry.objects.filter(
-            provider="stripe", identifier=identifier, status=PushLedgerEntry.Status.SENT
-        ).update(
+        # A part of a split value (`<identifier>.p2`) belongs to its entry.
+        identifier = _PART_SUFFIX.sub("", identifier)
+        entries = list(
+            PushLedgerEntry.objects.select_for_update()
+            .filter(provider="stripe", identifier=identifier, status=PushLedgerEntry.Status.SENT)
+            .only("pk", "status", "error_code")
+        )
+        if not entries:
+            continue
+        marked += PushLedgerEntry.objects.filter(pk__in=[e.pk for e in entries]).update(
             status=status,
             error_code=code[:64],
             completed_at=now,
             response={"webhook_event": event.get("id"), "code": code, "message": message},
+        )
+        PushLedgerChange.objects.bulk_create(
+            PushLedgerChange(
+                entry_id=entry.pk,
+                changed_at=now,
+                source=PushLedgerChange.Source.WEBHOOK,
+                reason=f"{event.get('type', '')} {event.get('id', '')}: {code}"[:255],
+                changes={
+                    "status": [entry.status, str(status)],
+                    "error_code": [entry.error_code, code[:64]],
+                },
+            )
+            for entry in entries
         )
     return f"meter error report: {len(samples)} sample error(s), {marked} ledger entrie(s) marked"
 

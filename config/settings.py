@@ -7,6 +7,7 @@ malformed value; safe development defaults apply only while DEBUG is on.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -52,6 +53,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None or raw == "":
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+_RATE = re.compile(r"^\s*\d+\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.IGNORECASE)
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate limit such as 600/min (per s, min, hour or day), or off."""
+    raw = env_str(name, default)
+    if raw.strip().lower() in {"off", "none", "unlimited"} or (
+        _RATE.match(raw) and int(raw.split("/")[0]) > 0
+    ):
+        return raw
+    raise ImproperlyConfigured(f"{name} must look like 600/min or be 'off', got {raw!r}.")
 
 
 def database_from_url(url: str) -> dict:
@@ -189,7 +203,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # /healthz is probed over plain http by load balancers.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^status$"]
 
 # --- Ingestion limits ---
 INGEST_MAX_BATCH_ITEMS = env_int("INGEST_MAX_BATCH_ITEMS", 1000)
@@ -199,10 +213,31 @@ INGEST_MAX_FUTURE_SECONDS = 300
 # Django's own limit must not cut the body before our 413 does.
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES + 1024 * 1024
 
+# --- Cache (rate-limit counters) ---
+# Redis; if it is unreachable the API serves requests unthrottled and logs a warning
+# (metering.api.throttling). CACHE_KEY_PREFIX separates deployments sharing one Redis.
+CACHE_URL = env_str("CACHE_URL", env_str("REDIS_URL", "redis://127.0.0.1:6379/1"))
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "meterops"),
+        # An unreachable Redis must cost a request milliseconds, not the OS connect timeout.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }
+}
+
+# --- API rate limits, per API key (metering.api.throttling) ---
+# The event endpoints count against API_RATE_INGEST; every other call (read and manage) against
+# API_RATE_READ. "off" disables one.
+API_RATE_INGEST = env_rate("API_RATE_INGEST", "6000/min")
+API_RATE_READ = env_rate("API_RATE_READ", "600/min")
+
 # --- REST framework ---
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["metering.api.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["metering.api.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "metering.api.errors.exception_handler",
@@ -220,6 +255,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "metering.api.schema.document_rate_limits",
+    ],
 }
 
 # --- Celery ---
@@ -285,6 +324,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute=23),
         "options": {"expire_seconds": 3300},
     },
+    # Every night at 02:41 UTC: reconcile every account's open periods and those closed in the
+    # last 7 days against the billing provider, one task per account (before the 03:17
+    # self-check, off the hour).
+    "reconciliation-nightly": {
+        "task": "reconciliation.tasks.reconcile_all",
+        "schedule": crontab(minute=41, hour=2),
+        "options": {"expire_seconds": 3600},
+    },
     # Every minute: send the customer webhooks that are due (new ones are also sent at once,
     # queued when their transaction commits; this catches retries and anything missed).
     "webhook-deliveries-dispatch": {
@@ -293,6 +340,21 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "options": {"expire_seconds": 55},
     },
 }
+
+# --- Status endpoint thresholds (GET /status, backoffice.status) ---
+# Seconds the oldest event may wait for the rollup before the status says warning / critical.
+STATUS_ROLLUP_LAG_WARNING = env_int("STATUS_ROLLUP_LAG_WARNING", 300)
+STATUS_ROLLUP_LAG_CRITICAL = env_int("STATUS_ROLLUP_LAG_CRITICAL", 1800)
+# Seconds the oldest event may wait to enter the push ledger, or a ledger entry to be sent.
+STATUS_PUSH_LAG_WARNING = env_int("STATUS_PUSH_LAG_WARNING", 900)
+STATUS_PUSH_LAG_CRITICAL = env_int("STATUS_PUSH_LAG_CRITICAL", 3600)
+# Failed push ledger entries (each needs a person): warning from this many, critical from that.
+STATUS_PUSH_FAILED_WARNING = env_int("STATUS_PUSH_FAILED_WARNING", 1)
+STATUS_PUSH_FAILED_CRITICAL = env_int("STATUS_PUSH_FAILED_CRITICAL", 100)
+# A scheduled task is late after this many of its intervals (plus the grace) without a success.
+STATUS_TASK_LATE_WARNING = env_int("STATUS_TASK_LATE_WARNING", 3)
+STATUS_TASK_LATE_CRITICAL = env_int("STATUS_TASK_LATE_CRITICAL", 6)
+STATUS_TASK_GRACE_SECONDS = env_int("STATUS_TASK_GRACE_SECONDS", 300)
 
 # --- Rollups ---
 # Distinct values of one dimension kept per account, meter and local day; the rest fold into
@@ -315,6 +377,8 @@ if BILLING_PROVIDER not in {"simulated", "stripe"}:
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+# The longest Retry-After the push waits for while holding its lock; longer ends the run.
+STRIPE_RETRY_AFTER_MAX = float(os.environ.get("STRIPE_RETRY_AFTER_MAX", "30"))
 if BILLING_PROVIDER == "stripe" and not STRIPE_API_KEY:
     raise ImproperlyConfigured("BILLING_PROVIDER=stripe needs STRIPE_API_KEY.")
 

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from backoffice.views import status_view
 from billing.webhooks import stripe_webhook
 from metering.api.views import healthz
 
@@ -13,10 +14,12 @@ admin.site.site_url = "/api/docs/"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("status", status_view, name="status"),
     path("admin/", admin.site.urls),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("api/v1/", include("metering.api.urls")),
     path("api/v1/", include("billing.api.urls")),
+    path("api/v1/", include("reconciliation.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

@@ -11,6 +11,9 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from config.chunked_requests import ReadChunkedBody
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-application = get_wsgi_application()
+# Chunked request bodies are read, not taken for empty (config.chunked_requests).
+application = ReadChunkedBody(get_wsgi_application())

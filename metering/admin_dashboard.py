@@ -1,6 +1,8 @@
 """The support agent's account usage page in the admin: /admin/metering/account/<id>/usage/.
 
-Wired into AccountAdmin through `account_usage_urls` (AccountAdmin.get_urls). The data comes from
+Wired into AccountAdmin through `account_usage_urls` (AccountAdmin.get_urls); the template is
+the admin's `usage_template`, so an admin built on AccountAdmin can render a page that extends
+this one (its `projected_invoice` block is left empty here). The data comes from
 metering.dashboard_selectors (rollups plus a bounded number of rows), the figures from
 metering.charts, and plotly.js from the installed plotly package, served by this module (no CDN:
 admins may have no internet access, and the version always matches the Python package).
@@ -265,7 +267,8 @@ def account_usage_view(request, *, account_id: int, model_admin):
         "dimension_cap": settings.ROLLUP_MAX_DIMENSION_VALUES,
         "recent_limit": RECENT_EVENTS,
     }
-    return TemplateResponse(request, TEMPLATE, context)
+    template = getattr(model_admin, "usage_template", TEMPLATE)
+    return TemplateResponse(request, template, context)
 
 
 def usage_link(account: Account) -> str:

@@ -7,11 +7,8 @@ class MeteringConfig(AppConfig):
     name = "metering"
 
     def ready(self) -> None:
-        from metering.roles import roles_sync
         from metering.schedule import schedule_sync_after_migrate
 
-        # Runs after every app's migrate; dispatch_uid keeps it to one call per signal.
-        post_migrate.connect(roles_sync, dispatch_uid="metering.roles_sync")
         # The periodic schedule in code -> django-celery-beat's tables (once per migrate).
         post_migrate.connect(
             schedule_sync_after_migrate, sender=self, dispatch_uid="metering.schedule_sync"

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 
+from metering import decimals
 from metering.dashboard_selectors import ADDITIVE, Breakdown, MeterPanel
 from metering.rollup_selectors import group_label
 
@@ -48,10 +49,7 @@ Figure = dict
 
 def decimal_text(value: Decimal | None) -> str:
     """Exact, without exponent or trailing zeros: 1.500000000000 -> 1.5, 1E+2 -> 100."""
-    if value is None:
-        return "–"
-    text = f"{value.normalize():f}"
-    return "0" if text == "-0" else text
+    return "–" if value is None else decimals.decimal_text(value)
 
 
 def _num(value: Decimal | None) -> float | None:

@@ -6,7 +6,7 @@ number of queries does not grow with the number of events or days.
 
 The period shown
 ----------------
-The page shows "this period" against the previous one. Metering does not import billing (imports
+The page shows "this period" against the previous one. Metering names no app above it (imports
 flow metering <- billing), so billing *registers* a period source at start-up
 (`usage_period_source_register`, called from BillingConfig.ready): a function
 `(account=, at=) -> AccountPeriods | None` that answers the account's open billing period, the
@@ -38,6 +38,7 @@ from metering.rollup_selectors import (
     UsageSeries,
     usage_daily_by_meter,
     usage_series,
+    usage_totals_between,
 )
 
 A = Meter.Aggregation
@@ -64,6 +65,24 @@ class UsagePeriod:
     # "billing" (a billing period), "calendar" (a calendar month, no subscription) or
     # "before_billing" (as many days just before an account's first billing period).
     kind: str
+    # A billing period's own UTC bounds. They are the local midnights of `first` and `end`
+    # unless the period was cut in a zone the account has since left; then its first and last
+    # days are partial, and its totals are counted over exactly these instants.
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+
+    @property
+    def whole_days(self) -> bool:
+        return self.starts_at is None or self.ends_at is None
+
+    def partial_edges(self, tz: str) -> bool:
+        """Whether the period starts or ends in the middle of a local day of zone `tz`."""
+        if self.whole_days:
+            return False
+        return (
+            periods.day_start_utc(self.first, tz) != self.starts_at
+            or periods.day_start_utc(self.end, tz) != self.ends_at
+        )
 
     @property
     def days(self) -> list[date]:
@@ -359,6 +378,17 @@ def _breakdown(
     return Breakdown(meter, dimension, series, top, grouped)
 
 
+def _exact_totals(
+    account: Account, meters: list[Meter], period: UsagePeriod
+) -> dict[int, Decimal | None]:
+    """Totals over the period's own instants when they are not whole local days, else {}."""
+    if not meters or not period.partial_edges(account.timezone):
+        return {}
+    return usage_totals_between(
+        account=account, meters=meters, start=period.starts_at, end=period.ends_at
+    )
+
+
 def account_usage_dashboard(
     *,
     account: Account,
@@ -395,20 +425,30 @@ def account_usage_dashboard(
     unique_to_date = _unique_to_date(
         account=account, meters=shown_meters, period=current, today=today
     )
+    # A period cut in the account's former zone: its totals over its own instants, exactly.
+    exact_now = _exact_totals(account, shown_meters, current)
+    exact_before = _exact_totals(account, shown_meters, previous)
+    if exact_now or exact_before:
+        notes.append(
+            "A period here was cut in the account's former time zone: its first and last days "
+            "are partial, and its totals count exactly its own instants."
+        )
     panels = []
     for row in shown:
         meter = row.meter
         prev = before[meter.pk]
         current_days = {d: (None if d > today else v) for d, v in row.days.items()}
         to_date = unique_to_date.get(meter.pk) or _to_date(meter, row.days, today)
+        if exact_now:
+            to_date = exact_now[meter.pk]
         panels.append(
             MeterPanel(
                 meter=meter,
                 current=current_days,
                 previous=sorted(prev.days.items()),
                 # Days after today hold nothing, so the period's total is its total to date.
-                current_total=row.total,
-                previous_total=prev.total,
+                current_total=exact_now[meter.pk] if exact_now else row.total,
+                previous_total=exact_before[meter.pk] if exact_before else prev.total,
                 to_date=to_date,
                 included_units=found.included_units.get(meter.code),
                 limit=limits.get(meter.code),

@@ -10,7 +10,8 @@ Serialising goes through orjson (fast, C) with a `default` that emits each `Deci
 JSON number (`orjson.Fragment`), so nothing is converted through float on the way out either.
 
 `NaN`, `Infinity` and `-Infinity` are not JSON (RFC 8259) and PostgreSQL's jsonb refuses them,
-so parsing rejects them instead of letting them reach a column.
+so parsing rejects them instead of letting them reach a column; so it does numbers beyond
+PostgreSQL numeric's range (1e-20000), which no column can hold either.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ import orjson
 # beyond any usage quantity and well inside PostgreSQL's numeric.
 _MAX_ADJUSTED_EXPONENT = 100
 _MIN_ADJUSTED_EXPONENT = -100
+# What PostgreSQL's numeric (and so jsonb) can hold at all: up to 131072 digits before the
+# decimal point and 16383 after it. A number beyond that can reach no column, like NaN.
+_PG_MAX_ADJUSTED_EXPONENT = 131071
+_PG_MIN_EXPONENT = -16383
 # orjson only serialises integers that fit in 64 bits.
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 # A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
@@ -48,7 +53,16 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a JSON value")
 
 
-_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+def _storable_decimal(text: str) -> Decimal:
+    value = Decimal(text)
+    if value and (
+        value.adjusted() > _PG_MAX_ADJUSTED_EXPONENT or value.as_tuple().exponent < _PG_MIN_EXPONENT
+    ):
+        raise ValueError(f"the number {text[:24]} is beyond what can be stored")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_float=_storable_decimal, parse_constant=_reject_constant)
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
@@ -71,7 +85,11 @@ def _check_decimal(value: Decimal) -> None:
 
 def _default(obj):
     if isinstance(obj, Decimal):
-        _check_decimal(obj)
+        # Written as parsed, exponent and all ("1E-117" stays 8 bytes), so only what storage can
+        # hold bounds it; loads() refused anything beyond that. (canonical_dumps writes numbers
+        # out in full and keeps the tighter bound.)
+        if not obj.is_finite():
+            raise TypeError("non-finite number")
         return orjson.Fragment(str(obj))
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 

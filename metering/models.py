@@ -13,8 +13,10 @@ from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import connection, models
 from simple_history.models import HistoricalRecords
+
+from metering.currencies import validate_currency
 
 CODE_VALIDATOR = RegexValidator(
     r"^[a-z0-9][a-z0-9_\-]{0,62}$",
@@ -32,10 +34,30 @@ def _iana_timezones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+@functools.cache
+def postgres_timezones() -> frozenset[str]:
+    """The zone names the database server knows (`pg_timezone_names`), read once per process.
+
+    Rollups cut days with `AT TIME ZONE` in SQL: a zone Python knows but PostgreSQL does not
+    (its tz database is older, or built differently) would make every rollup batch holding the
+    account fail and retry for ever, so accounts may only use zones both know.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM pg_timezone_names")
+        return frozenset(name for (name,) in cursor.fetchall())
+
+
 def validate_timezone(value: str) -> None:
     if value not in _iana_timezones():
         raise ValidationError(
             "%(value)s is not an IANA time zone (for example Europe/Berlin).",
+            code="invalid_timezone",
+            params={"value": value},
+        )
+    if value not in postgres_timezones():
+        raise ValidationError(
+            "%(value)s is not known to the database's time zone list; choose another name for "
+            "the same zone (for example Europe/Berlin).",
             code="invalid_timezone",
             params={"value": value},
         )
@@ -72,6 +94,15 @@ class Account(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.external_id})" if self.name else self.external_id
+
+    def clean(self) -> None:
+        # The field's validator checks the shape (three capitals); this checks the code exists,
+        # so that billing never has to guess a currency's decimals.
+        if self.currency and CURRENCY_VALIDATOR.regex.match(self.currency):
+            try:
+                validate_currency(self.currency)
+            except ValidationError as exc:
+                raise ValidationError({"currency": exc}) from None
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:

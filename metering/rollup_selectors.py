@@ -427,6 +427,106 @@ def usage_daily_by_meter(
     return result
 
 
+# Events of the edges of a span that are not whole local days, counted the way the rollups count
+# them: rolled up (not in the inbox) and effective (no rolled-up correction references them).
+_EDGE_EVENTS = """
+edge AS (
+    SELECT e.meter_id, e.id, e.occurred_at, e.value, e.unique_value
+    FROM metering_usageevent e
+    WHERE e.account_id = %(a)s AND e.meter_id = ANY(%(ids)s)
+      AND ((e.occurred_at >= %(h0)s AND e.occurred_at < %(h1)s)
+           OR (e.occurred_at >= %(t0)s AND e.occurred_at < %(t1)s))
+      AND NOT EXISTS (SELECT 1 FROM metering_rollupinbox i WHERE i.event_id = e.id)
+      AND NOT EXISTS (
+          SELECT 1 FROM metering_usageevent c
+          WHERE c.corrects_id = e.id
+            AND NOT EXISTS (SELECT 1 FROM metering_rollupinbox j WHERE j.event_id = c.id))
+)
+"""
+
+
+def usage_totals_between(
+    *, account: Account, meters: list[Meter], start: datetime, end: datetime
+) -> dict[int, Decimal | None]:
+    """Exact usage of each meter over the instants `[start, end)`, by meter id: what a billing
+    period whose bounds are UTC instants holds (0, or None for max/latest, where nothing).
+
+    The whole local days of the span (in the account's current zone) come from the daily
+    rollups; the edges that are not whole days (a period cut in a zone the account no longer
+    uses starts or ends mid-day) from the raw events, counted as the rollups count them. So a
+    span of whole days costs what `usage_daily_by_meter` does, and the totals of adjacent spans
+    always add up to the total of their union. Two queries (one without unique_count meters).
+    """
+    if start.tzinfo is None or end.tzinfo is None:
+        raise UsageRangeError("Times must carry a UTC offset.")
+    if end <= start:
+        raise UsageRangeError("The range is empty: 'end' must be after 'start'.")
+    if not meters:
+        return {}
+    tz = account.timezone
+    first = periods.local_date(start, tz)
+    if periods.day_start_utc(first, tz) < start:
+        first += periods.DAY
+    last = periods.local_date(end, tz)
+    head_end, tail_start = periods.day_start_utc(first, tz), periods.day_start_utc(last, tz)
+    if first < last:
+        lo, hi, edges = first, last, (start, head_end, tail_start, end)
+    else:  # no whole local day inside: all of it is an edge
+        lo = hi = first
+        edges = (start, end, end, end)
+    params = {
+        "a": account.pk,
+        "ids": [m.pk for m in meters],
+        "lo": lo,
+        "hi": hi,
+        **dict(zip(("h0", "h1", "t0", "t1"), edges, strict=True)),
+    }
+    rows = _fetch(
+        f"""
+        WITH {_EDGE_EVENTS}, parts AS (
+            SELECT r.meter_id, r.count, r.sum, r.max, r.latest_at, r.latest_event_id,
+                   r.latest_value, r.unique_count, r.folded
+            FROM metering_rollupdaily r
+            WHERE r.account_id = %(a)s AND r.meter_id = ANY(%(ids)s) AND r.dim_key = ''
+              AND r.day >= %(lo)s AND r.day < %(hi)s
+            UNION ALL
+            SELECT meter_id, (value IS NOT NULL)::int, coalesce(value, 0), value,
+                   CASE WHEN value IS NOT NULL THEN occurred_at END, id, value, 0, false
+            FROM edge
+        )
+        SELECT r.meter_id, {_COMBINE} FROM parts r GROUP BY r.meter_id
+        """,
+        params,
+    )
+    names = ["count", "sum", "max", "latest_value", "unique_count", "folded"]
+    stats = {row[0]: dict(zip(names, row[1:], strict=True)) for row in rows}
+    unique: dict[int, int] = {}
+    if any(m.aggregation == A.UNIQUE_COUNT for m in meters):
+        unique = dict(
+            _fetch(
+                f"""
+                WITH {_EDGE_EVENTS}
+                SELECT meter_id, count(DISTINCT v) FROM (
+                    SELECT meter_id, value AS v FROM metering_rollupdailydistinct
+                    WHERE account_id = %(a)s AND meter_id = ANY(%(ids)s) AND dim_key = ''
+                      AND day >= %(lo)s AND day < %(hi)s
+                    UNION ALL
+                    SELECT meter_id, unique_value FROM edge WHERE unique_value <> ''
+                ) u GROUP BY meter_id
+                """,
+                params,
+            )
+        )
+    result: dict[int, Decimal | None] = {}
+    for meter in meters:
+        if meter.aggregation == A.UNIQUE_COUNT:
+            result[meter.pk] = Decimal(unique.get(meter.pk, 0))
+        else:
+            value = stats.get(meter.pk, {}).get(_VALUE_COLUMN[meter.aggregation])
+            result[meter.pk] = _as_decimal(meter, value)
+    return result
+
+
 def _range_total(meter: Meter, stored: dict[date, dict], unique_totals: dict) -> Decimal | None:
     aggregation = meter.aggregation
     if aggregation == A.UNIQUE_COUNT:
@@ -492,6 +592,57 @@ def usage_cumulative(
                 running = value
         points.append((day, running))
     return points
+
+
+# --- what the rollups do not hold yet ----------------------------------------------------------
+
+# Index-backed: the inbox by (account, event_id), then the event by its primary key.
+_USAGE_PENDING = """
+SELECT EXISTS (
+    SELECT 1 FROM metering_rollupinbox i
+    JOIN metering_usageevent e ON e.id = i.event_id
+    WHERE i.account_id = %s AND e.occurred_at < %s
+)
+"""
+
+
+def usage_pending_before(*, account_id: int, before: datetime) -> bool:
+    """Whether an event of the account that occurred before the instant `before` still waits in
+    the rollup inbox: until it is drained, the rollups of anything ending at `before` are not
+    final (billing must not close a period on them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_PENDING, [account_id, before])
+        return bool(cursor.fetchone()[0])
+
+
+# The value of a max / unique_count / latest meter over [lo, hi) from the raw effective events
+# (those no correction replaces), whether rolled up yet or not. Index-backed (account, meter,
+# occurred_at).
+_GAUGE_SQL = """
+SELECT max(e.value),
+       count(DISTINCT e.unique_value) FILTER (WHERE e.unique_value <> ''),
+       (array_agg(e.value ORDER BY e.occurred_at DESC, e.id DESC)
+            FILTER (WHERE e.value IS NOT NULL))[1]
+FROM metering_usageevent e
+WHERE e.account_id = %s AND e.meter_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
+  AND NOT EXISTS (
+      SELECT 1 FROM metering_usageevent c WHERE c.corrects_id = e.id AND c.corrects_id IS NOT NULL)
+"""
+
+
+def usage_gauge_from_events(
+    *, meter: Meter, account_id: int, start: datetime, end: datetime
+) -> Decimal:
+    """The value of a max, unique_count or latest meter over the instants `[start, end)`, from
+    the events themselves (including those not rolled up yet): what billing pushes as a
+    period-to-date value. 0 where nothing. One query."""
+    with connection.cursor() as cursor:
+        cursor.execute(_GAUGE_SQL, [account_id, meter.pk, start, end])
+        top, distinct, latest = cursor.fetchone()
+    if meter.aggregation == A.UNIQUE_COUNT:
+        return Decimal(distinct or 0)
+    value = top if meter.aggregation == A.MAX else latest
+    return Decimal(0) if value is None else Decimal(value)
 
 
 # --- the definition, from raw events ---------------------------------------------------------

@@ -16,7 +16,7 @@ from celery import shared_task
 from django.conf import settings
 
 from config.celery import TRANSIENT_TASK as TRANSIENT
-from metering.services import rollups
+from metering.services import quarantine, rollups
 
 # One run drains at most this many batches (ROLLUP_BATCH_SIZE events each) so that a backlog
 # is worked off in bounded runs, one per minute, instead of one run that never ends.
@@ -51,3 +51,27 @@ def rollup_self_check(self, days: int = 3) -> int:
     """Compare recent rollups with the raw events and repair drift (nightly). Returns the id of
     the RollupCheck that records the outcome."""
     return rollups.rollup_self_check(days=days).pk
+
+
+@shared_task(**TRANSIENT)
+def quarantine_replay_queued(self, ids: list[int], actor_id: int | None = None) -> dict:
+    """Replay the quarantined events `ids` (queued on commit when their account or meter is
+    created). Safe to run twice: an event replayed already counts as `already_replayed`."""
+    return quarantine.quarantine_replay(ids=ids, actor=_user(actor_id))
+
+
+@shared_task(**TRANSIENT)
+def account_rollups_rebuild(self, account_id: int) -> int:
+    """Rebuild an account's rollups in its current time zone (queued on commit when the zone
+    changes). Safe to run twice: a rebuild recomputes from the raw events under the rollup
+    lock, so a second run writes the same rows."""
+    rollups.rollups_rebuild_account_daily(account_id=account_id)
+    return account_id
+
+
+def _user(user_id: int | None):
+    if user_id is None:
+        return None
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.filter(pk=user_id).first()

@@ -1,3 +1,5 @@
+import uuid
+
 import pytest
 
 
@@ -6,3 +8,27 @@ def api_client():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def _celery_runs_in_place(monkeypatch):
+    """A task queued in a test (`.delay()`, `delay_on_commit`) runs in place, as a worker would,
+    instead of going to the broker: no test leaves messages in Redis. On-commit callbacks still
+    run only where a test executes them (`django_capture_on_commit_callbacks(execute=True)`)."""
+    from config.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+
+
+@pytest.fixture(autouse=True)
+def _rate_limit_counters_of_this_test_only(settings):
+    """Each test counts its requests in a cache namespace of its own.
+
+    The rate-limit counters live in a Redis that other test runs (and a running dev server) share;
+    a fresh key prefix per test means no test trips a limit another test, or run, spent.
+    """
+    default = settings.CACHES["default"]
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**default, "KEY_PREFIX": f"test-{uuid.uuid4().hex}"},
+    }

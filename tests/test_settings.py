@@ -57,6 +57,12 @@ def test_rollup_drain_workers_out_of_range_fails_loudly():
     assert "ROLLUP_DRAIN_WORKERS must be 1 to 16" in result.stderr
 
 
+def test_malformed_rate_limit_fails_loudly():
+    result = _manage("check", env_overrides={**PRODUCTION, "API_RATE_INGEST": "lots"})
+    assert result.returncode != 0
+    assert "API_RATE_INGEST must look like 600/min" in result.stderr
+
+
 def test_webhooks_go_to_public_https_only_unless_debug_or_told_otherwise():
     # Checked with `manage.py shell -c` so the settings module is read as production reads it.
     code = "from django.conf import settings; print(settings.WEBHOOK_ALLOW_PRIVATE)"

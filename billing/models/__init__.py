@@ -27,7 +27,14 @@ from billing.models.providers import (
     ProviderMeter,
     ProviderUsageSummary,
 )
-from billing.models.push import PushInbox, PushLedgerEntry, PushLedgerEntryQuerySet
+from billing.models.push import (
+    PushBatch,
+    PushInbox,
+    PushInstallation,
+    PushLedgerChange,
+    PushLedgerEntry,
+    PushLedgerEntryQuerySet,
+)
 from billing.models.simulated import SimulatedFaultConfig, SimulatedUsageRecord
 from billing.models.subscriptions import (
     BillingPeriod,
@@ -49,7 +56,10 @@ __all__ = [
     "ProviderInvoiceLine",
     "ProviderMeter",
     "ProviderUsageSummary",
+    "PushBatch",
     "PushInbox",
+    "PushInstallation",
+    "PushLedgerChange",
     "PushLedgerEntry",
     "PushLedgerEntryQuerySet",
     "SimulatedFaultConfig",

@@ -13,6 +13,7 @@ from simple_history.models import HistoricalRecords
 
 from billing.money import format_money
 from billing.pricing import PriceSpec, PricingError, tiers_from_json, tiers_to_json
+from metering.currencies import is_currency, validate_currency
 from metering.models import CODE_VALIDATOR, CURRENCY_VALIDATOR
 
 
@@ -62,6 +63,14 @@ class Plan(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.code})"
+
+    def clean(self) -> None:
+        # The field checks the shape; prices need the currency's minor unit, so it must exist.
+        if self.currency and CURRENCY_VALIDATOR.regex.match(self.currency):
+            try:
+                validate_currency(self.currency)
+            except ValidationError as exc:
+                raise ValidationError({"currency": exc}) from None
 
     @property
     def flat_fee_display(self) -> str:
@@ -160,7 +169,7 @@ class Price(models.Model):
         plan = getattr(self, "plan", None)
         meter = getattr(self, "meter", None)
         currency = getattr(plan, "currency", "")
-        if not (len(currency) == 3 and currency.isalpha()):
+        if not is_currency(currency):
             currency = "USD"  # the plan's own form reports its currency; prices are checked anyway
         try:
             spec = self._spec(currency=currency, meter=meter)

@@ -20,7 +20,15 @@ def get_provider(name: str | None = None, **options) -> BillingProvider:
     if name == "stripe":
         from billing.providers.stripe import StripeProvider
 
+        options.setdefault("retry_after_cap", settings.STRIPE_RETRY_AFTER_MAX)
+        options.setdefault("key_prefix", _installation_id)
         return StripeProvider(
             api_key=settings.STRIPE_API_KEY, api_base=settings.STRIPE_API_BASE, **options
         )
     raise ValueError(f"Unknown billing provider {name!r} (simulated or stripe).")
+
+
+def _installation_id() -> str:
+    from billing.services.installation import installation_id
+
+    return installation_id()

@@ -9,7 +9,10 @@ Provider facts every adapter honours (Stripe's, which the simulated provider mir
 - meters aggregate only sum, count or last;
 - a meter event identifier is unique for only about 24 hours;
 - a usage timestamp must be within the past 35 days and at most 5 minutes ahead;
-- daily usage summaries are UTC days.
+- daily usage summaries are UTC days;
+- a meter event value has at most 15 significant digits (since the pinned API version; more
+  is a 400 on v1 and a silent drop, reported later, on the v2 stream): `split_value` cuts a
+  sum meter's value into parts that each fit and add up exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
+
+from metering.decimals import decimal_text
 
 # Stripe accepts meter event timestamps "within the past 35 calendar days".
 PUSH_WINDOW = timedelta(days=35)
@@ -27,6 +32,8 @@ PUSH_WINDOW = timedelta(days=35)
 FUTURE_TOLERANCE = timedelta(minutes=5)
 # Stripe enforces identifier uniqueness "within a rolling period of at least 24 hours".
 IDENTIFIER_WINDOW = timedelta(hours=24)
+# Stripe refuses meter event values "with more than 15 significant digits".
+MAX_VALUE_DIGITS = 15
 
 
 class ProviderError(Exception):
@@ -102,6 +109,9 @@ class ItemResult:
     code: str = ""
     message: str = ""
     response: dict = field(default_factory=dict)
+    # RETRY only: the idempotency key the next attempt must use (the provider saved an
+    # answer for the old one that a retry would only replay).
+    next_idempotency_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,9 @@ class BillingProvider(abc.ABC):
     ProviderMisconfigured (fix the settings)."""
 
     name: str
+    # Set when the provider asked us to stop for now (e.g. a Retry-After past our cap): the
+    # push run ends and leaves what is pending for the next run.
+    halted: str = ""
     # Whether the customer id belongs on Account.provider_customer_id (a real provider's id)
     # or is derived each time (the simulated provider's).
     stores_customer_on_account: bool = False
@@ -196,12 +209,37 @@ class BillingProvider(abc.ABC):
         """The customer's invoices with their lines, every page."""
 
 
-def decimal_text(value: Decimal) -> str:
-    """A decimal as plain digits ("1000", "0.5"), never exponent notation, for the wire."""
-    text = format(value, "f")  # exact: normalize() would round past 28 digits
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in {"-0", ""} else text
+def significant_digits(value: Decimal) -> int:
+    """Digits from the first non-zero one to the last non-zero one: 1000 and 0.001 have one,
+    1234.5 has five. Zero has none."""
+    return len("".join(str(d) for d in value.as_tuple().digits).strip("0"))
+
+
+def split_value(value: Decimal, max_digits: int = MAX_VALUE_DIGITS) -> list[Decimal]:
+    """`value` as parts of at most `max_digits` significant digits each that add up to it
+    exactly (one part when it already fits). For sum meters only."""
+    parts: list[Decimal] = []
+    rest = value
+    while significant_digits(rest) > max_digits:
+        # Keep the leading max_digits digits (toward zero); the rest has fewer digits.
+        sign, digits, exponent = rest.as_tuple()
+        cut = len(digits) - max_digits
+        head = Decimal((sign, digits[:max_digits], exponent + cut))
+        parts.append(head)
+        with localcontext() as context:
+            context.prec = len(digits) + 2  # exact: the default 28 digits would round
+            rest = rest - head
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
+def next_idempotency_key(key: str) -> str:
+    """The key after `key` for the same item: `k` -> `k~2` -> `k~3` ... (within 255)."""
+    base, sep, n = key.rpartition("~")
+    if sep and n.isdigit():
+        return f"{base}~{int(n) + 1}"
+    return f"{key[:250]}~2"
 
 
 def utc_day_start(at: datetime) -> datetime:

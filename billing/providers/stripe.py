@@ -10,8 +10,24 @@
   per event) otherwise, or when Stripe refuses a whole v2 request (so each item still gets
   its own answer).
 - 429 answers (and 5xx and network errors) are retried with exponential backoff, honouring
-  Retry-After; every retry sends the same identifier and the same idempotency key. The SDK's
-  own retries are off so that this is the one retry policy.
+  Retry-After up to `retry_after_cap` seconds (STRIPE_RETRY_AFTER_MAX): a longer wait stops
+  the run (`halted`), leaving the rest pending for the next run rather than holding the push
+  lock; every retry sends the same identifier and the same idempotency key. The SDK's own
+  retries are off so that this is the one retry policy.
+- `Stripe-Should-Retry` is obeyed: `false` (a 500 Stripe saved for the idempotency key, which
+  every retry of that key would only replay) is not retried; the item is answered RETRY with
+  a *new* idempotency key (`next_idempotency_key`) for the next attempt. The identifier stays
+  the same, so if Stripe did record the event the new key gets "already exists" (counted).
+- A 409 `idempotency_error` (a request with the same key still in flight) is not retried in
+  this run: RETRY, the entry stays pending for the next run.
+- An expired meter event session (401 `billing_meter_event_session_expired`, raised by the
+  SDK as TemporarySessionExpiredError) is renewed and the request sent again, once.
+- v1 answers a repeated identifier with a 400 that has no error code, only the message "An
+  event already exists with identifier ...": that is DUPLICATE (Stripe counted it), not a
+  refusal.
+- The v2 stream validates asynchronously (errors come later in a meter error report), so an
+  item the stream would refuse (timestamp outside the window, more than 15 significant
+  digits) is never sent there: it goes through v1 for a synchronous answer.
 - Amounts and quantities are read from the raw JSON as decimals (the SDK parses numbers into
   floats).
 """
@@ -20,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,6 +45,9 @@ from decimal import Decimal
 import stripe
 
 from billing.providers.base import (
+    FUTURE_TOLERANCE,
+    MAX_VALUE_DIGITS,
+    PUSH_WINDOW,
     BillingProvider,
     InvoiceData,
     InvoiceLineData,
@@ -40,6 +60,8 @@ from billing.providers.base import (
     ProviderUnavailable,
     UsageItem,
     WebhookSignatureError,
+    next_idempotency_key,
+    significant_digits,
 )
 
 STRIPE_API_VERSION = "2026-10-28.endive"
@@ -53,6 +75,23 @@ WEBHOOK_TOLERANCE_SECONDS = 300
 # Error codes Stripe answers for a meter event, as we treat them.
 TOO_OLD_CODES = {"timestamp_too_far_in_past"}
 DUPLICATE_CODES = {"resource_already_exists", "duplicate_meter_event"}
+# v1's answer to a repeated identifier: a 400 without an error code, only this message.
+DUPLICATE_MESSAGE = re.compile(r"already exists with identifier", re.IGNORECASE)
+SESSION_EXPIRED_CODE = "billing_meter_event_session_expired"
+DEFAULT_RETRY_AFTER_CAP = 30.0
+
+
+class _NoRetry(ProviderUnavailable):
+    """Stripe said `Stripe-Should-Retry: false` for a transient failure: retrying the same
+    idempotency key would only replay the saved answer."""
+
+
+class _InFlight(ProviderUnavailable):
+    """409: a request with the same idempotency key is still being processed."""
+
+
+class ProviderBackoff(ProviderUnavailable):
+    """Stripe asked us to wait longer than we may while holding the push lock."""
 
 
 def _header(headers, name: str) -> str | None:
@@ -98,9 +137,11 @@ class StripeProvider(BillingProvider):
         max_retries: int = 6,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
         v2_threshold: int = DEFAULT_V2_THRESHOLD,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        key_prefix: str | Callable[[], str] = "",
     ) -> None:
         if not api_key:
             raise ProviderMisconfigured("STRIPE_API_KEY is not set.")
@@ -114,7 +155,11 @@ class StripeProvider(BillingProvider):
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.retry_after_cap = retry_after_cap
         self.v2_threshold = v2_threshold
+        # Installation prefix for the idempotency keys of customers and meters (a callable is
+        # read on first use, so building the adapter needs no database).
+        self._key_prefix = key_prefix
         self._sleep = sleep
         self._clock = clock
         self._session_token: str | None = None
@@ -126,16 +171,32 @@ class StripeProvider(BillingProvider):
 
     # --- the one retry policy ----------------------------------------------------------------
 
+    def key_prefix(self) -> str:
+        if callable(self._key_prefix):
+            self._key_prefix = self._key_prefix()
+        return self._key_prefix
+
     def _delay(self, exc: stripe.StripeError, attempt: int) -> float:
         retry_after = _header(getattr(exc, "headers", None), "Retry-After")
         if retry_after is not None:
             try:
-                return max(0.0, float(retry_after))
+                wait = max(0.0, float(retry_after))
             except ValueError:
-                pass
+                wait = None
+            if wait is not None:
+                if wait > self.retry_after_cap:
+                    # Sleeping that long would hold the push lock: stop, the next run goes on.
+                    self.halted = (
+                        f"Stripe asked to wait {wait:g}s (Retry-After), more than "
+                        f"{self.retry_after_cap:g}s: the rest is left for the next run."
+                    )
+                    raise ProviderBackoff(self.halted) from exc
+                return wait
         return min(self.backoff_cap, self.backoff_base * (2**attempt))
 
     def _call(self, fn: Callable, *args, **kwargs):
+        if self.halted:
+            raise ProviderBackoff(self.halted)
         attempt = 0
         while True:
             self.http_calls += 1
@@ -143,8 +204,14 @@ class StripeProvider(BillingProvider):
                 return fn(*args, **kwargs)
             except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
                 status = getattr(exc, "http_status", None)
+                should_retry = _header(getattr(exc, "headers", None), "Stripe-Should-Retry")
+                if status == 409:
+                    raise _InFlight(f"Stripe: {exc.user_message or exc}") from exc
                 if isinstance(exc, stripe.APIError) and status is not None and status < 500:
-                    raise
+                    if should_retry != "true":
+                        raise
+                if should_retry == "false":
+                    raise _NoRetry(f"Stripe: {exc.user_message or exc}") from exc
                 if attempt >= self.max_retries:
                     raise ProviderUnavailable(f"Stripe: {exc.user_message or exc}") from exc
                 delay = self._delay(exc, attempt)
@@ -152,6 +219,12 @@ class StripeProvider(BillingProvider):
                 self.slept.append(delay)
                 self._sleep(delay)
                 attempt += 1
+            except stripe.IdempotencyError as exc:
+                if getattr(exc, "http_status", None) == 409:
+                    raise _InFlight(f"Stripe: {exc.user_message or exc}") from exc
+                raise
+            # TemporarySessionExpiredError (v2 stream, 401) goes up as it is: the stream
+            # renews the session and sends again.
             except (stripe.AuthenticationError, stripe.PermissionError) as exc:
                 raise ProviderMisconfigured(f"Stripe refused our key: {exc.user_message}") from exc
 
@@ -164,7 +237,7 @@ class StripeProvider(BillingProvider):
             self.client.v1.customers.create,
             {"name": name or external_id, "metadata": {"meterops_account": external_id}},
             # A crash before we store the id must not create a second customer on retry.
-            {"idempotency_key": f"mo-customer-{external_id}"},
+            {"idempotency_key": f"mo-{self.key_prefix()}-customer-{external_id}"[:255]},
         )
         return customer.id
 
@@ -185,7 +258,7 @@ class StripeProvider(BillingProvider):
                 "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
                 "value_settings": {"event_payload_key": "value"},
             },
-            {"idempotency_key": f"mo-meter-{spec.event_name}"},
+            {"idempotency_key": f"mo-{self.key_prefix()}-meter-{spec.event_name}"},
         )
         return ProviderMeterInfo(
             provider_meter_id=meter.id, event_name=spec.event_name, aggregation=spec.aggregation
@@ -203,14 +276,37 @@ class StripeProvider(BillingProvider):
     # --- usage ---------------------------------------------------------------------------------
 
     def report_usage(self, items: Sequence[UsageItem]) -> list[ItemResult]:
-        if len(items) < self.v2_threshold:
-            return [self._report_v1(item) for item in items]
-        results: list[ItemResult] = []
-        for start in range(0, len(items), V2_BATCH_SIZE):
-            results.extend(self._report_v2(items[start : start + V2_BATCH_SIZE]))
-        return results
+        results: dict[int, ItemResult] = {}
+        # The v2 stream validates asynchronously: what it would refuse goes through v1, so
+        # it gets a synchronous answer instead of a silent drop.
+        safe = [i for i, item in enumerate(items) if self._stream_accepts(item)]
+        if len(safe) < self.v2_threshold:
+            safe = []
+        safe_set = set(safe)
+        for index, item in enumerate(items):
+            if index not in safe_set:
+                results[index] = self._report_v1(item)
+        for start in range(0, len(safe), V2_BATCH_SIZE):
+            chunk = safe[start : start + V2_BATCH_SIZE]
+            for index, result in zip(
+                chunk, self._report_v2([items[i] for i in chunk]), strict=True
+            ):
+                results[index] = result
+        return [results[i] for i in range(len(items))]
+
+    def _stream_accepts(self, item: UsageItem) -> bool:
+        """Whether the v2 stream's (asynchronous) validation would accept the item's value and
+        timestamp. Margins keep clock skew on our side."""
+        now = datetime.fromtimestamp(self._clock(), tz=UTC)
+        margin = timedelta(minutes=1)
+        return (
+            significant_digits(item.value) <= MAX_VALUE_DIGITS
+            and now - PUSH_WINDOW + margin <= item.timestamp <= now + FUTURE_TOLERANCE - margin
+        )
 
     def _report_v1(self, item: UsageItem) -> ItemResult:
+        if self.halted:
+            return ItemResult(item.identifier, ItemStatus.RETRY, message=self.halted)
         params = {
             "event_name": item.event_name,
             "identifier": item.identifier,
@@ -222,6 +318,25 @@ class StripeProvider(BillingProvider):
                 self.client.v1.billing.meter_events.create,
                 params,
                 {"idempotency_key": item.idempotency_key},
+            )
+        except _NoRetry as exc:
+            # A 500 saved for this key: the same key would only replay it. Next time, a new
+            # key with the same identifier (Stripe's identifier dedupe still holds).
+            return ItemResult(
+                item.identifier,
+                ItemStatus.RETRY,
+                code="saved_server_error",
+                message=str(exc),
+                response={"api": "v1", "should_retry": False},
+                next_idempotency_key=next_idempotency_key(item.idempotency_key),
+            )
+        except _InFlight as exc:
+            return ItemResult(
+                item.identifier,
+                ItemStatus.RETRY,
+                code="idempotency_key_in_flight",
+                message=str(exc),
+                response={"api": "v1", "http_status": 409},
             )
         except ProviderUnavailable as exc:
             return ItemResult(item.identifier, ItemStatus.RETRY, message=str(exc))
@@ -250,17 +365,21 @@ class StripeProvider(BillingProvider):
     @staticmethod
     def _item_error(item: UsageItem, exc: stripe.InvalidRequestError) -> ItemResult:
         code = exc.code or ""
+        message = exc.user_message or str(exc)
         if code in TOO_OLD_CODES:
             status = ItemStatus.TOO_OLD
-        elif code in DUPLICATE_CODES:
+        elif code in DUPLICATE_CODES or (not code and DUPLICATE_MESSAGE.search(message or "")):
+            # Stripe already holds an event with this identifier (inside its window, from one
+            # of our earlier attempts): it counted it.
             status = ItemStatus.DUPLICATE
+            code = code or "identifier_already_exists"
         else:
             status = ItemStatus.REJECTED
         return ItemResult(
             item.identifier,
             status,
             code=code,
-            message=exc.user_message or str(exc),
+            message=message,
             response={"api": "v1", "http_status": exc.http_status},
         )
 
@@ -273,6 +392,8 @@ class StripeProvider(BillingProvider):
         return self._session_token
 
     def _report_v2(self, items: Sequence[UsageItem]) -> list[ItemResult]:
+        if self.halted:
+            return [ItemResult(i.identifier, ItemStatus.RETRY, message=self.halted) for i in items]
         events = [
             {
                 "event_name": item.event_name,
@@ -294,13 +415,44 @@ class StripeProvider(BillingProvider):
                         {"api_key": self._session(renew=renewed), "idempotency_key": key},
                     )
                     break
-                except ProviderMisconfigured:
+                except (ProviderMisconfigured, stripe.TemporarySessionExpiredError):
                     # An expired or revoked session token: get a new session, once.
                     if renewed:
                         raise
+        except _NoRetry as exc:
+            return [
+                ItemResult(
+                    i.identifier,
+                    ItemStatus.RETRY,
+                    code="saved_server_error",
+                    message=str(exc),
+                    response={"api": "v2", "should_retry": False},
+                    next_idempotency_key=next_idempotency_key(i.idempotency_key),
+                )
+                for i in items
+            ]
+        except _InFlight as exc:
+            return [
+                ItemResult(
+                    i.identifier,
+                    ItemStatus.RETRY,
+                    code="idempotency_key_in_flight",
+                    message=str(exc),
+                    response={"api": "v2", "http_status": 409},
+                )
+                for i in items
+            ]
         except ProviderUnavailable as exc:
             return [ItemResult(i.identifier, ItemStatus.RETRY, message=str(exc)) for i in items]
-        except stripe.InvalidRequestError:
+        except stripe.TemporarySessionExpiredError as exc:
+            # Expired again right after a renewal: try the next run.
+            return [
+                ItemResult(
+                    i.identifier, ItemStatus.RETRY, code=SESSION_EXPIRED_CODE, message=str(exc)
+                )
+                for i in items
+            ]
+        except (stripe.InvalidRequestError, stripe.IdempotencyError):
             # Stripe refused the request as a whole: find out per item, synchronously.
             return [self._report_v1(item) for item in items]
         return [

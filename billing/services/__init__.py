@@ -1,9 +1,12 @@
 """Billing writes. Import from the submodules or from here."""
 
 from billing.services.periods import (
+    PeriodInGrace,
     PeriodNotEnded,
+    PeriodNotReady,
     PeriodOutsideSubscription,
     PeriodStateError,
+    PeriodUsagePending,
     billing_period_begin_close,
     billing_period_close,
     billing_period_ensure,
@@ -18,9 +21,12 @@ from billing.services.subscriptions import (
 )
 
 __all__ = [
+    "PeriodInGrace",
     "PeriodNotEnded",
+    "PeriodNotReady",
     "PeriodOutsideSubscription",
     "PeriodStateError",
+    "PeriodUsagePending",
     "billing_period_begin_close",
     "billing_period_close",
     "billing_period_ensure",

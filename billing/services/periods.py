@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -23,14 +23,27 @@ from billing.models import BillingPeriod, Subscription
 from billing.periods import bounds_for_dates, local_date, period_dates_for
 from billing.pricing import InvoiceAmount, decimal_text, price_invoice
 from billing.selectors import period_usage
+from metering.rollup_selectors import usage_pending_before
 
 
 class PeriodOutsideSubscription(ValueError):
     """The instant asked for is before the subscription starts or after it ends."""
 
 
-class PeriodNotEnded(ValueError):
+class PeriodNotReady(ValueError):
+    """The period cannot begin closing yet (see `period_close_check`)."""
+
+
+class PeriodNotEnded(PeriodNotReady):
     """A period cannot be closed before its end instant has passed."""
+
+
+class PeriodInGrace(PeriodNotReady):
+    """The period ended less than BILLING_CLOSE_GRACE_MINUTES ago: late events still count."""
+
+
+class PeriodUsagePending(PeriodNotReady):
+    """Events of the account from before the period's end still wait to be rolled up."""
 
 
 class PeriodStateError(ValueError):
@@ -51,7 +64,13 @@ def billing_period_ensure(
     *, subscription: Subscription, at: dt.datetime | None = None, actor=None
 ) -> BillingPeriod:
     """The subscription's period containing the instant `at` (default now), created open if it
-    does not exist yet. Safe to call any number of times, also concurrently."""
+    does not exist yet. Safe to call any number of times, also concurrently.
+
+    Periods are found by their UTC instants, so a time-zone change never moves one: the periods
+    that exist keep their bounds (see `README`, "Billing periods"), and a new period is cut in
+    the account's current zone but starts exactly where the period before it ends and ends
+    exactly where the period after it starts, so no instant falls in two periods or in none.
+    """
     at = at or timezone.now()
     # One ensure at a time per subscription: the lock makes "look, then create" race-free.
     subscription = (
@@ -59,36 +78,44 @@ def billing_period_ensure(
         .select_related("account", "plan")
         .get(pk=subscription.pk)
     )
-    tz = subscription.account.timezone
-    on = local_date(at, tz)
-    if on < subscription.started_at or (
-        subscription.ended_at is not None and on >= subscription.ended_at
-    ):
-        raise PeriodOutsideSubscription(
-            f"{on} ({tz}) is outside the subscription ({subscription.started_at} to "
-            f"{subscription.ended_at or 'open end'})."
-        )
-    existing = subscription.periods.filter(start_date__lte=on, end_date__gt=on).first()
+    existing = subscription.periods.filter(starts_at__lte=at, ends_at__gt=at).first()
     if existing is not None:
         return existing
-
+    tz = subscription.account.timezone
+    before = subscription.periods.filter(ends_at__lte=at).order_by("-ends_at").first()
+    after = subscription.periods.filter(starts_at__gt=at).order_by("starts_at").first()
+    on = local_date(at, tz)
+    # After a zone change the local date of `at` can still lie inside the period before (the
+    # new zone is behind the old one) or already inside the one after (ahead): the instant
+    # belongs to the period between them, whose days are the ones between them.
+    if before is not None and on < before.end_date:
+        on = before.end_date
+    if after is not None and on >= after.start_date:
+        on = after.start_date - dt.timedelta(days=1)
+    _check_within_subscription(subscription, on, tz)
     start, end = _dates_for(subscription, on)
     # Periods cut earlier under another anchor or end date keep their days; this one fills the
     # gap around `on` without overlapping them.
-    for other in subscription.periods.filter(start_date__lt=end, end_date__gt=start):
-        if other.end_date <= on:
-            start = max(start, other.end_date)
-        else:
-            end = min(end, other.start_date)
+    if before is not None:
+        start = max(start, before.end_date)
+    if after is not None:
+        end = min(end, after.start_date)
+    if end <= start:
+        raise PeriodOutsideSubscription(
+            f"No whole local day in {tz} is left between the periods around {at.isoformat()}."
+        )
     bounds = bounds_for_dates(start_date=start, end_date=end, tz=tz)
+    # Adjacent periods share their boundary instant, whatever zone each was cut in.
+    starts_at = before.ends_at if before is not None and before.end_date == start else None
+    ends_at = after.starts_at if after is not None and after.start_date == end else None
     period = BillingPeriod(
         subscription=subscription,
         account=subscription.account,
         start_date=bounds.start_date,
         end_date=bounds.end_date,
         timezone=tz,
-        starts_at=bounds.starts_at,
-        ends_at=bounds.ends_at,
+        starts_at=starts_at or bounds.starts_at,
+        ends_at=ends_at or bounds.ends_at,
         state=BillingPeriod.State.OPEN,
         currency=subscription.plan.currency,
     )
@@ -97,21 +124,57 @@ def billing_period_ensure(
     return period
 
 
+def _check_within_subscription(subscription: Subscription, on: dt.date, tz: str) -> None:
+    if on < subscription.started_at or (
+        subscription.ended_at is not None and on >= subscription.ended_at
+    ):
+        raise PeriodOutsideSubscription(
+            f"{on} ({tz}) is outside the subscription ({subscription.started_at} to "
+            f"{subscription.ended_at or 'open end'})."
+        )
+
+
 @transaction.atomic
 def billing_period_begin_close(
     *, period: BillingPeriod, actor=None, now: dt.datetime | None = None
 ) -> BillingPeriod:
-    """open -> closing, once the period has ended. A closing or closed period is returned as is."""
+    """open -> closing, once `period_close_check` passes (else it raises). A closing or closed
+    period is returned as is."""
     now = now or timezone.now()
     period = BillingPeriod.objects.select_for_update(of=("self",)).get(pk=period.pk)
     if period.state != BillingPeriod.State.OPEN:
         return period
-    if period.ends_at > now:
-        raise PeriodNotEnded(f"The period runs until {period.ends_at.isoformat()}; close it after.")
+    period_close_check(period=period, now=now)
     period.state = BillingPeriod.State.CLOSING
     period._history_user = actor
     period.save(update_fields=["state", "updated_at"])
     return period
+
+
+def _check_usage_final(period: BillingPeriod) -> None:
+    if usage_pending_before(account_id=period.account_id, before=period.ends_at):
+        raise PeriodUsagePending(
+            "Usage from before the period's end is still being rolled up; it would be left off "
+            "the invoice. The hourly roll closes the period once it is in."
+        )
+
+
+def period_close_check(*, period: BillingPeriod, now: dt.datetime | None = None) -> None:
+    """The one guard every way of closing goes through (the hourly roll, the admin action):
+    the period has ended, BILLING_CLOSE_GRACE_MINUTES have passed since (events that arrive
+    within the grace still count), and no event of the account from before its end still waits
+    in the rollup inbox. Raises a PeriodNotReady subclass saying which."""
+    now = now or timezone.now()
+    if period.ends_at > now:
+        raise PeriodNotEnded(f"The period runs until {period.ends_at.isoformat()}; close it after.")
+    grace = dt.timedelta(minutes=settings.BILLING_CLOSE_GRACE_MINUTES)
+    if period.ends_at + grace > now:
+        raise PeriodInGrace(
+            f"The period ended at {period.ends_at.isoformat()}; late usage still counts until "
+            f"{(period.ends_at + grace).isoformat()} (BILLING_CLOSE_GRACE_MINUTES). "
+            "The hourly roll closes it after that."
+        )
+    _check_usage_final(period)
 
 
 def _invoice_lines_json(invoice: InvoiceAmount) -> list[dict]:
@@ -150,6 +213,8 @@ def billing_period_finish_close(
     if period.state != BillingPeriod.State.CLOSING:
         raise PeriodStateError(f"Only a closing period can be closed; this one is {period.state}.")
     if quantities is None:
+        # A period marked closing before its usage was final (or by an older version) waits.
+        _check_usage_final(period)
         quantities = period_usage(period=period)
     plan = period.subscription.plan
     prices = plan.prices.select_related("meter", "plan").order_by("meter__code")
@@ -182,16 +247,6 @@ def billing_period_close(
 
 # --- the hourly roll: activate, close, open ----------------------------------------------------
 
-# Events of the account that occurred before the period's end and still wait in the rollup
-# inbox: the period's usage is not final in the rollups yet. Index-backed (inbox by account).
-_USAGE_PENDING = """
-SELECT EXISTS (
-    SELECT 1 FROM metering_rollupinbox i
-    JOIN metering_usageevent e ON e.id = i.event_id
-    WHERE i.account_id = %s AND e.occurred_at < %s
-)
-"""
-
 
 @dataclass
 class PeriodRoll:
@@ -199,12 +254,6 @@ class PeriodRoll:
     closed: int = 0
     waiting_for_rollups: int = 0
     opened: int = 0
-
-
-def _usage_pending(period: BillingPeriod) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(_USAGE_PENDING, [period.account_id, period.ends_at])
-        return bool(cursor.fetchone()[0])
 
 
 def billing_periods_roll(*, now: dt.datetime | None = None, actor=None) -> PeriodRoll:
@@ -225,10 +274,13 @@ def billing_periods_roll(*, now: dt.datetime | None = None, actor=None) -> Perio
         ends_at__lte=now - grace,
     ).order_by("ends_at", "pk")
     for period in due:
-        if period.state == BillingPeriod.State.OPEN and _usage_pending(period):
+        # Open or already closing (by the admin, or a close interrupted): never finished while
+        # usage from before its end still waits to be rolled up.
+        try:
+            closed = billing_period_close(period=period, actor=actor, now=now)
+        except PeriodUsagePending:
             roll.waiting_for_rollups += 1
             continue
-        closed = billing_period_close(period=period, actor=actor, now=now)
         roll.closed += closed.state == BillingPeriod.State.CLOSED
 
     current = BillingPeriod.objects.filter(

@@ -6,9 +6,8 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
-from simple_history.admin import SimpleHistoryAdmin
 
-from metering.admin.common import AuditedAdminMixin, _copy_saved, change_reason_form
+from metering.admin.common import AuditedHistoryAdmin, _copy_saved
 from metering.models import Account, Meter, UsageEvent
 from metering.services.accounts import account_upsert, meter_upsert
 
@@ -16,7 +15,7 @@ from metering.services.accounts import account_upsert, meter_upsert
 
 
 @admin.register(Account)
-class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class AccountAdmin(AuditedHistoryAdmin):
     list_display = (
         "external_id",
         "name",
@@ -32,8 +31,10 @@ class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     list_filter = ("status", "tier", "timezone", "currency")
     search_fields = ("external_id", "name", "provider_customer_id")
     readonly_fields = ("created_at", "updated_at", "events_link", "quarantine_link")
-    change_form_class = change_reason_form(Account)
     list_per_page = 50
+    # The usage page's template (metering.admin_dashboard); an admin extending this one may
+    # render a template that extends it.
+    usage_template = "admin/metering/account/usage.html"
 
     def get_readonly_fields(self, request, obj=None):
         # The external id is the key product backends use; changing it would orphan their events.
@@ -65,8 +66,8 @@ class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
         return format_html('<a href="{}?{}">quarantined events</a>', url, query)
 
     def save_model(self, request, obj, form, change):
-        # Through the service, as the API does: creating an account replays its quarantined
-        # events, and a new time zone rebuilds its daily rollups.
+        # Through the service, as the API does: creating an account queues the replay of its
+        # quarantined events, and a new time zone queues the rebuild of its rollups.
         reason = form.cleaned_data.get("change_reason", "") if change else ""
         account, _created = account_upsert(
             external_id=obj.external_id,
@@ -84,12 +85,11 @@ class AccountAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
 
 
 @admin.register(Meter)
-class MeterAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class MeterAdmin(AuditedHistoryAdmin):
     list_display = ("code", "name", "aggregation", "value_property", "dims", "unit", "active")
     list_filter = ("aggregation", "active")
     search_fields = ("code", "name")
     readonly_fields = ("created_at", "updated_at")
-    change_form_class = change_reason_form(Meter)
 
     @admin.display(description="Dimensions")
     def dims(self, obj: Meter) -> str:
@@ -107,7 +107,7 @@ class MeterAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
         return (*fixed, *self.readonly_fields)
 
     def save_model(self, request, obj, form, change):
-        # Through the service, as the API does: creating a meter replays its quarantined events.
+        # Through the service, as the API does: creating a meter queues its quarantine replay.
         reason = form.cleaned_data.get("change_reason", "") if change else ""
         meter, _created = meter_upsert(
             code=obj.code,

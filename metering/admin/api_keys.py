@@ -6,9 +6,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from simple_history.admin import SimpleHistoryAdmin
 
-from metering.admin.common import AuditedAdminMixin, _copy_saved, change_reason_form
+from metering.admin.common import AuditedHistoryAdmin, _copy_saved
 from metering.models import ApiKey
 from metering.services.api_keys import api_key_create, api_key_revoke
 
@@ -43,7 +42,7 @@ class ApiKeyFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class ApiKeyAdmin(AuditedHistoryAdmin):
     """Keys are shown once, on creation, and never again; the hash is never shown at all."""
 
     list_display = (
@@ -60,7 +59,6 @@ class ApiKeyAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
     list_filter = (ApiKeyFilter,)
     search_fields = ("name", "=prefix")
     actions = ("revoke_selected",)
-    change_form_class = change_reason_form(ApiKey)
     # Everything but the label is fixed once the key exists.
     readonly_fields = (
         "prefix_display",

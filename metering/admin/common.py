@@ -1,5 +1,6 @@
-"""Shared admin pieces: a read-only admin, the audited-change mixin (every change asks why),
-the change-reason form, and JSON display."""
+"""The admin bases every admin in the project uses (AuditedModelAdmin, ReadOnlyModelAdmin,
+AuditedHistoryAdmin: permissions and reasons in one place), the change-reason form, and JSON
+display."""
 
 from __future__ import annotations
 
@@ -7,50 +8,133 @@ import json
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
+from django.core import checks
 from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
+from simple_history.admin import SimpleHistoryAdmin
 
-# --- shared pieces ---------------------------------------------------------------------------
+# --- the admin bases: every admin in the project is one of these -----------------------------
 
 
-class ReadOnlyModelAdmin(admin.ModelAdmin):
-    """Rows written only by services (events, checks, provider answers): staff read them."""
+class AuditedModelAdmin(admin.ModelAdmin):
+    """The permission rules, in one place, for every admin (ours and re-registered ones).
+
+    - Every action declares what it needs (`@admin.action(permissions=[...])`) and the user
+      needs all of it (Django's default: any). "add", "change", "delete" and "view" are the
+      model's Django permissions (`<app_label>.change_<model_name>`), even on a read-only
+      admin; any other name `p` is the admin's `has_<p>_permission`, which by convention checks
+      the Django permission `<app_label>.<p>_<model_name>` (`action_permission(p)`; e.g.
+      `replay` on quarantined events is `metering.replay_quarantinedevent`). An action that
+      declares nothing needs "change" (Django would offer it to everyone who may view).
+    - A POSTed action the user may not run is a 403 (Django quietly re-renders the list).
+    - `read_only = True`: rows written only by services; nobody adds, changes or deletes them
+      here (actions still run, each under its own declared permission).
+    """
+
+    read_only = False
 
     def has_add_permission(self, request):
-        return False
+        return False if self.read_only else super().has_add_permission(request)
 
     def has_change_permission(self, request, obj=None):
-        return False
+        return False if self.read_only else super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
-        return False
+        return False if self.read_only else super().has_delete_permission(request, obj)
 
+    def action_permission(self, name: str) -> str:
+        """The Django permission an action permission name stands for."""
+        return f"{self.opts.app_label}.{name}_{self.opts.model_name}"
 
-class AuditedAdminMixin:
-    """Actions refuse with 403 when not permitted; changes to existing records need a reason."""
+    def _filter_actions_by_permissions(self, request, actions):
+        allowed = []
+        for action in actions:
+            func, name = action[0], action[1]
+            needed = getattr(func, "allowed_permissions", None) or ("change",)
+            if name == "delete_selected" and not self.has_delete_permission(request):
+                continue
+            if all(self._may_run(request, p) for p in needed):
+                allowed.append(action)
+        return allowed
 
-    change_form_class: type[forms.ModelForm] | None = None
+    def _may_run(self, request, permission: str) -> bool:
+        check = getattr(self, f"has_{permission}_permission")
+        if permission in ("add", "change", "delete", "view"):
+            # The model's permission, and the admin's own rule unless the admin is read-only
+            # (its rows stay read-only; its actions run under the model's permission).
+            if not request.user.has_perm(self.action_permission(permission)):
+                return False
+            return self.read_only or check(request)
+        return check(request)
+
+    def check(self, **kwargs):
+        errors = super().check(**kwargs)
+        for func, name, _description in self._get_base_actions():
+            if not getattr(func, "allowed_permissions", None):
+                errors.append(
+                    checks.Error(
+                        f"The action '{name}' of {type(self).__name__} declares no "
+                        "permission; use @admin.action(permissions=[...]).",
+                        obj=type(self),
+                        id="meterops.E001",
+                    )
+                )
+        return errors
 
     def changelist_view(self, request, extra_context=None):
-        action = request.POST.get("action") if request.method == "POST" else None
-        if action and action not in self.get_actions(request):
-            raise PermissionDenied
+        if request.method == "POST":
+            offered = self.get_actions(request)
+            if any(a not in offered for a in request.POST.getlist("action") if a):
+                raise PermissionDenied
         return super().changelist_view(request, extra_context)
 
+
+class ReadOnlyModelAdmin(AuditedModelAdmin):
+    """Rows written only by services (events, checks, provider answers): staff read them."""
+
+    read_only = True
+
+
+class AuditedHistoryAdmin(AuditedModelAdmin, SimpleHistoryAdmin):
+    """The base of every history-tracked admin: the rules above, plus
+
+    - every change to an existing record asks why (a required `change_reason`, kept in the
+      history record) and records the acting user (SimpleHistoryAdmin.save_model);
+    - reverting from the history page is a change: it needs the change permission on the
+      object (django-simple-history saves a POSTed revert for anyone who may view history).
+    """
+
+    # The form for changing an existing record; by default the admin's form plus the reason.
+    change_form_class: type[forms.ModelForm] | None = None
+
+    def _reason_form(self) -> type[forms.ModelForm]:
+        return self.change_form_class or change_reason_form(self.model, base=self.form)
+
     def get_form(self, request, obj=None, change=False, **kwargs):
-        if (
-            obj is not None
-            and self.change_form_class is not None
-            and self.has_change_permission(request, obj)
-        ):
-            kwargs["form"] = self.change_form_class
+        if obj is not None and self.has_change_permission(request, obj):
+            kwargs["form"] = self._reason_form()
         return super().get_form(request, obj, change=change, **kwargs)
 
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        if (
+            obj is not None
+            and self.has_change_permission(request, obj)
+            and "change_reason" not in fields
+        ):
+            fields.append("change_reason")
+        return fields
+
     def history_form_view(self, request, object_id, version_id, extra_context=None):
-        # django-simple-history saves a POSTed revert for anyone who may view the history;
-        # reverting is a change, so it needs the change permission.
-        if request.method == "POST" and not self.has_change_permission(request):
-            raise PermissionDenied
+        if request.method == "POST":
+            obj = self.get_object(request, unquote(object_id))
+            if (
+                obj is None
+                or not self.has_change_permission(request, obj)
+                or self.revert_disabled(request, obj)
+            ):
+                raise PermissionDenied
         return super().history_form_view(request, object_id, version_id, extra_context)
 
     def save_model(self, request, obj, form, change):
@@ -60,10 +144,12 @@ class AuditedAdminMixin:
         super().save_model(request, obj, form, change)
 
 
-def change_reason_form(model_cls: type) -> type[forms.ModelForm]:
+def change_reason_form(
+    model_cls: type, base: type[forms.ModelForm] = forms.ModelForm
+) -> type[forms.ModelForm]:
     """A ModelForm for `model_cls` with a required 'why' recorded in the history."""
 
-    class ChangeReasonForm(forms.ModelForm):
+    class ChangeReasonForm(base):
         change_reason = forms.CharField(
             label="Reason for this change",
             max_length=100,
@@ -73,7 +159,7 @@ def change_reason_form(model_cls: type) -> type[forms.ModelForm]:
         class Meta:
             model = model_cls
             # The admin narrows this to its own fieldsets.
-            fields = "__all__"  # noqa: DJ007
+            fields = "__all__"
 
     ChangeReasonForm.__name__ = f"{model_cls.__name__}ChangeForm"
     return ChangeReasonForm

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from metering.admin.common import AuditedAdminMixin, ReadOnlyModelAdmin, pretty_json
+from metering.admin.common import ReadOnlyModelAdmin, pretty_json
 from metering.models import UsageEvent
 
 # --- usage events: append-only, tens of millions of rows -------------------------------------
@@ -121,7 +121,7 @@ class OccurredRecentlyFilter(admin.SimpleListFilter):
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(AuditedAdminMixin, ReadOnlyModelAdmin):
+class UsageEventAdmin(ReadOnlyModelAdmin):
     """Read-only, for everyone: events are append-only (the database refuses UPDATE/DELETE too)."""
 
     list_display = (

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from simple_history.admin import SimpleHistoryAdmin
 
-from metering.admin.common import AuditedAdminMixin, pretty_json
+from metering.admin.common import AuditedHistoryAdmin, pretty_json
 from metering.admin.events import EstimatedCountPaginator
 from metering.models import QuarantinedEvent
 from metering.services.quarantine import quarantine_replay
@@ -14,7 +13,7 @@ from metering.services.quarantine import quarantine_replay
 
 
 @admin.register(QuarantinedEvent)
-class QuarantinedEventAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
+class QuarantinedEventAdmin(AuditedHistoryAdmin):
     list_display = (
         "transaction_id",
         "external_customer_id",
@@ -51,19 +50,11 @@ class QuarantinedEventAdmin(AuditedAdminMixin, SimpleHistoryAdmin):
         "payload_pretty",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        # Nothing is edited by hand: an event is replayed as received, or stays here.
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+    # Nothing is edited by hand: an event is replayed as received, or stays here.
+    read_only = True
 
     def has_replay_permission(self, request) -> bool:
-        return request.user.has_perm("metering.replay_quarantinedevent")
+        return request.user.has_perm(self.action_permission("replay"))
 
     @admin.action(permissions=["replay"], description="Replay selected quarantined events")
     def replay_selected(self, request, queryset):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -33,6 +35,16 @@ def exception_handler(exc, context):
     if isinstance(exc, ApiError):
         return Response(
             error_body(exc.error_code, str(exc.detail), exc.errors), status=exc.status_code
+        )
+    if isinstance(exc, exceptions.Throttled):
+        wait = max(1, math.ceil(exc.wait or 1))
+        return Response(
+            error_body(
+                "rate_limited",
+                f"Too many requests for this API key; retry in {wait} s.",
+            ),
+            status=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(wait)},
         )
     if isinstance(exc, exceptions.ParseError):
         # DRF's parsers (account and meter bodies) speak of "parse_error"; we say what it is.

@@ -8,6 +8,7 @@ document those shapes in the OpenAPI schema.
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from metering.models import Meter
@@ -15,17 +16,28 @@ from metering.models import Meter
 # --- accounts and meters ------------------------------------------------------------------------
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string and nothing else: DRF's CharField stores 12 or 1.5 as "12" and "1.5"."""
+
+    default_error_messages = {"invalid_type": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid_type")
+        return super().to_internal_value(data)
+
+
 class AccountInputSerializer(serializers.Serializer):
     """The whole account: a field left out takes its default (PUT replaces the representation)."""
 
-    name = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
-    timezone = serializers.CharField(
+    name = StrictCharField(max_length=255, required=False, allow_blank=True, default="")
+    timezone = StrictCharField(
         max_length=64, required=False, default="UTC", help_text="IANA time zone, e.g. Europe/Berlin"
     )
-    currency = serializers.CharField(
+    currency = StrictCharField(
         max_length=3, required=False, default="USD", help_text="ISO 4217 code, e.g. USD"
     )
-    tier = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    tier = StrictCharField(max_length=64, required=False, allow_blank=True, default="")
     metadata = serializers.DictField(required=False, default=dict)
 
 
@@ -41,10 +53,32 @@ class AccountOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+class _ReplayFields(serializers.Serializer):
+    """What an upsert set going in the background (only in PUT answers)."""
+
+    replay = serializers.SerializerMethodField(
+        help_text="`queued` when this call created the account or meter and queued the replay "
+        "of its quarantined events (a task, after the answer); `none` otherwise."
+    )
+    replay_queued = serializers.SerializerMethodField(
+        help_text="How many quarantined events were queued for replay (at most 10,000)."
+    )
+
+    def get_replay(self, obj) -> str:
+        return "queued" if getattr(obj, "replay_queued", 0) else "none"
+
+    def get_replay_queued(self, obj) -> int:
+        return getattr(obj, "replay_queued", 0)
+
+
+class AccountUpsertOutputSerializer(AccountOutputSerializer, _ReplayFields):
+    pass
+
+
 class MeterInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=255)
+    name = StrictCharField(max_length=255)
     aggregation = serializers.ChoiceField(choices=Meter.Aggregation.choices)
-    value_property = serializers.CharField(
+    value_property = StrictCharField(
         max_length=255,
         required=False,
         allow_blank=True,
@@ -52,12 +86,12 @@ class MeterInputSerializer(serializers.Serializer):
         help_text="The property aggregated; required for every aggregation but count.",
     )
     dimensions = serializers.ListField(
-        child=serializers.CharField(max_length=255),
+        child=StrictCharField(max_length=255),
         required=False,
         default=list,
         help_text="Property keys usage can be broken down by.",
     )
-    unit = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    unit = StrictCharField(max_length=64, required=False, allow_blank=True, default="")
 
 
 class MeterOutputSerializer(serializers.Serializer):
@@ -70,6 +104,10 @@ class MeterOutputSerializer(serializers.Serializer):
     active = serializers.BooleanField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+
+
+class MeterUpsertOutputSerializer(MeterOutputSerializer, _ReplayFields):
+    pass
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -92,22 +130,30 @@ class ErrorSerializer(serializers.Serializer):
 STATUSES = ("accepted", "duplicate", "quarantined", "conflict", "rejected")
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "number"}]})
+class TimestampField(serializers.Field):
+    """Documentation only: a Lago timestamp is a string or a number."""
+
+
 class LagoEventSerializer(serializers.Serializer):
     transaction_id = serializers.CharField(
         max_length=255, help_text="Unique per account: a retry with the same id is a duplicate."
     )
     external_customer_id = serializers.CharField(max_length=255, help_text="The account.")
     code = serializers.CharField(max_length=255, help_text="The meter code.")
-    timestamp = serializers.CharField(
+    timestamp = TimestampField(
         required=False,
+        allow_null=True,
         help_text="Unix seconds (integer, decimal or numeric string) or an RFC 3339 time with "
-        "an offset. At most 5 minutes in the future. Defaults to the time of reception.",
+        "an offset. At most 5 minutes in the future. Absent or null: the time of reception.",
     )
     properties = serializers.DictField(
-        required=False, help_text="Numbers are kept exactly (no float rounding)."
+        required=False,
+        allow_null=True,
+        help_text="Numbers are kept exactly (no float rounding). Null is no properties.",
     )
-    external_subscription_id = serializers.CharField(
-        required=False, help_text="Accepted for Lago compatibility and ignored."
+    external_subscription_id = serializers.JSONField(
+        required=False, help_text="Accepted for Lago compatibility and ignored (any value)."
     )
 
 
@@ -125,8 +171,14 @@ class CloudEventSerializer(serializers.Serializer):
     source = serializers.CharField(max_length=255)
     type = serializers.CharField(max_length=255, help_text="The meter code.")
     subject = serializers.CharField(max_length=255, help_text="The account's external id.")
-    time = serializers.DateTimeField(required=False, help_text="RFC 3339.")
-    data = serializers.DictField(required=False, help_text="The event's properties.")
+    time = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="RFC 3339, with an offset. Absent or null: the time of reception.",
+    )
+    data = serializers.DictField(
+        required=False, allow_null=True, help_text="The event's properties; null is none."
+    )
 
 
 class EventResultSerializer(serializers.Serializer):
@@ -138,8 +190,13 @@ class EventResultSerializer(serializers.Serializer):
 
 
 class EventRejectedSerializer(ErrorSerializer):
-    status = serializers.ChoiceField(choices=["conflict", "rejected"])
-    transaction_id = serializers.CharField(allow_null=True)
+    # Absent when the body is not one event at all (malformed_json, invalid_body).
+    status = serializers.ChoiceField(
+        choices=["conflict", "rejected"],
+        required=False,
+        help_text="Present when the event itself was judged.",
+    )
+    transaction_id = serializers.CharField(allow_null=True, required=False)
 
 
 class BatchItemResultSerializer(serializers.Serializer):

@@ -41,6 +41,7 @@ from metering import periods, selectors
 from metering.api.authentication import HasScope
 from metering.api.errors import ApiError
 from metering.api.serializers import ErrorSerializer
+from metering.decimals import decimal_text
 from metering.models import Account, Meter
 from metering.rollup_selectors import (
     MAX_POINTS,
@@ -64,10 +65,7 @@ def _bad(code: str, message: str, field: str | None = None) -> ApiError:
 
 def decimal_str(value: Decimal | None) -> str | None:
     """Exact, without exponent or trailing zeros: 1.500000000000 -> "1.5", 1E+2 -> "100"."""
-    if value is None:
-        return None
-    text = f"{value.normalize():f}"
-    return "0" if text == "-0" else text
+    return None if value is None else decimal_text(value)
 
 
 def _parse_bound(raw: str, field: str) -> date | datetime:

@@ -28,6 +28,7 @@ from metering import exact_json, selectors
 from metering.api import serializers as s
 from metering.api.authentication import HasScope
 from metering.api.errors import ApiError, body_too_large
+from metering.api.throttling import INGEST as INGEST_RATE
 from metering.services.accounts import account_upsert, meter_upsert
 from metering.services.ingest import CONFLICT, REJECTED, events_ingest
 
@@ -106,6 +107,7 @@ class EventIngestView(APIView):
     """POST /api/v1/events: one Lago event ({"event": {...}}) or one CloudEvent."""
 
     permission_classes = [HasScope.of("ingest")]
+    throttle_scope = INGEST_RATE
 
     @extend_schema(
         operation_id="events_create",
@@ -195,6 +197,7 @@ class EventBatchView(APIView):
     """POST /api/v1/events/batch: {"events": [...]} or a CloudEvents batch (a JSON array)."""
 
     permission_classes = [HasScope.of("ingest")]
+    throttle_scope = INGEST_RATE
 
     @extend_schema(
         operation_id="events_batch_create",
@@ -314,13 +317,15 @@ class AccountDetailView(_ScopedByMethod):
         summary="Create or update an account (idempotent)",
         description=(
             "The body is the whole account; a field left out takes its default. 201 when "
-            "created, 200 when it existed. Creating an account replays its quarantined events "
-            "(up to 10,000 at once; the rest from the admin). Scope: `manage`."
+            "created, 200 when it existed. Creating an account queues the replay of its "
+            "quarantined events (a task after the answer, up to 10,000 at once; the rest from "
+            "the admin): the answer says `replay: queued`. A new time zone queues a rebuild of "
+            "its rollups. Scope: `manage`."
         ),
         request=s.AccountInputSerializer,
         responses={
-            200: s.AccountOutputSerializer,
-            201: s.AccountOutputSerializer,
+            200: s.AccountUpsertOutputSerializer,
+            201: s.AccountUpsertOutputSerializer,
             400: OpenApiResponse(s.ErrorSerializer, description="invalid (see errors)"),
             **{k: v for k, v in _ERRORS.items() if k != 400},
         },
@@ -330,7 +335,7 @@ class AccountDetailView(_ScopedByMethod):
         return _upsert_response(
             request,
             input_serializer=s.AccountInputSerializer,
-            output_serializer=s.AccountOutputSerializer,
+            output_serializer=s.AccountUpsertOutputSerializer,
             upsert=account_upsert,
             external_id=external_id,
         )
@@ -368,12 +373,13 @@ class MeterDetailView(_ScopedByMethod):
         description=(
             "The body is the whole meter. 201 when created, 200 when it existed. Once a meter "
             "has events its aggregation and value property cannot change. Creating a meter "
-            "replays its quarantined events (up to 10,000 at once). Scope: `manage`."
+            "queues the replay of its quarantined events (a task after the answer, up to 10,000 "
+            "at once): the answer says `replay: queued`. Scope: `manage`."
         ),
         request=s.MeterInputSerializer,
         responses={
-            200: s.MeterOutputSerializer,
-            201: s.MeterOutputSerializer,
+            200: s.MeterUpsertOutputSerializer,
+            201: s.MeterUpsertOutputSerializer,
             400: OpenApiResponse(s.ErrorSerializer, description="invalid (see errors)"),
             **{k: v for k, v in _ERRORS.items() if k != 400},
         },
@@ -383,7 +389,7 @@ class MeterDetailView(_ScopedByMethod):
         return _upsert_response(
             request,
             input_serializer=s.MeterInputSerializer,
-            output_serializer=s.MeterOutputSerializer,
+            output_serializer=s.MeterUpsertOutputSerializer,
             upsert=meter_upsert,
             code=code,
         )

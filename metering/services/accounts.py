@@ -3,13 +3,13 @@
 Both upserts are what `PUT /api/v1/accounts/{external_id}` and `PUT /api/v1/meters/{code}` do:
 the body is the whole representation (a field left out takes its default), sending the same body
 twice changes nothing the second time (and writes no history row), and the first creation of an
-account or meter makes its quarantined events replayable and replays them once committed
-(bounded, see metering.services.quarantine).
+account or meter makes its quarantined events replayable and queues their replay once committed
+(bounded, see metering.services.quarantine). The number queued is left on the returned object
+as `replay_queued` (0 when nothing was queued) so the API can say what happens.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 
 from metering.models import Account, Meter, UsageEvent
 from metering.services.quarantine import quarantine_mark_replayable, quarantine_schedule_replay
-from metering.services.rollups import rollups_rebuild_account_daily
+from metering.tasks import account_rollups_rebuild
 
 
 def _save(obj, *, actor, reason: str, update_fields: list[str] | None = None) -> None:
@@ -35,6 +35,7 @@ def _lock_or_create(model, *, lookup: dict, values: dict, replayable: dict, acto
     """
     obj = model.objects.select_for_update().filter(**lookup).first()
     if obj is not None:
+        obj.replay_queued = 0
         return obj, False
     candidate = model(**lookup, **values)
     candidate.full_clean(validate_unique=False, validate_constraints=False)
@@ -42,9 +43,11 @@ def _lock_or_create(model, *, lookup: dict, values: dict, replayable: dict, acto
         with transaction.atomic():
             _save(candidate, actor=actor, reason=reason)
     except IntegrityError:
-        return model.objects.select_for_update().get(**lookup), False
+        obj = model.objects.select_for_update().get(**lookup)
+        obj.replay_queued = 0
+        return obj, False
     marked = quarantine_mark_replayable(**replayable, actor=actor)
-    quarantine_schedule_replay(ids=marked, actor=actor)
+    candidate.replay_queued = quarantine_schedule_replay(ids=marked, actor=actor)
     return candidate, True
 
 
@@ -100,10 +103,9 @@ def account_upsert(
         if changed:
             _apply(account, values=values, changed=changed, actor=actor, reason=reason)
         if "timezone" in changed:
-            # Its daily rollups are days in the old zone: rebuild them once this commits.
-            transaction.on_commit(
-                functools.partial(rollups_rebuild_account_daily, account_id=account.pk)
-            )
+            # Its daily rollups are days in the old zone: a task rebuilds them once this commits
+            # (a rebuild reads every event of the account; not for the request to wait on).
+            account_rollups_rebuild.delay_on_commit(account_id=account.pk)
         return account, created
 
 

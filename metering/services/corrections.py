@@ -23,6 +23,7 @@ from django.utils import timezone
 from metering.content_hash import event_content_hash
 from metering.models import Meter, UsageEvent
 from metering.services.ingest import late_cutoff
+from metering.services.ingest.parse import RESERVED_TRANSACTION_PREFIX
 
 # Keeps the reason (and who gave it) with the event; a leading underscore keeps it apart from
 # client properties, which the API never lets start with one in practice (and dimension keys
@@ -75,11 +76,14 @@ def _root_and_depth(event: UsageEvent) -> tuple[UsageEvent, int]:
 
 
 def _correction_transaction_id(root: UsageEvent, n: int) -> str:
-    candidate = f"correction:{root.transaction_id}:{n}"
+    """`mo:correction:<root's id>:<n>`: in the namespace ingestion refuses to clients
+    (RESERVED_TRANSACTION_PREFIX), so no client id can take it. Corrections recorded before
+    kept `correction:...` ids; they stay as they are."""
+    candidate = f"{RESERVED_TRANSACTION_PREFIX}correction:{root.transaction_id}:{n}"
     if len(candidate) <= 255:
         return candidate
     digest = hashlib.sha256(root.transaction_id.encode()).hexdigest()
-    return f"correction:sha256-{digest}:{n}"
+    return f"{RESERVED_TRANSACTION_PREFIX}correction:sha256-{digest}:{n}"
 
 
 def usage_event_correct(

@@ -27,6 +27,7 @@ from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Group
 from django.db import transaction
 
+from metering import periods
 from metering.models import Account, ApiKey
 from metering.services.accounts import account_upsert, meter_upsert
 from metering.services.api_keys import api_key_hash
@@ -201,9 +202,7 @@ def _weighted(rng: random.Random, options: tuple[tuple[str, float], ...]) -> str
 
 
 def _local_day_bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time(0), zone).astimezone(UTC)
-    end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC)
-    return start, end
+    return periods.day_bounds_utc(day, zone)
 
 
 def _business_hours_offset(rng: random.Random) -> float:

@@ -14,8 +14,9 @@ was on time is not refused as too old or too new because it waited here) and mar
 the time it is written. Replaying twice is harmless: the second time the event is a duplicate.
 
 Creating an account or a meter (metering.services.accounts) marks its events replayable and,
-once that commits, replays up to AUTO_REPLAY_LIMIT of them right away, so a product backend that
-provisions an account after its first events still gets them counted without staff. The rest
+once that commits, queues a task (metering.tasks.quarantine_replay_queued) that replays up to
+AUTO_REPLAY_LIMIT of them, so a product backend that provisions an account after its first events
+still gets them counted without staff, and its request does not wait for the replay. The rest
 (a backlog larger than that) is replayed from the admin's quarantine page.
 """
 
@@ -89,13 +90,21 @@ def quarantine_mark_replayable(
     return ids
 
 
-def quarantine_schedule_replay(*, ids: list[int], actor=None) -> None:
-    """Replay up to AUTO_REPLAY_LIMIT of `ids` once the current transaction commits."""
+def quarantine_schedule_replay(*, ids: list[int], actor=None) -> int:
+    """Queue a task that replays up to AUTO_REPLAY_LIMIT of `ids` once the current transaction
+    commits; return how many were queued. The replay (up to 10,000 events) runs in a worker, not
+    in the request that created the account or meter."""
+    from metering.tasks import quarantine_replay_queued
+
     batch = ids[:AUTO_REPLAY_LIMIT]
     if batch:
-        # robust: the account or meter is committed whatever happens here; a failed replay
-        # leaves the events replayable for the admin action and is logged.
-        transaction.on_commit(lambda: quarantine_replay(ids=batch, actor=actor), robust=True)
+        # robust: the account or meter is committed whatever happens here; a replay that could
+        # not be queued leaves the events replayable for the admin action and is logged.
+        actor_id = getattr(actor, "pk", None)
+        transaction.on_commit(
+            lambda: quarantine_replay_queued.delay(ids=batch, actor_id=actor_id), robust=True
+        )
+    return len(batch)
 
 
 def quarantine_replay(*, ids: list[int] | None = None, actor=None) -> dict[str, int]:

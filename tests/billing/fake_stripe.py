@@ -9,13 +9,22 @@ our adapter must cope with:
 - `Authorization: Bearer <secret key>` on v1 and on meter event session creation; the v2
   meter event stream takes a session's authentication token instead (valid 15 minutes);
 - meter event identifiers are unique within 24 hours (of the fake's clock, which tests can
-  move): a v1 duplicate is a 400 `resource_already_exists`, a v2 duplicate is dropped silently
-  (Stripe processes the stream asynchronously);
+  move): a v1 duplicate is a 400 with no error code and the message "An event already exists
+  with identifier <id>." (as Stripe answers it), a v2 duplicate is dropped silently (Stripe
+  processes the stream asynchronously);
 - `Idempotency-Key`: the same key with the same request within 24 hours replays the first
-  answer (header `Idempotent-Replayed: true`); with a different request, a 400
-  `idempotency_error`;
+  answer (header `Idempotent-Replayed: true`), *including a 500* the endpoint failed with
+  (`server_error_next`), replayed with `Stripe-Should-Retry: false`; with a different request,
+  a 400 `idempotency_error`; while a request with the key is still in flight
+  (`in_flight_keys`), a 409 `idempotency_error`;
 - meter event timestamps within the past 35 days and at most 5 minutes ahead (400
-  `timestamp_too_far_in_past` / `timestamp_in_future`);
+  `timestamp_too_far_in_past` / `timestamp_in_future`), values of at most 15 significant
+  digits (400 `meter_event_value_too_many_digits`, the API version's rule);
+- the v2 stream validates asynchronously, as Stripe documents ("Events are processed
+  asynchronously, including validation"): a well-formed request is a 200 and an event that
+  fails validation is dropped and listed in `error_reports` (what Stripe reports later with
+  `v1.billing.meter.error_report_triggered`); an expired session token is a 401
+  `temporary_session_expired` / `billing_meter_event_session_expired`;
 - at most 100 events per v2 stream request (400 beyond);
 - rate limits: every Nth request (`rate_limit_every`), or the next few requests
   (`fail_next`), is answered 429 with a Retry-After header;
@@ -46,6 +55,14 @@ PAST_WINDOW = 35 * DAY
 FUTURE_WINDOW = 300
 SESSION_SECONDS = 15 * 60
 V2_MAX_EVENTS = 100
+MAX_VALUE_DIGITS = 15
+USAGE_PATHS = ("/v1/billing/meter_events", "/v2/billing/meter_event_stream")
+
+
+def significant_digits(value: Decimal) -> int:
+    """Digits from the first to the last non-zero one (1000 and 0.001 have one)."""
+    digits = "".join(str(d) for d in value.as_tuple().digits).strip("0")
+    return len(digits)
 
 
 _DECIMAL = re.compile(r'"@dec:(-?[0-9.]+)@"')
@@ -106,9 +123,14 @@ class Answer:
 
 
 class StripeError(Exception):
-    def __init__(self, status: int, code: str, message: str, type_: str = "invalid_request_error"):
+    def __init__(
+        self, status: int, code: str | None, message: str, type_: str = "invalid_request_error"
+    ):
         super().__init__(message)
-        self.answer = Answer(status, {"error": {"type": type_, "code": code, "message": message}})
+        error = {"type": type_, "message": message}
+        if code is not None:
+            error["code"] = code
+        self.answer = Answer(status, {"error": error})
 
 
 class FakeStripe:
@@ -136,6 +158,13 @@ class FakeStripe:
         self.requests: list[dict] = []
         self.request_count = 0
         self.forced: deque[int] = deque()
+        # 500s raised inside the endpoint (after the idempotency layer), saved for the key.
+        self.server_errors = 0
+        self.server_errors_applied = False
+        # Idempotency keys whose first request is still running (answered 409).
+        self.in_flight_keys: set[str] = set()
+        # Stream events refused by the asynchronous validation: (identifier, code, message).
+        self.error_reports: list[tuple[str, str, str]] = []
         self.stripe_versions: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -176,8 +205,17 @@ class FakeStripe:
             self.clock_offset += seconds
 
     def fail_next(self, count: int, status: int = 429) -> None:
+        """The next `count` requests are refused before the idempotency layer (not saved)."""
         with self.lock:
             self.forced.extend([status] * count)
+
+    def server_error_next(self, count: int = 1, *, applied: bool = False) -> None:
+        """The next `count` meter event POSTs fail with a 500 inside the endpoint; the answer
+        is saved for the key and replayed, as Stripe does. `applied`: the endpoint had done
+        its work before failing (Stripe's 500s are indeterminate)."""
+        with self.lock:
+            self.server_errors += count
+            self.server_errors_applied = applied
 
     def calls(self, path_prefix: str = "", method: str | None = None) -> list[dict]:
         return [
@@ -198,6 +236,8 @@ class FakeStripe:
     def total(self, *, event_name: str, customer: str) -> Decimal:
         """What the meter holds for the customer over all time (its formula applied)."""
         meter = self.meter_by_event(event_name)
+        if meter is None:
+            return Decimal(0)
         rows = [e for e in self.events if e.event_name == event_name and e.customer == customer]
         return self._aggregate(meter["default_aggregation"]["formula"], rows)
 
@@ -311,6 +351,15 @@ class FakeStripe:
         key = headers.get("Idempotency-Key")
         if method != "POST" or not key:
             return self._route(method, path, query, headers, raw)
+        if key in self.in_flight_keys:
+            raise StripeError(
+                409,
+                "idempotency_key_in_use",
+                "There is currently another in-progress request using this Idempotent Key "
+                "(that probably means you submitted twice, and the other request is still "
+                "going through). Please try again later.",
+                type_="idempotency_error",
+            )
         fingerprint = f"{method} {path} {raw!r}"
         seen = self.idempotency.get(key)
         if seen is not None and self.now() - seen[2] < IDENTIFIER_WINDOW:
@@ -322,7 +371,21 @@ class FakeStripe:
                     type_="idempotency_error",
                 )
             replay = seen[1]
-            return Answer(replay.status, replay.body, {"Idempotent-Replayed": "true"})
+            return Answer(
+                replay.status, replay.body, {**replay.headers, "Idempotent-Replayed": "true"}
+            )
+        if self.server_errors and path in USAGE_PATHS:
+            self.server_errors -= 1
+            if self.server_errors_applied:
+                self._route(method, path, query, headers, raw)
+            answer = Answer(
+                500,
+                {"error": {"type": "api_error", "message": "An unknown error occurred."}},
+                # Retrying the same key would only replay this answer.
+                {"Stripe-Should-Retry": "false"},
+            )
+            self.idempotency[key] = (fingerprint, answer, self.now())
+            return answer
         answer = self._route(method, path, query, headers, raw)
         if answer.status == 200:
             # Like Stripe: a request refused before it ran stores no idempotent result.
@@ -333,9 +396,14 @@ class FakeStripe:
         bearer = headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if token:
             expires = self.sessions.get(bearer)
-            if expires is None or expires <= self.now():
+            if expires is None:
+                raise StripeError(401, "invalid_api_key", "Invalid API key provided.")
+            if expires <= self.now():
                 raise StripeError(
-                    401, "invalid_token", "The meter event session token is invalid or expired."
+                    401,
+                    "billing_meter_event_session_expired",
+                    "The temporary session token has expired.",
+                    type_="temporary_session_expired",
                 )
             return
         if bearer != self.api_key:
@@ -425,6 +493,13 @@ class FakeStripe:
             raise StripeError(400, "meter_event_invalid_value", "value is not a number.") from exc
         if not value.is_finite():
             raise StripeError(400, "meter_event_invalid_value", "value is not a number.")
+        if significant_digits(value) > MAX_VALUE_DIGITS:
+            raise StripeError(
+                400,
+                "meter_event_value_too_many_digits",
+                f"The value in the event payload can have at most {MAX_VALUE_DIGITS} digits. "
+                f"Received {plain(value)}.",
+            )
         now = self.now()
         if timestamp < now - PAST_WINDOW:
             raise StripeError(
@@ -450,11 +525,8 @@ class FakeStripe:
         value = self._check_event(form.get("event_name"), form.get("payload"), timestamp)
         identifier = form.get("identifier") or f"gen_{secrets.token_hex(8)}"
         if self._duplicate(identifier):
-            raise StripeError(
-                400,
-                "resource_already_exists",
-                f"A meter event with identifier {identifier} already exists.",
-            )
+            # Stripe's answer carries no error code, only this message.
+            raise StripeError(400, None, f"An event already exists with identifier {identifier}.")
         event = MeterEvent(
             identifier,
             form["event_name"],
@@ -515,11 +587,16 @@ class FakeStripe:
                 when = datetime.fromisoformat(str(item.get("timestamp")).replace("Z", "+00:00"))
             except ValueError as exc:
                 raise StripeError(400, "parameter_invalid", "timestamp is RFC 3339.") from exc
-            timestamp = int(when.timestamp())
-            value = self._check_event(item.get("event_name"), item.get("payload"), timestamp)
-            accepted.append((item, value, timestamp))
-        for item, value, timestamp in accepted:
+            accepted.append((item, int(when.timestamp())))
+        for item, timestamp in accepted:
             identifier = item.get("identifier") or f"gen_{secrets.token_hex(8)}"
+            try:
+                # Validated asynchronously: a bad event is dropped and reported later.
+                value = self._check_event(item.get("event_name"), item.get("payload"), timestamp)
+            except StripeError as exc:
+                error = exc.answer.body["error"]
+                self.error_reports.append((identifier, error["code"], error["message"]))
+                continue
             if self._duplicate(identifier):
                 continue  # processed asynchronously by Stripe: a duplicate is dropped
             self.events.append(

@@ -13,9 +13,12 @@ from django.utils import timezone
 
 from billing.models import BillingPeriod, Plan, Price, Subscription
 from billing.periods import period_for
+from billing.services.periods import billing_periods_roll
 from billing.services.plans import plan_create, price_add
 from billing.services.subscriptions import subscription_create
+from metering.services import rollups
 from tests.billing.factories import AccountFactory, MeterFactory
+from tests.metering.rollup_support import event, insert
 
 pytestmark = pytest.mark.django_db
 
@@ -179,6 +182,68 @@ def test_an_auditor_sees_billing_but_cannot_run_its_actions(auditor_client):
     assert response.status_code == 403
     period.refresh_from_db()
     assert period.state == BillingPeriod.State.OPEN
+
+
+def test_a_plan_in_a_currency_outside_iso_4217_is_refused(superuser_client, db):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        plan_create(code="abc", name="ABC", currency="ABC")
+    assert [e.code for e in caught.value.error_dict["currency"]] == ["invalid_currency"]
+
+    form = _plan_form(MeterFactory(code="api_calls"), "[]", model="per_unit")
+    form["currency"] = "ABC"
+    response = superuser_client.post(reverse("admin:billing_plan_add"), form)
+    assert response.status_code == 200
+    assert "currency" in response.context["adminform"].form.errors
+    assert not Plan.objects.exists()
+
+
+def _begin_closing(client, period):
+    return client.post(
+        reverse("admin:billing_billingperiod_changelist"),
+        {"action": "begin_closing", "_selected_action": [str(period.pk)]},
+        follow=True,
+    )
+
+
+def test_begin_closing_refuses_a_period_whose_usage_is_still_being_rolled_up(superuser_client):
+    # January 2024 ended long ago, but one of its events still waits in the rollup inbox.
+    plan = _plan_with_subscribers(1)
+    period = BillingPeriod.objects.get()
+    meter = plan.prices.get().meter
+    insert(event(period.account, meter, dt.datetime(2024, 1, 20, tzinfo=dt.UTC)))
+
+    response = _begin_closing(superuser_client, period)
+
+    period.refresh_from_db()
+    assert period.state == BillingPeriod.State.OPEN
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "still being rolled up" in text
+    assert "0 period(s) are now closing" in text
+
+    rollups.rollup_drain()
+    _begin_closing(superuser_client, period)
+    period.refresh_from_db()
+    assert period.state == BillingPeriod.State.CLOSING
+    # The roll then prices it with the event that was waiting.
+    billing_periods_roll(now=timezone.now())
+    period.refresh_from_db()
+    assert (period.state, period.total_minor) == (BillingPeriod.State.CLOSED, 10_00 + 0)
+    assert period.invoice_lines[1]["quantity"] == "1"
+
+
+def test_begin_closing_refuses_a_period_still_in_its_grace(superuser_client, settings):
+    _plan_with_subscribers(1)
+    period = BillingPeriod.objects.get()
+    # A grace longer than the time since January 2024 ended.
+    settings.BILLING_CLOSE_GRACE_MINUTES = 60 * 24 * 365 * 100
+
+    response = _begin_closing(superuser_client, period)
+
+    period.refresh_from_db()
+    assert period.state == BillingPeriod.State.OPEN
+    assert "BILLING_CLOSE_GRACE_MINUTES" in " ".join(str(m) for m in response.context["messages"])
 
 
 def test_cancel_at_period_end_action_ends_the_subscription_with_its_period(superuser_client):

@@ -30,12 +30,42 @@ from billing.money import (
         ("KWD", 3),
         ("BHD", 3),
         ("JOD", 3),
-        ("XYZ", 2),
+        ("IQD", 3),
+        ("LYD", 3),
+        ("OMR", 3),
+        ("TND", 3),
+        ("VND", 0),
+        ("CLP", 0),
+        ("XOF", 0),
+        ("XAF", 0),
+        ("ISK", 0),
+        ("UGX", 0),
+        ("CLF", 4),
         ("usd", 2),
     ],
 )
-def test_currency_exponent_follows_iso_4217_with_default_two(currency, exponent):
+def test_currency_exponent_follows_iso_4217(currency, exponent):
     assert currency_exponent(currency) == exponent
+
+
+@pytest.mark.parametrize("currency", ["ABC", "XYZ", "XAU", "XXX", "US", "USDX", ""])
+def test_money_functions_refuse_a_code_that_is_not_in_iso_4217(currency):
+    with pytest.raises(ValueError, match="ISO 4217"):
+        currency_exponent(currency)
+    with pytest.raises(ValueError, match="ISO 4217"):
+        to_minor_units(Decimal("1.5"), currency)
+    with pytest.raises(ValueError, match="ISO 4217"):
+        format_money(150, currency)
+    with pytest.raises(ValueError, match="ISO 4217"):
+        Money(150, currency)
+
+
+def test_yen_has_no_minor_places_and_dinar_three():
+    assert to_minor_units(Decimal("1234.5"), "JPY") == 1235
+    assert format_money(1235, "JPY") == "¥1,235"
+    assert to_minor_units(Decimal("1.2345"), "KWD") == 1235
+    assert format_money(1235, "KWD") == "KWD 1.235"
+    assert format_money(12345, "CLF") == "CLF 1.2345"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,13 @@ import pytest
 
 from billing import tasks
 from billing.models import BillingPeriod, Subscription
-from billing.services.periods import billing_periods_roll
+from billing.services.periods import (
+    PeriodInGrace,
+    PeriodNotEnded,
+    PeriodUsagePending,
+    billing_period_begin_close,
+    billing_periods_roll,
+)
 from billing.services.plans import plan_create, price_add
 from billing.services.subscriptions import subscription_create
 from metering.services import rollups
@@ -103,6 +109,46 @@ def test_a_close_left_half_done_is_finished(subscribed):
     roll = billing_periods_roll(now=utc(2024, 2, 2))
     assert roll.closed == 1
     assert _periods(subscription)[0][1:] == (BillingPeriod.State.CLOSED, 1000)
+
+
+def test_a_closing_period_is_not_finished_while_its_usage_waits_in_the_inbox(subscribed):
+    # Marked closing (by the admin, or a close interrupted) while 4 January calls still wait to
+    # be rolled up: finishing it now would leave them off the invoice for ever.
+    subscription, meter = subscribed
+    insert(*(event(subscription.account, meter, utc(2024, 1, 31, 18, i)) for i in range(4)))
+    period = BillingPeriod.objects.get(subscription=subscription)
+    BillingPeriod.objects.filter(pk=period.pk).update(state=BillingPeriod.State.CLOSING)
+
+    waiting = billing_periods_roll(now=utc(2024, 2, 2))
+
+    assert (waiting.closed, waiting.waiting_for_rollups) == (0, 1)
+    assert _periods(subscription)[0] == (D(2024, 1, 1), BillingPeriod.State.CLOSING, None)
+
+    rollups.rollup_drain()
+    roll = billing_periods_roll(now=utc(2024, 2, 2, 1))
+    assert roll.closed == 1
+    assert _periods(subscription)[0] == (D(2024, 1, 1), BillingPeriod.State.CLOSED, 1000 + 4)
+
+
+def test_begin_close_refuses_within_the_grace_and_while_usage_is_pending(subscribed, settings):
+    settings.BILLING_CLOSE_GRACE_MINUTES = 60
+    subscription, meter = subscribed
+    period = BillingPeriod.objects.get(subscription=subscription)  # ends 2024-01-31 18:30 UTC
+    insert(event(subscription.account, meter, utc(2024, 1, 31, 18, 29)))
+
+    with pytest.raises(PeriodNotEnded):
+        billing_period_begin_close(period=period, now=utc(2024, 1, 31, 18, 29))
+    with pytest.raises(PeriodInGrace):
+        billing_period_begin_close(period=period, now=utc(2024, 1, 31, 19, 29))
+    with pytest.raises(PeriodUsagePending):
+        billing_period_begin_close(period=period, now=utc(2024, 1, 31, 19, 31))
+    period.refresh_from_db()
+    assert period.state == BillingPeriod.State.OPEN
+
+    rollups.rollup_drain()
+    assert billing_period_begin_close(period=period, now=utc(2024, 1, 31, 19, 31)).state == (
+        BillingPeriod.State.CLOSING
+    )
 
 
 def test_a_pending_subscription_is_activated_with_its_first_period(db):

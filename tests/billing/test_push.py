@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from billing.models import ProviderMeter, PushInbox, PushLedgerEntry
+from billing.models import ProviderMeter, PushInbox, PushInstallation, PushLedgerEntry
 from billing.providers import get_provider
 from billing.services import push as push_service
 from billing.services.push import send as push_send
@@ -109,10 +109,12 @@ def test_each_event_is_pushed_once_and_acknowledged(fake, account, calls):
 
     assert result.events_drained == 3 and result.acknowledged == 3
     assert stripe_total(fake, account, calls) == 3
-    entries = PushLedgerEntry.objects.order_by("pk")
+    # By event: the ledger's insert order follows the events' places on disk, not their ids.
+    entries = PushLedgerEntry.objects.order_by("event_id")
     assert {e.status for e in entries} == {Status.ACKNOWLEDGED}
     event_ids = UsageEvent.objects.order_by("pk").values_list("pk", flat=True)
-    assert [e.identifier for e in entries] == [f"mo-e{pk}" for pk in event_ids]
+    prefix = PushInstallation.objects.get().installation_id
+    assert [e.identifier for e in entries] == [f"mo-{prefix}-e{pk}" for pk in event_ids]
     assert all(e.payload["identifier"] == e.identifier and e.attempts == 1 for e in entries)
     assert not PushInbox.objects.exists()
     pm = ProviderMeter.objects.get(meter=calls, provider="stripe")
@@ -167,8 +169,13 @@ def test_a_correction_pushes_the_difference_it_makes(fake, account, storage):
 
     usage_push()
 
-    values = list(PushLedgerEntry.objects.order_by("pk").values_list("value", flat=True))
-    assert values == [Decimal("10.5"), Decimal("-3.5"), Decimal("2"), Decimal("-2")]
+    rows = list(PushLedgerEntry.objects.order_by("pk").values_list("value", "status"))
+    assert rows == [
+        (Decimal("10.5"), Status.ACKNOWLEDGED),
+        (Decimal("-3.5"), Status.ACKNOWLEDGED),  # the provider held 10.5: the difference
+        (Decimal("2"), Status.SUPERSEDED),  # voided before it was ever sent: not sent
+        (Decimal("0"), Status.SUPERSEDED),  # and nothing to take back
+    ]
     assert stripe_total(fake, account, storage) == Decimal(7)
 
 
@@ -411,7 +418,7 @@ def test_the_ledger_admin_lists_entries_in_bounded_queries(
         response = admin_client.get("/admin/billing/pushledgerentry/")
 
     assert response.status_code == 200
-    assert b"mo-e" in response.content
+    assert b"-e" in response.content
     entry = PushLedgerEntry.objects.first()
     detail = admin_client.get(f"/admin/billing/pushledgerentry/{entry.pk}/change/")
     assert detail.status_code == 200 and b"stripe_customer_id" in detail.content
@@ -446,6 +453,8 @@ def test_staff_can_send_failed_entries_again(settings, admin_client, account, ca
         "webhookevent",
         "simulatedfaultconfig",
         "simulatedusagerecord",
+        "pushledgerchange",
+        "pushbatch",
     ],
 )
 def test_every_provider_admin_page_opens(settings, admin_client, account, calls, model):

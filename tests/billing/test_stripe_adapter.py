@@ -42,7 +42,7 @@ def sleeps():
 
 @pytest.fixture
 def adapter(fake, sleeps):
-    return get_provider("stripe", sleep=sleeps)
+    return get_provider("stripe", sleep=sleeps, key_prefix="t")
 
 
 @pytest.fixture
@@ -118,8 +118,25 @@ def test_the_same_identifier_under_another_key_is_a_duplicate_not_a_second_count
     [result] = adapter.report_usage([other_key])
 
     assert result.status is ItemStatus.DUPLICATE
-    assert result.code == "resource_already_exists"
+    assert result.code == "identifier_already_exists"
     assert fake.total(event_name=event_name, customer=customer) == Decimal(1)
+
+
+def test_v1_answers_a_repeated_identifier_with_a_codeless_400_which_counts_as_duplicate(
+    fake, adapter, ready
+):
+    customer, event_name = ready
+    adapter.report_usage([item(customer, "mo-t-e20", "5")])
+    assert len(fake.calls("/v1/billing/meter_events")) == 1
+    again = UsageItem(**{**item(customer, "mo-t-e20", "5").__dict__, "idempotency_key": "k2"})
+
+    [result] = adapter.report_usage([again])
+
+    answer = fake.calls("/v1/billing/meter_events")[-1]
+    assert answer["status"] == 400
+    assert result.status is ItemStatus.DUPLICATE  # Stripe counted it: not `rejected`
+    assert "already exists with identifier" in result.message
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(5)
 
 
 def test_429_answers_are_retried_honouring_retry_after_with_the_same_key(
@@ -153,7 +170,7 @@ def test_429_without_retry_after_backs_off_exponentially(fake, adapter, ready, s
 
 def test_rate_limited_past_the_retries_the_item_is_left_to_retry_later(fake, sleeps, ready):
     customer, event_name = ready
-    adapter = get_provider("stripe", sleep=sleeps, max_retries=2)
+    adapter = get_provider("stripe", sleep=sleeps, max_retries=2, key_prefix="t")
     fake.fail_next(5)
 
     [result] = adapter.report_usage([item(customer, "mo-e11")])
@@ -208,18 +225,115 @@ def test_the_fake_refuses_more_than_100_events_in_one_stream_request(fake, adapt
     assert info.value.code == "too_many_events"
 
 
-def test_a_v2_request_refused_as_a_whole_is_resent_item_by_item_on_v1(fake, adapter, ready):
+def test_an_item_the_stream_would_drop_goes_through_v1_for_a_synchronous_answer(
+    fake, adapter, ready
+):
+    """The v2 stream validates asynchronously: a too-old event or a value of more than 15
+    significant digits would be a 200 and then dropped; such items go through v1."""
     customer, event_name = ready
-    items = [item(customer, f"mo-e{n}") for n in range(2000, 2019)]
-    items.append(item(customer, "mo-e2019", age=timedelta(days=40)))
+    items = [item(customer, f"mo-e{n}") for n in range(2000, 2018)]
+    items.append(item(customer, "mo-e2018", age=timedelta(days=40)))
+    items.append(item(customer, "mo-e2019", "1.0000000000000001"))
 
     results = adapter.report_usage(items)
 
-    assert [r.status for r in results[:-1]] == [ItemStatus.RECORDED] * 19
-    assert results[-1].status is ItemStatus.TOO_OLD
-    assert [c["status"] for c in fake.calls("/v2/billing/meter_event_stream")] == [400]
-    assert len(fake.calls("/v1/billing/meter_events")) == 20
-    assert fake.total(event_name=event_name, customer=customer) == Decimal(19)
+    assert [r.status for r in results[:-2]] == [ItemStatus.ACCEPTED] * 18
+    assert results[-2].status is ItemStatus.TOO_OLD
+    assert results[-1].status is ItemStatus.REJECTED
+    assert results[-1].code == "meter_event_value_too_many_digits"
+    assert [c["status"] for c in fake.calls("/v2/billing/meter_event_stream")] == [200]
+    assert len(fake.calls("/v1/billing/meter_events")) == 2
+    assert fake.error_reports == []
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(18)
+
+
+def test_the_fake_stream_drops_invalid_events_and_reports_them_later(fake, adapter, ready):
+    customer, event_name = ready
+    events = [
+        {
+            "event_name": "mo_calls",
+            "identifier": identifier,
+            "payload": {"stripe_customer_id": customer, "value": value},
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        }
+        for identifier, value in (("ok", "2"), ("long", "1234567890.1234567"))
+    ]
+
+    adapter.client.v2.billing.meter_event_stream.create(
+        {"events": events}, {"api_key": adapter._session()}
+    )
+
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(2)
+    assert [r[:2] for r in fake.error_reports] == [("long", "meter_event_value_too_many_digits")]
+
+
+def test_a_saved_500_is_not_retried_with_its_key_and_the_next_attempt_uses_a_new_key(
+    fake, adapter, ready, sleeps
+):
+    customer, event_name = ready
+    fake.server_error_next(1)
+    usage = item(customer, "mo-t-e30", "7")
+
+    [first] = adapter.report_usage([usage])
+
+    assert first.status is ItemStatus.RETRY
+    assert first.next_idempotency_key == "mo-t-e30~2"
+    calls = fake.calls("/v1/billing/meter_events")
+    assert [c["status"] for c in calls] == [500]  # Stripe-Should-Retry: false honoured
+    assert sleeps == []
+
+    [same_key] = adapter.report_usage([usage])
+    assert same_key.status is ItemStatus.RETRY  # the saved 500, replayed once, not looped
+    assert len(fake.calls("/v1/billing/meter_events")) == 2
+
+    retried = UsageItem(**{**usage.__dict__, "idempotency_key": first.next_idempotency_key})
+    [second] = adapter.report_usage([retried])
+
+    assert second.status is ItemStatus.RECORDED
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(7)
+
+
+def test_a_key_still_in_flight_409_is_left_for_the_next_run(fake, adapter, ready, sleeps):
+    customer, _ = ready
+    fake.in_flight_keys.add("mo-t-e40")
+
+    [result] = adapter.report_usage([item(customer, "mo-t-e40")])
+
+    assert result.status is ItemStatus.RETRY
+    assert result.code == "idempotency_key_in_flight"
+    assert [c["status"] for c in fake.calls("/v1/billing/meter_events")] == [409]
+    assert sleeps == []
+
+
+def test_a_409_on_the_v2_stream_is_left_for_the_next_run(fake, adapter, ready):
+    customer, _ = ready
+    items = [item(customer, f"mo-t-e{n}") for n in range(4000, 4020)]
+    digest = (
+        __import__("hashlib")
+        .sha256("\n".join(i.idempotency_key for i in items).encode())
+        .hexdigest()
+    )
+    fake.in_flight_keys.add(f"mo-batch-{digest[:48]}")
+
+    results = adapter.report_usage(items)
+
+    assert {r.status for r in results} == {ItemStatus.RETRY}
+    assert [c["status"] for c in fake.calls("/v2/billing/meter_event_stream")] == [409]
+
+
+def test_a_retry_after_beyond_the_cap_stops_the_adapter_for_this_run(fake, ready, sleeps):
+    customer, event_name = ready
+    adapter = get_provider("stripe", sleep=sleeps, key_prefix="t", retry_after_cap=30)
+    fake.retry_after = "3600"
+    fake.fail_next(1)
+
+    results = adapter.report_usage([item(customer, f"mo-t-e5{n}") for n in range(3)])
+
+    assert [r.status for r in results] == [ItemStatus.RETRY] * 3
+    assert sleeps == []  # never slept an hour holding the push lock
+    assert "Retry-After" in adapter.halted
+    assert len(fake.calls("/v1/billing/meter_events")) == 1
+    assert fake.total(event_name=event_name, customer=customer) == 0
 
 
 def test_an_expired_meter_event_session_is_renewed(fake, adapter, ready):
@@ -234,6 +348,22 @@ def test_an_expired_meter_event_session_is_renewed(fake, adapter, ready):
     assert {r.status for r in results} == {ItemStatus.ACCEPTED}
     assert len(fake.calls("/v2/billing/meter_event_session")) == 2
     assert [c["status"] for c in fake.calls("/v2/billing/meter_event_stream")] == [200, 401, 200]
+    assert fake.total(event_name=event_name, customer=customer) == Decimal(40)
+
+
+def test_a_session_expired_by_stripe_before_our_clock_says_so_is_renewed(fake, adapter, ready):
+    """Stripe's 401 `billing_meter_event_session_expired` (SDK: TemporarySessionExpiredError)
+    while our copy of expires_at still looks valid (clock skew, revoked session)."""
+    customer, event_name = ready
+    adapter.report_usage([item(customer, f"mo-e{n}") for n in range(3100, 3120)])
+    fake.sessions.update({token: fake.now() - 1 for token in fake.sessions})
+
+    results = adapter.report_usage([item(customer, f"mo-e{n}") for n in range(3120, 3140)])
+
+    assert {r.status for r in results} == {ItemStatus.ACCEPTED}
+    streams = fake.calls("/v2/billing/meter_event_stream")
+    assert [c["status"] for c in streams] == [200, 401, 200]
+    assert b"billing_meter_event_session_expired" not in streams[-1]["body"]
     assert fake.total(event_name=event_name, customer=customer) == Decimal(40)
 
 

@@ -266,7 +266,7 @@ def test_cancel_refuses_to_reach_into_an_invoiced_period(plan):
         account=AccountFactory(), plan=plan, started_at=D(2024, 1, 1), now=utc(2024, 2, 10)
     )
     january = sub.periods.get(start_date=D(2024, 1, 1))
-    billing_period_begin_close(period=january, now=utc(2024, 2, 1))
+    billing_period_begin_close(period=january, now=utc(2024, 2, 1, 1))  # after the grace
     with pytest.raises(ValidationError):
         subscription_cancel(subscription=sub, ended_at=D(2024, 1, 20))
 

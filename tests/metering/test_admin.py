@@ -332,6 +332,31 @@ def test_account_form_rejects_an_unknown_time_zone(superuser_client):
     assert "timezone" in response.context["adminform"].form.errors
 
 
+def test_account_form_rejects_an_unknown_currency_and_a_zone_postgresql_does_not_know(
+    superuser_client, monkeypatch
+):
+    from metering import models
+
+    monkeypatch.setattr(models, "postgres_timezones", lambda: frozenset({"UTC"}))
+    response = superuser_client.post(
+        reverse("admin:metering_account_add"),
+        {
+            "external_id": "bad-money",
+            "name": "Bad money",
+            "timezone": "Europe/Berlin",
+            "currency": "ABC",
+            "status": "active",
+            "metadata": "{}",
+        },
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors.as_data()
+    assert [e.code for e in errors["currency"]] == ["invalid_currency"]
+    assert [e.code for e in errors["timezone"]] == ["invalid_timezone"]
+    assert not Account.objects.filter(external_id="bad-money").exists()
+
+
 # --- quarantine replay -----------------------------------------------------------------------
 
 

@@ -460,6 +460,7 @@ def _bad(**overrides):
         (_bad(transaction_id="  "), "transaction_id", "blank"),
         (_bad(transaction_id="x" * 256), "transaction_id", "too_long"),
         (_bad(transaction_id="a\x00b"), "transaction_id", "invalid_characters"),
+        (_bad(transaction_id="mo:correction:t-1:1"), "transaction_id", "reserved_transaction_id"),
         (_bad(timestamp="yesterday"), "timestamp", "invalid_timestamp"),
         (_bad(timestamp="2024-01-01T00:00:00"), "timestamp", "invalid_timestamp"),
         (_bad(timestamp=True), "timestamp", "invalid_timestamp"),

@@ -109,3 +109,31 @@ def test_day_bounds_agree_with_postgresql_local_dates(zone, day):
         sql_dates = [row[0] for row in cursor.fetchall()]
 
     assert sql_dates == [day - timedelta(days=1), day, day, day + timedelta(days=1)]
+
+
+def test_billing_uses_metering_local_midnight_even_when_a_dst_gap_does_not_start_at_midnight():
+    # One implementation of local midnight: billing's name for it is metering's function, so a
+    # period boundary and a daily-rollup boundary cannot disagree.
+    from billing import periods as billing_periods
+
+    assert billing_periods.local_midnight_utc is periods.day_start_utc
+    assert billing_periods.local_date is periods.local_date
+
+
+def test_decimal_text_is_exact_beyond_28_digits_and_shared():
+    from decimal import Decimal
+
+    from billing.pricing import decimal_text as billing_text
+    from metering.api.usage import decimal_str
+    from metering.charts import decimal_text as chart_text
+    from metering.decimals import decimal_text
+
+    value = Decimal("12345678901234567890123456789012.123456")
+    assert decimal_text(value) == "12345678901234567890123456789012.123456"
+    assert chart_text(value) == decimal_str(value) == billing_text(value) == decimal_text(value)
+    assert [decimal_text(Decimal(v)) for v in ("1E+2", "1.500", "-0.00", "0E-10")] == [
+        "100",
+        "1.5",
+        "0",
+        "0",
+    ]

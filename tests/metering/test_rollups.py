@@ -212,6 +212,35 @@ def test_changing_the_time_zone_rebuilds_daily_rollups(meters, django_capture_on
     assert_rollups_match_python()
 
 
+def test_a_time_zone_change_queues_the_rebuild_and_the_task_does_it_safely_twice(
+    meters, django_capture_on_commit_callbacks, monkeypatch
+):
+    from metering import tasks
+
+    queued: list[dict] = []
+    monkeypatch.setattr(
+        tasks.account_rollups_rebuild, "delay", lambda **kwargs: queued.append(kwargs)
+    )
+    acct = AccountFactory(external_id="tz-queued", timezone="UTC")
+    calls = meters[A.COUNT]
+    insert(event(acct, calls, utc(2024, 1, 1, 20)))
+    rollups.rollup_drain()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        account_upsert(external_id="tz-queued", timezone="Asia/Kolkata")
+
+    # Not rebuilt in the request: the daily row is still the UTC day.
+    assert queued == [{"account_id": acct.pk}]
+    assert daily(acct, calls, date(2024, 1, 1)).count == 1
+
+    tasks.account_rollups_rebuild.apply(kwargs=queued[0]).get()
+    tasks.account_rollups_rebuild.apply(kwargs=queued[0]).get()
+
+    assert not RollupDaily.objects.filter(account=acct, day=date(2024, 1, 1)).exists()
+    assert daily(acct, calls, date(2024, 1, 2)).count == 1
+    assert_rollups_match_python()
+
+
 # --- unique counts over ranges -------------------------------------------------------------------
 
 
@@ -255,6 +284,21 @@ def test_a_late_event_lands_in_its_already_rolled_up_bucket(meters):
     assert_rollups_match_python()
 
 
+def test_a_client_id_shaped_like_an_old_correction_id_cannot_collide_with_a_correction(meters):
+    acct = AccountFactory()
+    spend = meters[A.SUM]
+    original, _ = insert(
+        event(acct, spend, utc(2024, 1, 5, 12), "10", transaction_id="t-1"),
+        # A client's own id in the old correction format (allowed: not the reserved prefix).
+        event(acct, spend, utc(2024, 1, 5, 13), "1", transaction_id="correction:t-1:1"),
+    )
+
+    correction = usage_event_correct(event=original, value=Decimal("4"), reason="typo")
+
+    assert correction.transaction_id == "mo:correction:t-1:1"
+    assert UsageEvent.objects.filter(account=acct).count() == 3
+
+
 def test_a_correction_replaces_the_original_in_every_bucket(meters):
     acct = AccountFactory()
     spend = meters[A.SUM]
@@ -269,7 +313,7 @@ def test_a_correction_replaces_the_original_in_every_bucket(meters):
 
     assert result.recomputed_buckets == 2
     assert correction.kind == UsageEvent.Kind.CORRECTION
-    assert correction.transaction_id == f"correction:{original.transaction_id}:1"
+    assert correction.transaction_id == f"mo:correction:{original.transaction_id}:1"
     row = daily(acct, spend, date(2024, 1, 5))
     assert (row.count, row.sum, row.max) == (2, Decimal("5.5"), Decimal("4.5"))
     assert daily(acct, spend, date(2024, 1, 5), "region", "eu").sum == Decimal("5.5")
@@ -366,7 +410,7 @@ def test_an_event_is_corrected_once_and_then_through_its_latest_correction(meter
     second = usage_event_correct(event=first, value=Decimal(6), reason="second try")
     rollups.rollup_drain()
 
-    assert second.transaction_id == f"correction:{original.transaction_id}:2"
+    assert second.transaction_id == f"mo:correction:{original.transaction_id}:2"
     assert second.properties["_correction"]["reason"] == "second try"
     assert daily(acct, spend, date(2024, 1, 5)).sum == Decimal(6)
     assert_rollups_match_python()

@@ -79,3 +79,9 @@ class Command(BaseCommand):
             f"{result.stale_acknowledged} confirmed, {result.stale_resent} resent, "
             f"{result.stale_failed} for review; {result.http_calls} HTTP call(s)."
         )
+        if result.corrections_waiting:
+            self.stdout.write(
+                f"{result.corrections_waiting} correction(s) wait for their original's answer."
+            )
+        if result.halted:
+            self.stdout.write(f"Stopped early: {result.halted}")

@@ -9,14 +9,16 @@ never push at the same time (the second returns at once, `busy`), then:
    in the inbox later, and a drain that fails leaves its rows.
 
    - count and sum meters go to a provider `sum` meter, one entry per event: identifier
-     `mo-e<event id>`, value 1 (count) or the event's value (sum). A correction pushes the
-     difference it makes (its value minus the corrected event's; the same timestamp), which
-     may be negative: Stripe takes negative values to fix usage.
+     `mo-<installation id>-e<event id>` (billing.services.installation), value 1 (count) or
+     the event's value (sum). A correction pushes what it changes in what the provider holds
+     for the corrected event (the same timestamp), which may be negative: Stripe takes
+     negative values to fix usage. Its value is settled just before it is first sent
+     (billing.services.push.corrections).
    - max, unique_count and latest meters go to a provider `last` meter as the period-to-date
      value of the billing period (the stored period containing the event, else the period
      the subscription's anchor gives, else the local calendar month), recomputed from the raw
-     events; a new entry `mo-g<account>-<meter>-<period start>-<seq>` only when the value
-     changed. Its timestamp is now (clamped into the period and always after the previous
+     events; a new entry `mo-<installation>-g<account>-<meter>-<period start>-<seq>` only
+     when the value changed. Its timestamp is now (clamped into the period and always after the previous
      one, so "last" picks the newest value).
    - zero values are not pushed.
 
@@ -44,11 +46,17 @@ The rules, in the order a run applies them:
   harmless);
 - answers: recorded or duplicate -> acknowledged; accepted (v2 stream, asynchronous) -> sent;
   too old -> too_old; refused -> rejected; transient -> stays pending (failed after
-  MAX_ATTEMPTS).
+  MAX_ATTEMPTS), with a new idempotency key when the provider saved an answer for the old one;
+- an event value with more significant digits than the provider takes (15) is sent as parts
+  that add up to it exactly (`<identifier>`, `<identifier>.p2`, ...: one answer for the entry);
+  a period-to-date value cannot be split and is recorded rejected, never sent;
+- when the provider asks us to wait longer than we may (`halted`), the run stops and the rest
+  stays pending for the next run.
 
 The package, by role: common (statuses, limits, PushResult, customers and meters at the
-provider), enqueue (step 1), send (step 2, and the run: `usage_push` under the lock), resolve
-(stale entries; staff retry of failed entries).
+provider), enqueue (step 1), corrections (settling a correction's value), send (step 2, and
+the run: `usage_push` under the lock), resolve (stale entries; staff retry of failed entries,
+recorded as PushLedgerChange rows with the user and the reason).
 """
 
 from billing.services.push.common import (

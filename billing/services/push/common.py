@@ -61,6 +61,10 @@ class PushResult:
     stale_resent: int = 0
     stale_failed: int = 0
     http_calls: int = 0
+    corrections_settled: int = 0
+    corrections_waiting: int = 0
+    # Why the run stopped early (the provider asked us to wait longer than we may).
+    halted: str = ""
     errors: list[str] = field(default_factory=list)
 
 

@@ -13,8 +13,10 @@ from django.utils import timezone
 
 from billing import periods as billing_periods
 from billing.models import BillingPeriod, PushLedgerEntry, Subscription
-from billing.services.push.common import ENQUEUE_BATCH, SUM_METERS, A, Kind, Status, too_old_cutoff
+from billing.services.installation import installation_id
+from billing.services.push.common import ENQUEUE_BATCH, SUM_METERS, Kind, Status, too_old_cutoff
 from metering.models import Account, Meter, UsageEvent
+from metering.rollup_selectors import usage_gauge_from_events
 
 # --- 1. enqueue ----------------------------------------------------------------------------------
 
@@ -28,36 +30,23 @@ WHERE event_id IN (
 RETURNING event_id
 """
 
-# The period-to-date value of a max / unique_count / latest meter over [lo, hi), from the raw
-# effective events (those no correction replaces), as the rollups define them.
-_GAUGE_SQL = """
-SELECT max(e.value),
-       count(DISTINCT e.unique_value) FILTER (WHERE e.unique_value <> ''),
-       (array_agg(e.value ORDER BY e.occurred_at DESC, e.id DESC)
-            FILTER (WHERE e.value IS NOT NULL))[1]
-FROM metering_usageevent e
-WHERE e.account_id = %s AND e.meter_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
-  AND NOT EXISTS (
-      SELECT 1 FROM metering_usageevent c WHERE c.corrects_id = e.id AND c.corrects_id IS NOT NULL)
-"""
-
-
 # Count and sum meters: one entry per event, straight from the event rows (building 5,000
 # model instances per batch in Python cost more than the rest of the enqueue). A correction's
-# value is its own contribution minus the corrected event's (count: 1 per event with a value;
-# sum: the value; a void correction contributes 0).
+# value here is provisional (its own contribution minus the corrected event's; count: 1 per
+# event with a value; sum: the value; a void correction contributes 0): it is settled against
+# what the provider actually holds before it is first sent (billing.services.push.corrections).
 _EVENT_ENTRIES_SQL = """
 INSERT INTO billing_pushledgerentry (
     provider, identifier, idempotency_key, kind, account_id, meter_id, event_id, value,
     timestamp, day, period_start, seq, payload, status, attempts, created_at, error_code,
-    response, completed_at
+    response, completed_at, corrects_event_id
 )
-SELECT %(provider)s, 'mo-e' || e.id, 'mo-e' || e.id, 'event', e.account_id, e.meter_id, e.id,
+SELECT %(provider)s, %(prefix)s || e.id, %(prefix)s || e.id, 'event', e.account_id, e.meter_id, e.id,
        d.value, e.occurred_at, (e.occurred_at AT TIME ZONE 'UTC')::date, NULL, 0, '{}'::jsonb,
        CASE WHEN old THEN 'too_old' ELSE 'pending' END, 0, %(now)s,
        CASE WHEN old THEN 'older_than_push_window' ELSE '' END,
        CASE WHEN old THEN %(too_old_response)s::jsonb ELSE '{}'::jsonb END,
-       CASE WHEN old THEN %(now)s::timestamptz END
+       CASE WHEN old THEN %(now)s::timestamptz END, e.corrects_id
 FROM metering_usageevent e
 JOIN metering_meter m ON m.id = e.meter_id
 LEFT JOIN metering_usageevent o ON o.id = e.corrects_id
@@ -67,20 +56,16 @@ CROSS JOIN LATERAL (
            AS value,
            e.occurred_at < %(cutoff)s AS old
 ) d
-WHERE e.id = ANY(%(ids)s) AND m.aggregation IN ('count', 'sum') AND d.value <> 0
+WHERE e.id = ANY(%(ids)s) AND m.aggregation IN ('count', 'sum')
+  AND (d.value <> 0 OR e.corrects_id IS NOT NULL)
 ON CONFLICT (provider, identifier) DO NOTHING
 RETURNING status
 """
 
 
 def _gauge_value(meter: Meter, account_id: int, lo: datetime, hi: datetime) -> Decimal:
-    with connection.cursor() as cursor:
-        cursor.execute(_GAUGE_SQL, [account_id, meter.pk, lo, hi])
-        top, distinct, latest = cursor.fetchone()
-    if meter.aggregation == A.UNIQUE_COUNT:
-        return Decimal(distinct or 0)
-    value = top if meter.aggregation == A.MAX else latest
-    return Decimal(0) if value is None else Decimal(value)
+    # The period-to-date value, read through metering's selector (metering owns its tables).
+    return usage_gauge_from_events(meter=meter, account_id=account_id, start=lo, end=hi)
 
 
 @dataclass(frozen=True)
@@ -135,7 +120,7 @@ def _mark_too_old(entry: PushLedgerEntry, now: datetime) -> None:
 
 
 def _gauge_entry(
-    key: _GaugeKey, meter: Meter, provider_name: str, now: datetime
+    key: _GaugeKey, meter: Meter, provider_name: str, now: datetime, installation: str
 ) -> PushLedgerEntry | None:
     value = _gauge_value(meter, key.account_id, key.starts_at, key.ends_at)
     previous = (
@@ -159,7 +144,9 @@ def _gauge_entry(
     timestamp = min(max(now, key.starts_at), last_second).replace(microsecond=0)
     if previous is not None and timestamp <= previous.timestamp:
         timestamp = previous.timestamp + timedelta(seconds=1)
-    identifier = f"mo-g{key.account_id}-{key.meter_id}-{key.period_start:%Y%m%d}-{seq}"
+    identifier = (
+        f"mo-{installation}-g{key.account_id}-{key.meter_id}-{key.period_start:%Y%m%d}-{seq}"
+    )
     entry = PushLedgerEntry(
         provider=provider_name,
         identifier=identifier,
@@ -191,6 +178,7 @@ def push_ledger_enqueue(
     """Drain the push inbox into ledger entries. Returns (events drained, entries created,
     of which too old to send)."""
     drained = created = too_old = 0
+    installation = installation_id()
     while True:
         now_ = now or timezone.now()
         with transaction.atomic():
@@ -204,6 +192,7 @@ def push_ledger_enqueue(
                     _EVENT_ENTRIES_SQL,
                     {
                         "provider": provider_name,
+                        "prefix": f"mo-{installation}-e",
                         "now": now_,
                         "cutoff": too_old_cutoff(now_),
                         "too_old_response": json.dumps(_too_old_response(now_)),
@@ -233,7 +222,7 @@ def push_ledger_enqueue(
                 )
                 gauges[key] = event.meter
             for key, meter in sorted(gauges.items(), key=lambda kv: kv[0].period_start):
-                entry = _gauge_entry(key, meter, provider_name, now_)
+                entry = _gauge_entry(key, meter, provider_name, now_, installation)
                 if entry is not None:
                     # Saved one by one: the next key of the same meter reads it as previous.
                     entry.save()

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.models import PushLedgerEntry
+from billing.models import PushLedgerChange, PushLedgerEntry
 from billing.providers.base import IDENTIFIER_WINDOW, BillingProvider, utc_day_start
 from billing.services.push.common import (
     Kind,
@@ -97,8 +97,40 @@ def push_ledger_resolve_stale(
     return result
 
 
-def ledger_retry_failed(*, entry_ids: Iterable[int], actor=None) -> int:
-    """Staff: put failed entries back to pending (the next run sends them, same identifier)."""
-    return PushLedgerEntry.objects.filter(pk__in=list(entry_ids), status=Status.FAILED).update(
-        status=Status.PENDING, completed_at=None, attempts=0
-    )
+RETRY_REASON = "Send failed entries again"
+
+
+def ledger_retry_failed(*, entry_ids: Iterable[int], actor=None, reason: str = RETRY_REASON) -> int:
+    """Staff: put failed entries back to pending (the next run sends them, same identifier).
+    Each entry put back gets a PushLedgerChange with the acting user and the reason."""
+    now = timezone.now()
+    with transaction.atomic():
+        entries = list(
+            PushLedgerEntry.objects.select_for_update()
+            .filter(pk__in=list(entry_ids), status=Status.FAILED)
+            .only("pk", "status", "attempts", "completed_at", "error_code")
+            .order_by("pk")
+        )
+        if not entries:
+            return 0
+        PushLedgerEntry.objects.filter(pk__in=[e.pk for e in entries]).update(
+            status=Status.PENDING, completed_at=None, attempts=0
+        )
+        user = actor if getattr(actor, "pk", None) else None
+        PushLedgerChange.objects.bulk_create(
+            PushLedgerChange(
+                entry_id=entry.pk,
+                changed_at=now,
+                source=PushLedgerChange.Source.STAFF,
+                user=user,
+                reason=(reason or RETRY_REASON)[:255],
+                changes={
+                    "status": [entry.status, Status.PENDING],
+                    "attempts": [entry.attempts, 0],
+                    "completed_at": [entry.completed_at, None],
+                    "error_code": [entry.error_code, entry.error_code],
+                },
+            )
+            for entry in entries
+        )
+    return len(entries)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from django.db import connection, transaction
@@ -13,14 +14,19 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import ProviderMeter as ProviderMeterModel
-from billing.models import PushLedgerEntry
+from billing.models import PushBatch, PushLedgerEntry
 from billing.providers import get_provider
 from billing.providers.base import (
     IDENTIFIER_WINDOW,
+    MAX_VALUE_DIGITS,
     BillingProvider,
     ItemResult,
     ItemStatus,
+    ProviderUnavailable,
     UsageItem,
+    next_idempotency_key,
+    significant_digits,
+    split_value,
 )
 from billing.services.push.common import (
     _OUTCOME,
@@ -34,6 +40,7 @@ from billing.services.push.common import (
     provider_meter_ensure,
     too_old_cutoff,
 )
+from billing.services.push.corrections import UNSETTLED, push_corrections_settle
 from billing.services.push.enqueue import push_ledger_enqueue
 from billing.services.push.resolve import push_ledger_resolve_stale
 from metering.models import Account, Meter
@@ -51,13 +58,20 @@ FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, payload jsonb)
 WHERE l.id = v.id AND l.status = 'pending'
 """
 
+# `key`: a new idempotency key for the next attempt when the provider saved an answer for the
+# old one (a 500 it will only replay); the payload keeps the key it is sent with.
 _RESULT_SQL = """
 UPDATE billing_pushledgerentry AS l
 SET status = CASE WHEN v.status = 'pending' AND l.attempts >= %s THEN 'failed' ELSE v.status END,
     error_code = v.code,
     response = v.response,
-    completed_at = CASE WHEN v.status = 'pending' AND l.attempts < %s THEN NULL ELSE %s END
-FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, status text, code text, response jsonb)
+    completed_at = CASE WHEN v.status = 'pending' AND l.attempts < %s THEN NULL ELSE %s END,
+    idempotency_key = CASE WHEN v.key <> '' THEN v.key ELSE l.idempotency_key END,
+    payload = CASE WHEN v.key <> '' AND l.payload ? 'idempotency_key'
+                   THEN jsonb_set(l.payload, '{idempotency_key}', to_jsonb(v.key))
+                   ELSE l.payload END
+FROM jsonb_to_recordset(%s::jsonb)
+     AS v(id bigint, status text, code text, response jsonb, key text)
 WHERE l.id = v.id AND l.status = 'pending'
 """
 
@@ -68,24 +82,72 @@ def _record_attempt(entries: list[PushLedgerEntry], now: datetime) -> None:
         cursor.execute(_ATTEMPT_SQL, [now, now, json.dumps(rows)])
 
 
+def _combine(identifier: str, parts: list[ItemResult]) -> ItemResult:
+    """One answer for an entry sent as several parts (a value split to fit the provider's
+    digits): counted only when every part is; any transient part -> send again (the counted
+    parts then answer duplicate); else the first refusal."""
+    if len(parts) == 1:
+        return parts[0]
+    statuses = {p.status for p in parts}
+    counted = {ItemStatus.RECORDED, ItemStatus.DUPLICATE}
+    if ItemStatus.RETRY in statuses:
+        first = next(p for p in parts if p.status is ItemStatus.RETRY)
+        keys = [p.next_idempotency_key for p in parts if p.next_idempotency_key]
+        status, code, message = ItemStatus.RETRY, first.code, first.message
+        next_key = keys[0] if keys else ""
+    elif statuses <= counted:
+        status, code, message, next_key = ItemStatus.RECORDED, "", "", ""
+    elif statuses <= counted | {ItemStatus.ACCEPTED}:
+        status, code, message, next_key = ItemStatus.ACCEPTED, "", "", ""
+    else:
+        first = next(p for p in parts if p.status not in counted | {ItemStatus.ACCEPTED})
+        status, code, message, next_key = first.status, first.code, first.message, ""
+    return ItemResult(
+        identifier,
+        status,
+        code=code,
+        message=message,
+        response={"parts": [{"result": str(p.status), **p.response} for p in parts]},
+        next_idempotency_key=next_key,
+    )
+
+
 def _record_results(
     entries: list[PushLedgerEntry], results: list[ItemResult], now: datetime
 ) -> dict[str, int]:
     """Store the provider's answers (in the caller's transaction). Returns counts by status."""
-    by_identifier = {r.identifier: r for r in results}
+    by_identifier: dict[str, list[ItemResult]] = defaultdict(list)
+    for r in results:
+        by_identifier[r.identifier].append(r)
     rows = []
     counts: dict[str, int] = defaultdict(int)
     for entry in entries:
-        result = by_identifier.get(entry.identifier)
-        if result is None:
+        parts = by_identifier.get(entry.identifier)
+        if parts:
+            result = _combine(entry.identifier, parts)
+        else:
             result = ItemResult(entry.identifier, ItemStatus.RETRY, message="no answer")
         status = _OUTCOME[result.status]
         response = dict(result.response)
         response["result"] = str(result.status)
         if result.message:
             response["message"] = result.message
+        # A new key for the entry (its parts derive theirs from it), whichever part asked.
+        next_key = (
+            next_idempotency_key(entry.idempotency_key)
+            if status == Status.PENDING and result.next_idempotency_key
+            else ""
+        )
+        if next_key:
+            response["next_idempotency_key"] = next_key
         rows.append(
-            {"id": entry.pk, "status": str(status), "code": result.code[:64], "response": response}
+            {
+                "id": entry.pk,
+                "status": str(status),
+                "code": result.code[:64],
+                "response": response,
+                "key": next_key,
+            }
         )
         if status == Status.PENDING and entry.attempts + 1 >= MAX_ATTEMPTS:
             counts[Status.FAILED] += 1
@@ -118,6 +180,27 @@ class _Targets:
         self.provider = provider
         self.customers: dict[int, str] = {}
         self.meters: dict[int, ProviderMeterModel] = {}
+
+    def items(self, entry: PushLedgerEntry) -> list[UsageItem]:
+        """What goes to the provider for the entry: one item, or for an event entry whose value
+        has more digits than the provider takes, parts that add up to it exactly (each part's
+        identifier derived from the entry's, so a resend sends the very same parts)."""
+        item = self.item(entry)
+        if entry.kind != Kind.EVENT or significant_digits(item.value) <= MAX_VALUE_DIGITS:
+            return [item]
+        parts = split_value(item.value)
+        return [
+            replace(
+                item,
+                # Every part answers under the entry's identifier; sent under its own.
+                identifier=item.identifier if n == 1 else f"{item.identifier}.p{n}",
+                idempotency_key=(
+                    item.idempotency_key if n == 1 else f"{item.idempotency_key}.p{n}"
+                ),
+                value=part,
+            )
+            for n, part in enumerate(parts, start=1)
+        ]
 
     def item(self, entry: PushLedgerEntry) -> UsageItem:
         if entry.payload:
@@ -163,6 +246,7 @@ def _housekeeping(provider_name: str, now: datetime, result: PushResult) -> None
 
 _SEND_FIELDS = (
     "pk",
+    "kind",
     "identifier",
     "idempotency_key",
     "account_id",
@@ -177,6 +261,8 @@ _SEND_FIELDS = (
 def _sendable(provider_name: str, now: datetime):
     return (
         PushLedgerEntry.objects.filter(provider=provider_name, status=Status.PENDING)
+        # A correction goes once its value is settled against what the provider holds.
+        .exclude(UNSETTLED)
         .filter(
             Q(first_sent_at__isnull=True)
             | Q(first_sent_at__gt=now - IDENTIFIER_WINDOW)
@@ -198,6 +284,11 @@ def push_ledger_send(
 ) -> PushResult:
     """Send what may be sent (see the billing.services.push docstring), a chunk at a time."""
     result = result or PushResult(provider=provider.name)
+    settled, waiting = push_corrections_settle(
+        provider_name=provider.name, now=now or timezone.now()
+    )
+    result.corrections_settled += settled
+    result.corrections_waiting = waiting
     targets = _Targets(provider)
     last_pk = 0
     done = 0
@@ -208,12 +299,44 @@ def push_ledger_send(
         if not entries:
             break
         last_pk = entries[-1].pk
-        items = [targets.item(entry) for entry in entries]
+        items: list[UsageItem] = []
+        owner: dict[str, str] = {}
+        refused: list[ItemResult] = []
+        try:
+            for entry in entries:
+                targets.items(entry)  # customers and meters at the provider, first
+        except ProviderUnavailable:
+            if not provider.halted:
+                raise
+            _halt(provider, result)
+            break
+        for entry in entries:
+            parts = targets.items(entry)
+            if entry.kind == Kind.PERIOD_TO_DATE and any(
+                significant_digits(p.value) > MAX_VALUE_DIGITS for p in parts
+            ):
+                # A `last` meter keeps one value: it cannot be split, and the provider would
+                # refuse it. Recorded as refused, never sent (nor silently marked sent).
+                refused.append(_too_many_digits(entry))
+                continue
+            for part in parts:
+                owner[part.identifier] = entry.identifier
+                items.append(part)
         with transaction.atomic():
             _record_attempt(entries, now_)
-        results = provider.report_usage(items)
+        results = provider.report_usage(items) if items else []
+        results = [replace(r, identifier=owner.get(r.identifier, r.identifier)) for r in results]
         with transaction.atomic():
-            counts = _record_results(entries, results, now_)
+            counts = _record_results(entries, results + refused, now_)
+            PushBatch.objects.create(
+                provider=provider.name,
+                sent_at=now_,
+                entries=len(entries),
+                first_entry_id=entries[0].pk,
+                last_entry_id=entries[-1].pk,
+                outcomes=dict(counts),
+                halted=(provider.halted or "")[:255],
+            )
         done += len(entries)
         result.attempted += len(entries)
         result.acknowledged += counts.get(Status.ACKNOWLEDGED, 0)
@@ -224,7 +347,29 @@ def push_ledger_send(
         result.failed += counts.get(Status.FAILED, 0)
         if progress is not None:
             progress(len(entries))
+        if provider.halted:
+            _halt(provider, result)
+            break
     return result
+
+
+def _halt(provider: BillingProvider, result: PushResult) -> None:
+    """The provider asked us to stop (e.g. a Retry-After past the cap): what is left stays
+    pending for the next run, which the lock no longer blocks."""
+    result.halted = provider.halted
+    if provider.halted not in result.errors:
+        result.errors.append(provider.halted)
+
+
+def _too_many_digits(entry: PushLedgerEntry) -> ItemResult:
+    return ItemResult(
+        entry.identifier,
+        ItemStatus.REJECTED,
+        code="value_too_many_digits",
+        message=f"The provider takes at most {MAX_VALUE_DIGITS} significant digits; "
+        f"{entry.value.normalize():f} has more and a period-to-date value cannot be split.",
+        response={"not_sent": True},
+    )
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -269,9 +414,18 @@ def usage_push(
         push_ledger_send(
             provider=provider, now=now, max_entries=max_entries, result=result, progress=progress
         )
-        before = result.stale_resent
-        push_ledger_resolve_stale(provider=provider, now=now, result=result)
-        if result.stale_resent > before:
+        if result.corrections_waiting and not result.halted and max_entries is None:
+            # Originals answered in this run may let waiting corrections go now.
             push_ledger_send(provider=provider, now=now, result=result, progress=progress)
+        if not result.halted:
+            before = result.stale_resent
+            try:
+                push_ledger_resolve_stale(provider=provider, now=now, result=result)
+            except ProviderUnavailable:
+                if not provider.halted:
+                    raise
+                _halt(provider, result)
+            if result.stale_resent > before and not result.halted:
+                push_ledger_send(provider=provider, now=now, result=result, progress=progress)
     result.http_calls = getattr(provider, "http_calls", 0)
     return result

@@ -25,6 +25,27 @@ from metering.services.ingest.common import (
 # --- parsing: plain Python, per item --------------------------------------------------------
 
 
+# Transaction ids Meterops makes itself (corrections) start with this; clients may not use it,
+# so a client's id can never collide with one of ours. Events stored before the rule keep
+# whatever id they had.
+RESERVED_TRANSACTION_PREFIX = "mo:"
+
+
+def _transaction_id(item: dict, key: str, errors: list) -> str:
+    value = _text(item, key, errors)
+    if value.startswith(RESERVED_TRANSACTION_PREFIX):
+        errors.append(
+            _error(
+                key,
+                "reserved_transaction_id",
+                f"{key} must not start with {RESERVED_TRANSACTION_PREFIX!r}: that namespace is "
+                "kept for the events Meterops records itself (corrections).",
+            )
+        )
+        return ""
+    return value
+
+
 def _text(item: dict, key: str, errors: list, *, label: str | None = None) -> str:
     value = item.get(key)
     name = label or key
@@ -177,7 +198,7 @@ def _parsed(
 
 def _parse_lago(index: int, item: dict, limits: IngestLimits) -> ParsedEvent | list[dict]:
     errors: list[dict] = []
-    transaction_id = _text(item, "transaction_id", errors)
+    transaction_id = _transaction_id(item, "transaction_id", errors)
     customer = _text(item, "external_customer_id", errors)
     code = _text(item, "code", errors)
     raw_time = item.get("timestamp")
@@ -206,7 +227,7 @@ def _parse_cloudevent(index: int, item: dict, limits: IngestLimits) -> ParsedEve
         errors.append(
             _error("specversion", "invalid_specversion", "Only CloudEvents 1.0 is supported.")
         )
-    transaction_id = _text(item, "id", errors)
+    transaction_id = _transaction_id(item, "id", errors)
     source = _text(item, "source", errors)
     code = _text(item, "type", errors)
     customer = _text(item, "subject", errors)

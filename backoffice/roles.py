@@ -1,10 +1,13 @@
 """The staff roles: Support, Manager, Auditor.
 
-The groups are created by a data migration (metering 0003); their permissions are synced after
-every migrate (post_migrate, see MeteringConfig.ready) so models added by later features get
-the right permissions without another hand-written migration.
+They live here, above the apps, because they name every app's permissions. The groups were
+first created by a data migration (metering 0003, kept as history); their permissions are
+synced after every migrate (post_migrate, see BackofficeConfig.ready), which also creates a
+missing group, so models added by later features get the right permissions without another
+hand-written migration.
 
-- Auditor: views everything, history included; changes nothing.
+- Auditor: views everything, history included, and who holds which role (users and groups,
+  for access reviews); changes nothing.
 - Support: views everything; the few changes a support agent makes (listed below).
 - Manager: what Support can, plus the queues and approvals (listed below).
 """
@@ -21,11 +24,14 @@ VIEWABLE_APPS = (
     "reconciliation",
     "adjustments",
     "django_celery_beat",
+    "backoffice",
 )
 
 # "app_label.codename" the role gets on top of viewing. Features add their lines here.
 EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
-    "Auditor": (),
+    # Access reviews: who is staff, who holds which role (users and groups stay superuser-only
+    # to change, see backoffice.admin).
+    "Auditor": ("auth.view_user", "auth.view_group"),
     "Support": ("metering.replay_quarantinedevent",),
     "Manager": (
         "metering.replay_quarantinedevent",
@@ -38,6 +44,12 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "billing.change_subscription",
         "billing.change_billingperiod",
         "billing.change_pushledgerentry",
+        # Reconciliation: work the mismatch queue and set its thresholds.
+        "reconciliation.acknowledge_mismatch",
+        "reconciliation.resolve_mismatch",
+        "reconciliation.repush_mismatch",
+        "reconciliation.add_reconciliationthreshold",
+        "reconciliation.change_reconciliationthreshold",
         # Customer webhooks: fix or re-enable an endpoint, send a delivery again.
         "notifications.change_webhookendpoint",
         "notifications.resend_webhookdelivery",

@@ -1,10 +1,9 @@
-"""Customer webhooks in the admin: endpoints (the secret never shown), the outbox of deliveries
-with their attempts, and the attempt log.
+"""Customer webhooks in the admin (the notifications app's models): endpoints (the secret never
+shown), the outbox of deliveries with their attempts, and the attempt log.
 
-notifications sits below metering, so it cannot use metering's admin bases; the two small
-pieces below follow the same rules: a POSTed action the user may not run is a 403 (Django's
-default quietly re-renders the list), every action declares its permission, a change asks why
-(the reason lands in the history with the user), and rows written by services are read-only.
+They live here, not in notifications, because every admin in the project is built on the
+audited bases in metering.admin.common and notifications sits below metering (it may not import
+them); metering may name notifications.
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.html import format_html
-from simple_history.admin import SimpleHistoryAdmin
 
+from metering.admin.common import AuditedHistoryAdmin, ReadOnlyModelAdmin
 from notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from notifications.services import (
     webhook_delivery_resend,
@@ -25,37 +24,6 @@ from notifications.services import (
     webhook_endpoint_upsert,
     webhook_endpoint_validate,
 )
-
-# --- shared pieces ---------------------------------------------------------------------------
-
-
-class ActionPermissionMixin:
-    """Actions refuse with 403 when not permitted; reverting from the history needs the change
-    permission (django-simple-history saves a POSTed revert for anyone who may view it)."""
-
-    def changelist_view(self, request, extra_context=None):
-        action = request.POST.get("action") if request.method == "POST" else None
-        if action and action not in self.get_actions(request):
-            raise PermissionDenied
-        return super().changelist_view(request, extra_context)
-
-    def history_form_view(self, request, object_id, version_id, extra_context=None):
-        if request.method == "POST" and not self.has_change_permission(request):
-            raise PermissionDenied
-        return super().history_form_view(request, object_id, version_id, extra_context)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written only by services: staff read them."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def _pretty_json_text(text: str) -> str:
@@ -105,7 +73,7 @@ class WebhookEndpointChangeForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(ActionPermissionMixin, SimpleHistoryAdmin):
+class WebhookEndpointAdmin(AuditedHistoryAdmin):
     """Endpoints are created through the API (which shows the `whsec_` secret once); here staff
     change the URL, the event types and whether it is enabled, with a reason. The secret is
     never shown, not even to superusers."""
@@ -124,7 +92,7 @@ class WebhookEndpointAdmin(ActionPermissionMixin, SimpleHistoryAdmin):
     search_fields = ("=owner_key", "name", "url")
     search_help_text = "Exact owner key (account:<id>), endpoint name or URL."
     ordering = ("owner_key", "name")
-    form = WebhookEndpointChangeForm
+    change_form_class = WebhookEndpointChangeForm
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     state_fields = (
         "owner_key",
@@ -218,7 +186,7 @@ class WebhookAttemptInline(admin.TabularInline):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(ActionPermissionMixin, ReadOnlyAdmin):
+class WebhookDeliveryAdmin(ReadOnlyModelAdmin):
     """The outbox: one row per message and endpoint, with every attempt. Read-only; "Send
     again" re-queues a delivery with the same `webhook-id` on a fresh retry schedule."""
 
@@ -260,7 +228,7 @@ class WebhookDeliveryAdmin(ActionPermissionMixin, ReadOnlyAdmin):
     readonly_fields = fields
 
     def has_resend_permission(self, request) -> bool:
-        return request.user.has_perm("notifications.resend_webhookdelivery")
+        return request.user.has_perm(self.action_permission("resend"))
 
     @admin.action(permissions=["resend"], description="Send again (same webhook-id)")
     def send_again(self, request, queryset):
@@ -291,7 +259,7 @@ class WebhookDeliveryAdmin(ActionPermissionMixin, ReadOnlyAdmin):
 
 
 @admin.register(WebhookAttempt)
-class WebhookAttemptAdmin(ReadOnlyAdmin):
+class WebhookAttemptAdmin(ReadOnlyModelAdmin):
     list_display = (
         "delivery",
         "attempt_number",
