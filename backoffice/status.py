@@ -4,7 +4,7 @@ Three checks, each ok / warning / critical against thresholds in settings (STATU
 
 - rollup inbox: events not yet rolled up; its age is that of the oldest (lowest id) entry's
   event, received_at. Normally under a minute: the drain runs every minute.
-- push backlog: events not yet entered in the push ledger (push inbox), ledger entries still
+- push backlog: events rolled up but not yet entered in the push ledger (the rolled-up feed), ledger entries still
   pending, and failed entries (which need a person).
 - scheduled tasks: each entry of settings.CELERY_BEAT_SCHEDULE by its last recorded success
   (backoffice.TaskRun), late after STATUS_TASK_LATE_WARNING / _CRITICAL of its intervals.
@@ -26,8 +26,8 @@ from django.db.models import Count, Min, Q, Subquery
 from django.utils import timezone
 
 from backoffice.models import TaskRun
-from billing.models import PushInbox, PushLedgerEntry
-from metering.models import RollupInbox, UsageEvent
+from billing.models import PushLedgerEntry
+from metering.models import RolledUpEvent, RollupInbox, UsageEvent
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 _RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
@@ -99,8 +99,8 @@ def push_backlog_check(now: datetime) -> dict[str, Any]:
     warning, critical = settings.STATUS_PUSH_LAG_WARNING, settings.STATUS_PUSH_LAG_CRITICAL
     failed_warning = settings.STATUS_PUSH_FAILED_WARNING
     failed_critical = settings.STATUS_PUSH_FAILED_CRITICAL
-    rows, capped = _capped_count(PushInbox.objects.all())
-    inbox_age = _age(now, _oldest_received_at(PushInbox)) if rows else None
+    rows, capped = _capped_count(RolledUpEvent.objects.all())
+    inbox_age = _age(now, _oldest_received_at(RolledUpEvent)) if rows else None
     pending, failed = PushLedgerEntry.Status.PENDING, PushLedgerEntry.Status.FAILED
     ledger = PushLedgerEntry.objects.filter(status__in=[pending, failed]).aggregate(
         pending=Count("id", filter=Q(status=pending)),

@@ -891,12 +891,11 @@ class Faults:
 def backlog(db_url: str) -> dict[str, int]:
     with psycopg.connect(db_url) as conn:
         rollup = conn.execute("SELECT count(*) FROM metering_rollupinbox").fetchone()[0]
-        has_push_inbox = conn.execute("SELECT to_regclass('billing_pushinbox')").fetchone()[0]
-        push = (
-            conn.execute("SELECT count(*) FROM billing_pushinbox").fetchone()[0]
-            if has_push_inbox
-            else 0
-        )
+        # Events waiting for the push: the rolled-up feed (or, in older schemas, the push inbox).
+        push = 0
+        for table in ("metering_rolledupevent", "billing_pushinbox"):
+            if conn.execute("SELECT to_regclass(%s)", [table]).fetchone()[0]:
+                push += conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         pending = conn.execute(
             "SELECT count(*) FROM billing_pushledgerentry WHERE status = 'pending'"
         ).fetchone()[0]

@@ -8,10 +8,10 @@ server, and count the HTTP calls.
 It works in its own database (`meterops_bench_push` on the server of $DATABASE_URL),
 recreated at each run. Steps:
 
-1. migrate; create the accounts and a count meter; insert the events (the insert trigger fills
-   the push inbox, as for any write);
+1. migrate; create the accounts and a count meter; insert the events and roll them up (the
+   rollup drain puts them in the rolled-up feed the push reads, as in production);
 2. start the fake Stripe server (tests/billing/fake_stripe.py) on 127.0.0.1;
-3. time one push run (`usage_push`): drain the inbox into the ledger, then send every entry
+3. time one push run (`usage_push`): drain the feed into the ledger, then send every entry
    through the adapter and record each answer; the two phases are also timed alone;
 4. print events/s and the HTTP calls per 10,000 events (v2: about 100 stream requests plus
    the meter event session, the customers and the meter), and check the fake counted every
@@ -78,6 +78,9 @@ def seed(events: int, accounts: int) -> tuple[list, object]:
             )
         )
     UsageEvent.objects.bulk_create(batch, batch_size=5000)
+    from metering.services.rollups import rollup_drain
+
+    rollup_drain()
     return rows, meter
 
 
@@ -131,7 +134,7 @@ def main() -> None:
 
     print(f"mode: {'v1 meter events' if args.v1 else 'v2 meter event stream (100 per request)'}")
     print(
-        f"enqueue (inbox -> ledger): {drained:,} events, {created:,} entries in {t1 - t0:.2f}s "
+        f"enqueue (feed -> ledger): {drained:,} events, {created:,} entries in {t1 - t0:.2f}s "
         f"({drained / (t1 - t0):,.0f} events/s)"
     )
     print(

@@ -18,7 +18,7 @@ same data. Steps:
    all five aggregates, the distinct values) into fresh tables, once unindexed and once with
    the rollup tables' primary keys and indexes;
 4. time the full rollup drain of the inbox (hourly + daily rows, per dimension value, the
-   distinct values of unique_count meters, the inbox emptied), by `--workers` drains side by
+   distinct values of unique_count meters, the inbox emptied into the rolled-up feed), by `--workers` drains side by
    side, each on its own share of the accounts, as ROLLUP_DRAIN_WORKERS runs them;
 5. print events/s for all, the ratio rollup events/s / GROUP BY events/s (target >= 0.5)
    for the daily GROUP BY and for the fairer baselines, and peak memory (this process and the
@@ -278,6 +278,10 @@ def reset_for_rerun(args) -> None:
             "TRUNCATE metering_rolluphourly, metering_rollupdaily, metering_rolluphourlydistinct,"
             " metering_rollupdailydistinct, metering_rollupinbox"
         )
+        # The drain appends to the rolled-up feed (where it exists: older schemas had none).
+        cursor.execute("SELECT to_regclass('metering_rolledupevent') IS NOT NULL")
+        if cursor.fetchone()[0]:
+            cursor.execute("TRUNCATE metering_rolledupevent")
         cursor.execute(
             "INSERT INTO metering_rollupinbox (event_id, account_id)"
             " SELECT id, account_id FROM metering_usageevent"

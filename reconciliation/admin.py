@@ -297,7 +297,8 @@ class MismatchAdmin(AuditedHistoryAdmin):
             lambda m, d, r: mismatch_acknowledge(mismatch=m, actor=request.user, reason=r),
         )
 
-    @admin.action(permissions=["assign"], description="Assign to the person chosen")
+    # Assigning is part of acknowledging (one permission, acknowledge_mismatch).
+    @admin.action(permissions=["acknowledge"], description="Assign to the person chosen")
     def assign_selected(self, request, queryset):
         self._run(
             request,

@@ -13,7 +13,7 @@ of the code import it from here):
 - subscriptions: subscriptions, billing periods
 - projection: projection snapshots
 - providers: provider choices, provider meters, provider usage summaries and invoices
-- push: push inbox, push ledger
+- push: push ledger
 - webhooks: provider webhook events
 - simulated: simulated provider records and faults
 """
@@ -29,7 +29,6 @@ from billing.models.providers import (
 )
 from billing.models.push import (
     PushBatch,
-    PushInbox,
     PushInstallation,
     PushLedgerChange,
     PushLedgerEntry,
@@ -57,7 +56,6 @@ __all__ = [
     "ProviderMeter",
     "ProviderUsageSummary",
     "PushBatch",
-    "PushInbox",
     "PushInstallation",
     "PushLedgerChange",
     "PushLedgerEntry",

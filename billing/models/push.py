@@ -1,4 +1,5 @@
-"""The push inbox (events waiting to be pushed) and the push ledger (what we sent the provider)."""
+"""The push ledger (what we sent the provider). Events waiting to be pushed are in metering's
+rolled-up feed (metering.models.RolledUpEvent)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,6 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 from billing.models.providers import Provider
-
-
-class PushInbox(models.Model):
-    """Events not yet entered in the push ledger.
-
-    Filled by a statement-level insert trigger on the event table (migration 0003), in the
-    event's own transaction, and drained with DELETE ... RETURNING in the same transaction that
-    writes the ledger rows: an event committed late is simply drained later (no watermark to
-    skip it), and a drain that rolls back leaves its rows for the next one.
-    """
-
-    event_id = models.BigIntegerField(primary_key=True)
-
-    class Meta:
-        verbose_name = "push inbox entry"
-        verbose_name_plural = "push inbox"
-
-    def __str__(self) -> str:
-        return f"event {self.event_id}"
 
 
 class PushLedgerEntryQuerySet(models.QuerySet):

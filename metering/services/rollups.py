@@ -18,6 +18,9 @@ How it stays exact:
   it) and merges those events into the rollups in the same transaction. Committed: the events are in the rollups and out of the
   inbox. Rolled back (a crash, an error): neither. An event committed late is simply in the
   inbox later; there is no watermark to skip it.
+- The same transaction appends the batch's events to the rolled-up feed (RolledUpEvent), from
+  which the push to the billing provider claims them: one queue row per event at ingestion,
+  and downstream sees an event exactly once, once it is in the rollups.
 - Merging is additive (count, sum), GREATEST (max), tie-broken by (occurred_at, id) (latest),
   and distinct-value inserts (unique_count), so batches combine in any order.
 - A correction whose original was already rolled up makes the original's buckets (its hour
@@ -194,6 +197,7 @@ def _drain_batch(
     count, last = cursor.fetchone()
     if not count:
         return 0, after, 0
+    cursor.execute(q.FEED_CLAIMED)
     # Temporary tables have no statistics until analysed; with them the planner sizes the joins
     # below right (tens of milliseconds for a 50k batch).
     cursor.execute("ANALYZE rollup_claimed")

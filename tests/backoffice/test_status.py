@@ -112,7 +112,8 @@ def test_the_rollup_inbox_is_judged_by_its_oldest_event(waited, expected):
 def test_unpushed_events_and_pending_entries_make_the_push_backlog_late(settings):
     settings.STATUS_PUSH_LAG_WARNING = 600
     settings.STATUS_PUSH_LAG_CRITICAL = 3600
-    _ingest_at(T0)  # in the push inbox
+    _ingest_at(T0)
+    rollup_drain()  # rolled up: now in the rolled-up feed, waiting for the push
     _ledger_entry(PushLedgerEntry.Status.PENDING, T0 + timedelta(minutes=5))
 
     soon = push_backlog_check(T0 + timedelta(minutes=5))

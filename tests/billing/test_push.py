@@ -15,13 +15,15 @@ import psycopg
 import pytest
 from django.db import connection
 
-from billing.models import ProviderMeter, PushInbox, PushInstallation, PushLedgerEntry
+from billing.models import ProviderMeter, PushInstallation, PushLedgerEntry
 from billing.providers import get_provider
 from billing.services import push as push_service
 from billing.services.push import send as push_send
 from billing.services.push import usage_push
 from billing.tasks import billing_provider_pull, billing_usage_push
-from metering.models import Meter, UsageEvent
+from metering.models import Meter, RolledUpEvent, UsageEvent
+from metering.services.ingest import events_ingest
+from metering.services.rollups import rollup_drain
 from tests.billing.fake_stripe import FakeStripe
 from tests.metering.factories import AccountFactory, MeterFactory
 
@@ -32,9 +34,9 @@ _txn = itertools.count(1)
 
 
 def make_event(account, meter, value, at, *, corrects=None, unique_value=""):
-    """A stored usage event (the insert trigger puts it in the push inbox)."""
+    """A stored usage event, rolled up (the drain puts it in the rolled-up feed the push reads)."""
     transaction_id = f"t-{next(_txn)}"
-    return UsageEvent.objects.create(
+    event = UsageEvent.objects.create(
         account=account,
         meter=meter,
         transaction_id=transaction_id,
@@ -47,6 +49,8 @@ def make_event(account, meter, value, at, *, corrects=None, unique_value=""):
         kind=UsageEvent.Kind.CORRECTION if corrects else UsageEvent.Kind.NORMAL,
         corrects=corrects,
     )
+    rollup_drain()
+    return event
 
 
 def hours_ago(n: float) -> datetime:
@@ -116,9 +120,35 @@ def test_each_event_is_pushed_once_and_acknowledged(fake, account, calls):
     prefix = PushInstallation.objects.get().installation_id
     assert [e.identifier for e in entries] == [f"mo-{prefix}-e{pk}" for pk in event_ids]
     assert all(e.payload["identifier"] == e.identifier and e.attempts == 1 for e in entries)
-    assert not PushInbox.objects.exists()
+    assert not RolledUpEvent.objects.exists()
     pm = ProviderMeter.objects.get(meter=calls, provider="stripe")
     assert fake.meters[pm.provider_meter_id]["default_aggregation"]["formula"] == "sum"
+
+
+def test_an_ingested_event_reaches_the_push_ledger_only_after_the_rollup_drain(account, calls):
+    ingested = events_ingest(
+        items=[
+            {
+                "transaction_id": "drain-first",
+                "external_customer_id": account.external_id,
+                "code": calls.code,
+                "timestamp": hours_ago(1).isoformat(),
+            }
+        ],
+        fmt="lago",
+    )
+    assert ingested.accepted == 1
+
+    before = usage_push()
+
+    assert before.events_drained == 0
+    assert not PushLedgerEntry.objects.exists()
+
+    rollup_drain()
+    after = usage_push()
+
+    assert after.events_drained == 1
+    assert PushLedgerEntry.objects.get().identifier == f"mo-e{UsageEvent.objects.get().pk}"
 
 
 def test_a_second_run_sends_nothing_again(fake, account, calls):

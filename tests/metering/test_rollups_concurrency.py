@@ -12,7 +12,14 @@ from decimal import Decimal
 import pytest
 from django.db import connection, transaction
 
-from metering.models import Meter, RollupDaily, RollupHourly, RollupInbox, UsageEvent
+from metering.models import (
+    Meter,
+    RolledUpEvent,
+    RollupDaily,
+    RollupHourly,
+    RollupInbox,
+    UsageEvent,
+)
 from metering.rollup_selectors import usage_total
 from metering.services import rollups
 from metering.services.corrections import CorrectionError, usage_event_correct
@@ -174,6 +181,8 @@ def test_inbox_rows_another_transaction_is_deleting_are_applied_once(outcome):
 
     expected = len(events) - 3 if outcome == "commit" else len(events)
     assert results[0].events == expected
+    fed = set(RolledUpEvent.objects.values_list("event_id", flat=True))
+    assert fed == {e.pk for e in events if outcome == "rollback" or e.pk not in taken_ids}
     assert not RollupInbox.objects.exists()
     if outcome == "rollback":
         assert_rollups_match_sql()
@@ -312,6 +321,9 @@ def test_rollups_equal_raw_aggregates_after_concurrent_ingestion_corrections_and
     assert stored == sum(accepted) + corrections
     assert corrections > 0
     assert not RollupInbox.objects.exists()
+    # Every stored event, corrections and late commits included, was fed on exactly once.
+    fed = sorted(RolledUpEvent.objects.values_list("event_id", flat=True))
+    assert fed == sorted(UsageEvent.objects.values_list("pk", flat=True))
     compared = assert_rollups_match_sql()
     assert compared > 500
     assert assert_rollups_match_python() > 500

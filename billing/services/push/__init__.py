@@ -3,10 +3,10 @@
 A run (`usage_push`) takes a session-level advisory lock, so two beats or a redelivered task
 never push at the same time (the second returns at once, `busy`), then:
 
-1. **Enqueue.** Drain the push inbox (filled by an insert trigger on the event table, in the
-   event's own transaction) with DELETE ... RETURNING, and write the ledger entries for those
-   events in the same transaction. Nothing can be skipped: an event committed late is simply
-   in the inbox later, and a drain that fails leaves its rows.
+1. **Enqueue.** Claim events from metering's rolled-up feed (the rollup drain appends each
+   event there in the transaction that rolls it up) with DELETE ... RETURNING, and write the
+   ledger entries for those events in the same transaction. Nothing can be skipped: an event
+   committed late is simply fed later, and a claim that fails leaves its rows.
 
    - count and sum meters go to a provider `sum` meter, one entry per event: identifier
      `mo-<installation id>-e<event id>` (billing.services.installation), value 1 (count) or

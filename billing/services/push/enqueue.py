@@ -1,5 +1,5 @@
-"""Step 1, enqueue: drain the push inbox into ledger entries (one per event for count and sum
-meters; period-to-date gauge entries for max, unique_count and latest meters)."""
+"""Step 1, enqueue: drain metering's rolled-up feed into ledger entries (one per event for count
+and sum meters; period-to-date gauge entries for max, unique_count and latest meters)."""
 
 from __future__ import annotations
 
@@ -17,18 +17,9 @@ from billing.services.installation import installation_id
 from billing.services.push.common import ENQUEUE_BATCH, SUM_METERS, Kind, Status, too_old_cutoff
 from metering.models import Account, Meter, UsageEvent
 from metering.rollup_selectors import usage_gauge_from_events
+from metering.services.rolled_up_feed import rolled_up_events_claim
 
 # --- 1. enqueue ----------------------------------------------------------------------------------
-
-# DELETE ... RETURNING claims inbox rows and removes them in the caller's transaction; SKIP
-# LOCKED keeps a second drainer (there should be none: the push lock) from waiting.
-_DRAIN_SQL = """
-DELETE FROM billing_pushinbox
-WHERE event_id IN (
-    SELECT event_id FROM billing_pushinbox ORDER BY event_id LIMIT %s FOR UPDATE SKIP LOCKED
-)
-RETURNING event_id
-"""
 
 # Count and sum meters: one entry per event, straight from the event rows (building 5,000
 # model instances per batch in Python cost more than the rest of the enqueue). A correction's
@@ -175,16 +166,16 @@ def _gauge_entry(
 def push_ledger_enqueue(
     *, provider_name: str, now: datetime | None = None, batch_size: int = ENQUEUE_BATCH
 ) -> tuple[int, int, int]:
-    """Drain the push inbox into ledger entries. Returns (events drained, entries created,
+    """Drain the rolled-up feed into ledger entries. Returns (events drained, entries created,
     of which too old to send)."""
     drained = created = too_old = 0
     installation = installation_id()
     while True:
         now_ = now or timezone.now()
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(_DRAIN_SQL, [batch_size])
-                ids = [row[0] for row in cursor.fetchall()]
+            # Claimed from metering's rolled-up feed (DELETE ... RETURNING, in this
+            # transaction): events reach the ledger once, and only once they are in the rollups.
+            ids = rolled_up_events_claim(limit=batch_size)
             if not ids:
                 return drained, created, too_old
             with connection.cursor() as cursor:
