@@ -21,6 +21,7 @@ VIEWABLE_APPS = (
     "notifications",
     "metering",
     "billing",
+    "alerts",
     "reconciliation",
     "adjustments",
     "django_celery_beat",
@@ -32,7 +33,14 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
     # Access reviews: who is staff, who holds which role (users and groups stay superuser-only
     # to change, see backoffice.admin).
     "Auditor": ("auth.view_user", "auth.view_group"),
-    "Support": ("metering.replay_quarantinedevent",),
+    "Support": (
+        "metering.replay_quarantinedevent",
+        # Alerts: work the alert queue (acknowledge, snooze, label, resolve with a reason).
+        "alerts.acknowledge_alert",
+        "alerts.snooze_alert",
+        "alerts.label_alert",
+        "alerts.resolve_alert",
+    ),
     "Manager": (
         "metering.replay_quarantinedevent",
         "metering.add_account",
@@ -44,6 +52,14 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "billing.change_subscription",
         "billing.change_billingperiod",
         "billing.change_pushledgerentry",
+        # Alerts: the queue as Support, plus the rules and releasing billing holds.
+        "alerts.acknowledge_alert",
+        "alerts.snooze_alert",
+        "alerts.label_alert",
+        "alerts.resolve_alert",
+        "alerts.add_alertrule",
+        "alerts.change_alertrule",
+        "alerts.release_billinghold",
         # Reconciliation: work the mismatch queue and set its thresholds.
         "reconciliation.acknowledge_mismatch",
         "reconciliation.resolve_mismatch",

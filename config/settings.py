@@ -116,6 +116,7 @@ INSTALLED_APPS = [
     "notifications",
     "metering",
     "billing",
+    "alerts",
     "reconciliation",
     "adjustments",
     "backoffice",
@@ -331,6 +332,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "reconciliation.tasks.reconcile_all",
         "schedule": crontab(minute=41, hour=2),
         "options": {"expire_seconds": 3600},
+    },
+    # Every 15 minutes (at :02, :17, :32, :47): evaluate the alert rules, one task per slice.
+    "alerts-evaluate": {
+        "task": "alerts.tasks.alerts_evaluate",
+        "schedule": crontab(minute="2,17,32,47"),
+        "options": {"expire_seconds": 840},
     },
     # Every minute: send the customer webhooks that are due (new ones are also sent at once,
     # queued when their transaction commits; this catches retries and anything missed).

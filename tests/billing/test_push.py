@@ -148,7 +148,8 @@ def test_an_ingested_event_reaches_the_push_ledger_only_after_the_rollup_drain(a
     after = usage_push()
 
     assert after.events_drained == 1
-    assert PushLedgerEntry.objects.get().identifier == f"mo-e{UsageEvent.objects.get().pk}"
+    prefix = PushInstallation.objects.get().installation_id
+    assert PushLedgerEntry.objects.get().identifier == f"mo-{prefix}-e{UsageEvent.objects.get().pk}"
 
 
 def test_a_second_run_sends_nothing_again(fake, account, calls):

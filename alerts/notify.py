@@ -1,0 +1,172 @@
+"""The one door from alerts to the notification transports (the `notifications` app).
+
+`notifications.services` is imported lazily: when the app is not installed, a request is logged
+and recorded but not handed over. Every request is recorded as an AlertNotification row first,
+unique by (channel, idempotency key), so an evaluation that runs twice asks once; the transport
+is called after the alert's transaction commits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from django.db import IntegrityError, transaction
+
+from alerts.models import Alert, AlertNotification, BillingHold
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPES = {
+    "spike": "usage.spike",
+    "drop": "usage.drop",
+    "invoice": "invoice.projected_threshold",
+    "quota": "quota.threshold",
+}
+HOLD_EVENT = "account.billing_hold"
+
+
+def transports():
+    """notifications.services, or None when the app is absent."""
+    try:
+        return importlib.import_module("notifications.services")
+    except ImportError:
+        return None
+
+
+def owner_key(account_id: int) -> str:
+    return f"account:{account_id}"
+
+
+def alert_payload(alert: Alert) -> dict:
+    def text(value):
+        return None if value is None else str(value)
+
+    return {
+        "alert_id": alert.pk,
+        "account": alert.account.external_id,
+        "meter": alert.meter.code if alert.meter_id else None,
+        "kind": alert.kind,
+        "level": alert.get_level_display().lower(),
+        "day": alert.day.isoformat(),
+        "observed": text(alert.observed),
+        "baseline": text(alert.baseline),
+        "multiple": text(alert.multiple),
+        "period_usage": text(alert.period_usage),
+        "previous_period_usage": text(alert.previous_period_usage),
+        "projected_invoice_minor": alert.projected_invoice_minor,
+        "currency": alert.currency or None,
+        "message": alert.message,
+    }
+
+
+def _record(**fields) -> AlertNotification | None:
+    try:
+        with transaction.atomic():
+            return AlertNotification.objects.create(**fields)
+    except IntegrityError:
+        return None  # asked already
+
+
+def _send(row: AlertNotification) -> None:
+    services = transports()
+    if services is None:
+        logger.info(
+            "notifications app absent: %s %s not sent (%s)",
+            row.channel,
+            row.event_type,
+            row.idempotency_key,
+        )
+        return
+    if row.channel == AlertNotification.Channel.WEBHOOK:
+        services.webhook_enqueue(
+            owner_key=row.recipient,
+            event_type=row.event_type,
+            payload=row.payload,
+            idempotency_key=row.idempotency_key,
+        )
+    elif row.channel == AlertNotification.Channel.EMAIL:
+        services.email_notify(
+            to=[a for a in row.recipient.split(",") if a],
+            subject=row.payload["subject"],
+            body=row.payload["body"],
+        )
+    else:
+        services.team_webhook_notify(url=row.recipient, text=row.payload["text"])
+    AlertNotification.objects.filter(pk=row.pk).update(handed_over=True)
+
+
+def _ask(**fields) -> AlertNotification | None:
+    row = _record(**fields)
+    if row is not None:
+        transaction.on_commit(lambda: _send(row))
+    return row
+
+
+def alert_notify(alert: Alert, *, what: str) -> list[AlertNotification]:
+    """Ask every channel the alert's rule names to tell of `what` ("opened", "escalated")
+    at the alert's current level. Idempotent per alert, level and channel."""
+    rule, account = alert.rule, alert.account
+    key = f"alert:{alert.pk}:level:{alert.level}"
+    subject = (
+        f"[{alert.get_level_display()}] {alert.get_kind_display()} {what}: "
+        f"{account.name or account.external_id}"
+    )
+    body = f"{alert.message}\n\nAccount {account.external_id}, alert #{alert.pk}."
+    rows = []
+    if rule.notify_customer:
+        rows.append(
+            _ask(
+                alert=alert,
+                channel=AlertNotification.Channel.WEBHOOK,
+                event_type=EVENT_TYPES[alert.kind],
+                recipient=owner_key(account.pk),
+                idempotency_key=key,
+                payload=alert_payload(alert),
+            )
+        )
+    emails = [e.strip() for e in rule.email_to.split(",") if e.strip()]
+    cs_owner = (account.metadata or {}).get("cs_owner_email")
+    if not emails and isinstance(cs_owner, str) and cs_owner:
+        emails = [cs_owner]
+    if emails:
+        rows.append(
+            _ask(
+                alert=alert,
+                channel=AlertNotification.Channel.EMAIL,
+                event_type=EVENT_TYPES[alert.kind],
+                recipient=",".join(emails),
+                idempotency_key=key,
+                payload={"subject": subject, "body": body},
+            )
+        )
+    if rule.team_webhook_url:
+        rows.append(
+            _ask(
+                alert=alert,
+                channel=AlertNotification.Channel.TEAM_WEBHOOK,
+                event_type=EVENT_TYPES[alert.kind],
+                recipient=rule.team_webhook_url,
+                idempotency_key=key,
+                payload={"text": f"{subject}\n{alert.message}"},
+            )
+        )
+    return [row for row in rows if row is not None]
+
+
+def billing_hold_notify(hold: BillingHold, *, what: str) -> AlertNotification | None:
+    """Tell the customer's endpoints (and so the product) that billing is held or released."""
+    return _ask(
+        alert=hold.alert,
+        channel=AlertNotification.Channel.WEBHOOK,
+        event_type=HOLD_EVENT,
+        recipient=owner_key(hold.account_id),
+        idempotency_key=f"hold:{hold.pk}:{what}",
+        payload={
+            "account": hold.account.external_id,
+            "status": hold.status,
+            "held_since": hold.opened_at.isoformat(),
+            "reason": hold.reason,
+            "alert_id": hold.alert_id,
+        },
+    )
