@@ -66,6 +66,9 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "reconciliation.repush_mismatch",
         "reconciliation.add_reconciliationthreshold",
         "reconciliation.change_reconciliationthreshold",
+        # Customer webhooks: fix or re-enable an endpoint, send a delivery again.
+        "notifications.change_webhookendpoint",
+        "notifications.resend_webhookdelivery",
     ),
 }
 

@@ -113,6 +113,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "simple_history",
+    "notifications",
     "metering",
     "billing",
     "alerts",
@@ -338,6 +339,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute="2,17,32,47"),
         "options": {"expire_seconds": 840},
     },
+    # Every minute: send the customer webhooks that are due (new ones are also sent at once,
+    # queued when their transaction commits; this catches retries and anything missed).
+    "webhook-deliveries-dispatch": {
+        "task": "notifications.tasks.webhook_deliveries_dispatch",
+        "schedule": crontab(minute="*"),
+        "options": {"expire_seconds": 55},
+    },
 }
 
 # --- Status endpoint thresholds (GET /status, backoffice.status) ---
@@ -381,12 +389,37 @@ STRIPE_RETRY_AFTER_MAX = float(os.environ.get("STRIPE_RETRY_AFTER_MAX", "30"))
 if BILLING_PROVIDER == "stripe" and not STRIPE_API_KEY:
     raise ImproperlyConfigured("BILLING_PROVIDER=stripe needs STRIPE_API_KEY.")
 
+# --- Notifications (e-mail, team webhook, customer webhooks) ---
+# E-mail goes through Django's backend: the console while DEBUG is on, SMTP otherwise.
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "meterops@localhost")
+# The CS team's address: told when a customer's webhook endpoint is disabled. Empty: nobody.
+NOTIFY_TEAM_EMAIL = os.environ.get("NOTIFY_TEAM_EMAIL", "")
+# Webhook URLs may be http and may point at private, loopback or link-local addresses: for
+# development and tests only. Production sends https to public addresses only.
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", DEBUG)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # The stripe SDK logs every request at INFO; the push ledger keeps what matters.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "stripe": {"level": "WARNING"}},
+    # The stripe SDK and httpx log every request at INFO; the push ledger and the webhook
+    # attempt log keep what matters.
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "stripe": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
 }

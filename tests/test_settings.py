@@ -61,3 +61,16 @@ def test_malformed_rate_limit_fails_loudly():
     result = _manage("check", env_overrides={**PRODUCTION, "API_RATE_INGEST": "lots"})
     assert result.returncode != 0
     assert "API_RATE_INGEST must look like 600/min" in result.stderr
+
+
+def test_webhooks_go_to_public_https_only_unless_debug_or_told_otherwise():
+    # Checked with `manage.py shell -c` so the settings module is read as production reads it.
+    code = "from django.conf import settings; print(settings.WEBHOOK_ALLOW_PRIVATE)"
+
+    def allowed(env: dict[str, str]) -> str:
+        result = _manage("shell", "--no-imports", "-c", code, env_overrides=env)
+        return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr
+
+    assert allowed(PRODUCTION) == "False"
+    assert allowed({**PRODUCTION, "DEBUG": "true"}) == "True"
+    assert allowed({**PRODUCTION, "WEBHOOK_ALLOW_PRIVATE": "true"}) == "True"

@@ -8,7 +8,8 @@ the reason lands in the django-simple-history record next to the acting user.
 
 One module per admin group; importing this package imports them all, which registers the
 admins: common (the bases, also used by billing's and backoffice's admins), accounts (accounts
-and meters), events (usage events), quarantine, api_keys, rollup_checks. The account usage page
+and meters), events (usage events), quarantine, api_keys, rollup_checks, webhooks (the
+notifications app's endpoints, deliveries and attempts: that app sits below these bases). The account usage page
 is metering.admin_dashboard; the account hub above the apps extends it.
 """
 
@@ -30,6 +31,11 @@ from metering.admin.events import (
 )
 from metering.admin.quarantine import QuarantinedEventAdmin
 from metering.admin.rollup_checks import RollupCheckAdmin
+from metering.admin.webhooks import (
+    WebhookAttemptAdmin,
+    WebhookDeliveryAdmin,
+    WebhookEndpointAdmin,
+)
 
 __all__ = [
     "AccountAdmin",
@@ -47,6 +53,9 @@ __all__ = [
     "RollupCheckAdmin",
     "SortableByOnlyChangeList",
     "UsageEventAdmin",
+    "WebhookAttemptAdmin",
+    "WebhookDeliveryAdmin",
+    "WebhookEndpointAdmin",
     "change_reason_form",
     "pretty_json",
 ]

@@ -74,9 +74,10 @@ def test_a_hold_rule_holds_billing_until_a_manager_releases_it(django_user_model
 
 
 def test_notify_is_a_logged_no_op_without_the_notifications_app(
-    caplog, django_capture_on_commit_callbacks
+    caplog, django_capture_on_commit_callbacks, monkeypatch
 ):
-    assert notify.transports() is None
+    # The notifications app is installed now; this is the deployment without it.
+    monkeypatch.setattr(notify, "transports", lambda: None)
     acct, meter = account(metadata={"cs_owner_email": "cs@example.com"}), api_meter()
     usage(acct, meter, TODAY - 70 * ONE_DAY, TODAY, lambda d: 1000)
     usage(acct, meter, TODAY, TODAY + ONE_DAY, lambda d: 12_000)
