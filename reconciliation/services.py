@@ -149,11 +149,10 @@ def _money_minor(
 
 
 def _answers_exact_bounds(provider: BillingProvider) -> bool:
-    """Whether the adapter's summaries honour bounds that are not UTC midnights. The simulated
-    one does; the Stripe adapter asks Stripe for day-grouped summaries, which it refuses over
-    such bounds (an adapter may declare `exact_summary_bounds = True` once it can ask without
-    the day grouping)."""
-    return bool(getattr(provider, "exact_summary_bounds", provider.name == "simulated"))
+    """Whether the adapter's summaries honour bounds that are not UTC midnights (the simulated
+    one per UTC day inside them; the Stripe adapter asks Stripe for one summary over the exact,
+    minute-aligned bounds, without a grouping window)."""
+    return bool(getattr(provider, "exact_summary_bounds", False))
 
 
 def _provider_period_value(
