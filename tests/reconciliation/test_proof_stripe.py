@@ -186,3 +186,71 @@ def test_a_kolkata_period_is_read_against_stripe_over_its_exact_bounds(fake):
     exact = [r for r in fake.summary_requests if r[4] is None]
     assert sorted(r[2:4] for r in exact) == [(lo, hi)] * 3
     assert all(r[2] % 86_400 == r[3] % 86_400 == 0 for r in fake.summary_requests if r[4])
+
+
+def test_a_second_run_pulls_only_what_can_have_changed_and_still_finds_new_gaps(fake):
+    """After a pull, only ledger entries completed since (less Stripe's hour of processing)
+    can change what Stripe holds: a second run re-reads those cells from the day of their
+    oldest such entry, skips the rest, and still finds the gap the new usage opened."""
+    from django.utils import timezone
+
+    from billing.models import PushLedgerEntry
+    from billing.services.push import usage_push
+
+    meters = meters_count_sum_max()
+    plan = plan_for(meters)
+    cells = {}
+    for name in ("steady", "busy"):
+        account, period = account_with_period(
+            external_id=name,
+            tz="UTC",
+            plan=plan,
+            start=today() - timedelta(days=32),
+            end=today() - timedelta(days=2),
+        )
+        ingest([e for m in meters for e in usage(account, m, period, per_day=1)])
+        cells[name] = (account, period)
+    usage_push()
+    # Pushed long ago: Stripe has processed all of it.
+    PushLedgerEntry.objects.update(completed_at=timezone.now() - timedelta(hours=2))
+
+    first, _runs = reconciliation_run_all(pull=True, trigger="test")
+    first_requests = len(fake.summary_requests)
+
+    assert (first.cells, first.opened, first.pulled, first.pull_skipped) == (6, 0, 6, 0)
+    assert first_requests == 6
+
+    # New usage for one account, pushed now, and lost by Stripe.
+    account, period = cells["busy"]
+    at = period.starts_at + timedelta(days=10, hours=5)
+    ingest([event(account, meters[0], at)])
+    usage_push()
+    account.refresh_from_db()
+    with fake.lock:
+        fake.events[:] = [
+            e
+            for e in fake.events
+            if not (e.customer == account.provider_customer_id and e.timestamp == at.timestamp())
+        ]
+
+    second, _runs = reconciliation_run_all(pull=True, trigger="test")
+
+    assert (second.pulled, second.pull_skipped) == (1, 5)
+    new_requests = fake.summary_requests[first_requests:]
+    assert [r[2:] for r in new_requests] == [
+        (
+            int(at.replace(hour=0).timestamp()),
+            int((period.ends_at + timedelta(days=1)).timestamp()),
+            "day",
+        )
+    ]
+    assert second.opened == 1
+    mismatch = Mismatch.objects.get()
+    assert (mismatch.period, mismatch.meter, mismatch.delta) == (period, meters[0], 1)
+    assert mismatch.top_cause == "provider_missing"
+
+    # A third run with nothing new pulls nothing and keeps the mismatch.
+    PushLedgerEntry.objects.update(completed_at=timezone.now() - timedelta(hours=2))
+    third, _runs = reconciliation_run_all(pull=True, trigger="test")
+    assert (third.pulled, third.pull_skipped, third.resolved) == (0, 6, 0)
+    assert len(fake.summary_requests) == first_requests + 1
