@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.utils import timezone
@@ -23,10 +24,12 @@ from billing.models import BillingPeriod, Plan, Price, Subscription
 from billing.pricing import decimal_text
 from billing.selectors import period_late_usage
 from billing.services.periods import (
+    PeriodHoldError,
     PeriodNotReady,
     PeriodOutsideSubscription,
     billing_period_begin_close,
     billing_period_ensure,
+    billing_period_hold_release,
 )
 from billing.services.subscriptions import (
     subscription_cancel,
@@ -248,6 +251,30 @@ class SubscriptionAdmin(AuditedHistoryAdmin):
 # --- billing periods -------------------------------------------------------------------------
 
 
+class PeriodActionForm(ActionForm):
+    """The periods' action bar: a reason (required to release a hold)."""
+
+    reason = forms.CharField(required=False, max_length=85, label="Reason")
+
+
+class HeldFilter(admin.SimpleListFilter):
+    title = "close hold"
+    parameter_name = "held"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Held"), ("released", "Hold released"), ("no", "Not held"))
+
+    def queryset(self, request, queryset):
+        held = queryset.exclude(hold_reason="").exclude(state=BillingPeriod.State.CLOSED)
+        if self.value() == "yes":
+            return held.filter(hold_released_at__isnull=True)
+        if self.value() == "released":
+            return held.filter(hold_released_at__isnull=False)
+        if self.value() == "no":
+            return queryset.exclude(pk__in=held.values("pk"))
+        return queryset
+
+
 @admin.register(BillingPeriod)
 class BillingPeriodAdmin(AuditedHistoryAdmin):
     """Read-mostly: periods are opened and closed by services; the only action starts closing."""
@@ -259,15 +286,17 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
         "end_date",
         "timezone",
         "state",
+        "hold_display",
         "total_display",
         "closed_at",
     )
     list_select_related = ("account", "subscription__plan")
-    list_filter = ("state",)
+    list_filter = ("state", HeldFilter)
     search_fields = ("account__external_id", "account__name")
     date_hierarchy = "start_date"
     ordering = ("-starts_at",)
-    actions = ("begin_closing",)
+    actions = ("begin_closing", "release_hold")
+    action_form = PeriodActionForm
     fields = (
         "account",
         "subscription",
@@ -277,6 +306,10 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
         "starts_at",
         "ends_at",
         "state",
+        "hold_reason",
+        "held_at",
+        "hold_released_at",
+        "hold_released_by",
         "currency",
         "total_display",
         "closed_at",
@@ -315,6 +348,33 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Hold")
+    def hold_display(self, obj: BillingPeriod) -> str:
+        if not obj.is_held:
+            return "-"
+        if obj.hold_released_at is not None:
+            return "released (closes at the next roll)"
+        first = obj.hold_reason.splitlines()[0]
+        more = len(obj.hold_reason.splitlines()) - 1
+        return f"held: {first}" + (f" (+{more} more)" if more else "")
+
+    @admin.action(permissions=["change"], description="Release hold (let the period close)")
+    def release_hold(self, request, queryset):
+        # The reason comes from the action bar; the service checks the permission again and
+        # records the user and the reason in the period's history.
+        reason = (request.POST.get("reason") or "").strip()
+        if not reason:
+            self.message_user(request, "Give a reason for releasing the hold.", messages.ERROR)
+            return
+        released = 0
+        for period in queryset:
+            try:
+                billing_period_hold_release(period=period, actor=request.user, reason=reason)
+                released += 1
+            except PeriodHoldError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+        self.message_user(request, f"{released} hold(s) released; the next roll closes them.")
 
     @admin.display(description="Plan", ordering="subscription__plan__code")
     def plan_code(self, obj: BillingPeriod) -> str:

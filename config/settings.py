@@ -379,6 +379,15 @@ if not 1 <= ROLLUP_DRAIN_WORKERS <= 16:
 BILLING_PROVIDER = env_str("BILLING_PROVIDER", "simulated")
 # A period is closed this long after its end, so events that arrive a little late still count.
 BILLING_CLOSE_GRACE_MINUTES = env_int("BILLING_CLOSE_GRACE_MINUTES", 60)
+# Checks the hourly roll runs before closing an ended period (dotted paths; each returns the
+# reasons to hold it). Comma-separated; set but empty for none.
+BILLING_CLOSE_CHECKS = [
+    p.strip()
+    for p in os.environ.get(
+        "BILLING_CLOSE_CHECKS", "reconciliation.services.reconciliation_period_close_check"
+    ).split(",")
+    if p.strip()
+]
 if BILLING_PROVIDER not in {"simulated", "stripe"}:
     raise ImproperlyConfigured("BILLING_PROVIDER must be 'simulated' or 'stripe'.")
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")

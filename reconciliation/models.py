@@ -271,3 +271,24 @@ class MismatchDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day}"
+
+
+class ProviderPullMark(models.Model):
+    """When reconciliation last pulled the provider's day summaries of one cell (provider,
+    period, meter), so that a later run skips what cannot have changed since (see
+    `reconciliation.services._pull_plan`)."""
+
+    provider = models.CharField(max_length=16)
+    period = models.ForeignKey("billing.BillingPeriod", on_delete=models.CASCADE, related_name="+")
+    meter = models.ForeignKey("metering.Meter", on_delete=models.CASCADE, related_name="+")
+    pulled_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "period", "meter"], name="provider_pull_mark_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} pull of period {self.period_id}, meter {self.meter_id}"

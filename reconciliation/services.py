@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.db import connection, transaction
@@ -46,6 +46,7 @@ from reconciliation.causes import CellInput, DayNumbers, analyse
 from reconciliation.models import (
     Mismatch,
     MismatchDay,
+    ProviderPullMark,
     ReconciliationRun,
     ReconciliationThreshold,
 )
@@ -85,6 +86,7 @@ class AccountResult:
     resolved: int = 0
     pulled: int = 0
     pull_errors: int = 0
+    pull_skipped: int = 0
 
     def add(self, other: AccountResult) -> None:
         for name in self.__dataclass_fields__:
@@ -149,11 +151,10 @@ def _money_minor(
 
 
 def _answers_exact_bounds(provider: BillingProvider) -> bool:
-    """Whether the adapter's summaries honour bounds that are not UTC midnights. The simulated
-    one does; the Stripe adapter asks Stripe for day-grouped summaries, which it refuses over
-    such bounds (an adapter may declare `exact_summary_bounds = True` once it can ask without
-    the day grouping)."""
-    return bool(getattr(provider, "exact_summary_bounds", provider.name == "simulated"))
+    """Whether the adapter's summaries honour bounds that are not UTC midnights (the simulated
+    one per UTC day inside them; the Stripe adapter asks Stripe for one summary over the exact,
+    minute-aligned bounds, without a grouping window)."""
+    return bool(getattr(provider, "exact_summary_bounds", False))
 
 
 def _provider_period_value(
@@ -200,20 +201,72 @@ def _provider_period_value(
     return (inside[max(inside)] if inside else ZERO), aligned
 
 
+# Stripe's summaries can lag the meter events it accepted by up to an hour: usage completed in
+# the ledger less than this before a pull may still be missing from that pull.
+PROVIDER_PROCESSING_DELAY = timedelta(hours=1)
+
+
+def _pull_plan(
+    *, provider_name: str, periods: list[BillingPeriod], meter_ids: dict[int, set[int]], now
+) -> dict[tuple[int, int], date | None]:
+    """For each (period, meter) to pull, the first UTC day to pull from (None: skip the pull,
+    nothing in it can have changed). A cell never pulled is pulled over its whole window. After
+    a pull, only ledger entries completed later (less the provider's processing delay) can
+    change what the provider holds: a cell with none (a closed and invoiced period pulled more
+    than the delay after its last entry completed, or an open one that got nothing new) is not
+    pulled again; otherwise the pull starts at the UTC day of the oldest such entry's usage."""
+    marks = {
+        (m.period_id, m.meter_id): m.pulled_at
+        for m in ProviderPullMark.objects.filter(
+            provider=provider_name, period__in=[p.pk for p in periods]
+        )
+    }
+    plan: dict[tuple[int, int], date | None] = {}
+    for period in periods:
+        first, _end = sel.window_days(period.starts_at, period.ends_at)
+        for meter_id in meter_ids[period.pk]:
+            pulled_at = marks.get((period.pk, meter_id))
+            if pulled_at is None:
+                plan[(period.pk, meter_id)] = first
+                continue
+            since = pulled_at - PROVIDER_PROCESSING_DELAY
+            oldest = (
+                PushLedgerEntry.objects.filter(
+                    provider=provider_name,
+                    account_id=period.account_id,
+                    meter_id=meter_id,
+                    completed_at__gt=since,
+                    day__gte=first,
+                    day__lt=_end,
+                )
+                .order_by("day")
+                .values_list("day", flat=True)
+                .first()
+            )
+            # None: nothing completed since (open or closed and invoiced): skip the pull.
+            plan[(period.pk, meter_id)] = max(first, oldest) if oldest is not None else None
+    return plan
+
+
 def _pull_period(
     *,
     provider: BillingProvider,
     account: Account,
+    period: BillingPeriod,
     meter_ids: set[int],
     ctx: _Context,
     customer_id: str,
-    first: date,
+    plan: dict[tuple[int, int], date | None],
     end: date,
     now: datetime,
     result: AccountResult,
 ) -> None:
     for meter_id in sorted(meter_ids):
         if meter_id not in ctx.mappings or not customer_id:
+            continue
+        first = plan.get((period.pk, meter_id))
+        if first is None:
+            result.pull_skipped += 1
             continue
         meter = ctx.meters[meter_id]
         try:
@@ -224,6 +277,10 @@ def _pull_period(
         except (LookupError, ProviderError) as exc:
             result.pull_errors += 1
             logger.warning("reconciliation pull %s/%s: %s", account.external_id, meter.code, exc)
+            continue
+        ProviderPullMark.objects.update_or_create(
+            provider=provider.name, period=period, meter_id=meter_id, defaults={"pulled_at": now}
+        )
 
 
 # --- the comparison ----------------------------------------------------------------------------
@@ -592,16 +649,27 @@ def reconcile_accounts(
         a.pk: (_customer_id(provider, a) if provider is not None else "") for a in accounts
     }
     if pull and provider is not None:
-        # Provider calls outside the write transaction.
+        # Provider calls outside the write transaction; cells that cannot have changed since
+        # their last pull are skipped (see _pull_plan).
+        to_pull = {
+            period.pk: {
+                m
+                for m in set(ctx.prices.get(period.subscription.plan_id, {})) | set(ctx.mappings)
+                if m in ctx.mappings
+            }
+            for period in periods
+        }
+        plan = _pull_plan(provider_name=provider.name, periods=periods, meter_ids=to_pull, now=now)
         for period in periods:
-            first, end = sel.window_days(period.starts_at, period.ends_at)
+            _first, end = sel.window_days(period.starts_at, period.ends_at)
             _pull_period(
                 provider=provider,
                 account=period.account,
-                meter_ids=set(ctx.prices.get(period.subscription.plan_id, {})) | set(ctx.mappings),
+                period=period,
+                meter_ids=to_pull[period.pk],
                 ctx=ctx,
                 customer_id=customers[period.account_id],
-                first=first,
+                plan=plan,
                 end=end,
                 now=now,
                 result=result,
@@ -746,6 +814,7 @@ def reconciliation_run(
     run.mismatches_opened = result.opened
     run.mismatches_updated = result.updated
     run.mismatches_resolved = result.resolved
+    run.result = result  # not stored: the pull's counts, for the caller
     _finish(run, started)
     return run
 
@@ -800,6 +869,9 @@ def reconciliation_run_all(
                 opened=run.mismatches_opened,
                 updated=run.mismatches_updated,
                 resolved=run.mismatches_resolved,
+                pulled=run.result.pulled,
+                pull_errors=run.result.pull_errors,
+                pull_skipped=run.result.pull_skipped,
             )
         )
         runs.append(run)

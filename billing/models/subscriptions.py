@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -122,6 +123,21 @@ class BillingPeriod(models.Model):
     # What was billed when the period closed: one entry per invoice line (kind, title, meter,
     # quantity, units_billed, amount_minor as strings/ints), so the bill can be explained later.
     invoice_lines = models.JSONField(default=list, blank=True, encoder=DjangoJSONEncoder)
+    # The close hold: the roll runs the BILLING_CLOSE_CHECKS before closing an ended period; while
+    # any gives reasons (e.g. reconciliation mismatches over threshold), the period stays as it
+    # is with the reasons here. Released by a Manager with a reason: the checks are then skipped.
+    hold_reason = models.TextField(
+        blank=True, help_text="Why the roll holds this period instead of closing it."
+    )
+    held_at = models.DateTimeField(null=True, blank=True)
+    hold_released_at = models.DateTimeField(null=True, blank=True)
+    hold_released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -152,6 +168,10 @@ class BillingPeriod(models.Model):
 
     def __str__(self) -> str:
         return f"{self.start_date:%Y-%m-%d} – {self.end_date:%Y-%m-%d} ({self.state})"
+
+    @property
+    def is_held(self) -> bool:
+        return bool(self.hold_reason) and self.state != self.State.CLOSED
 
     @property
     def total_display(self) -> str:

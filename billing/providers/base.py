@@ -182,6 +182,10 @@ class BillingProvider(abc.ABC):
     # Whether the customer id belongs on Account.provider_customer_id (a real provider's id)
     # or is derived each time (the simulated provider's).
     stores_customer_on_account: bool = False
+    # Whether `list_meter_event_summaries` answers bounds that are not UTC midnights (a period
+    # cut in Asia/Kolkata) with the usage inside exactly those bounds. Without it, such a
+    # period can only be read over its UTC cover days.
+    exact_summary_bounds: bool = False
 
     @abc.abstractmethod
     def ensure_customer(self, *, external_id: str, name: str, existing_id: str = "") -> str:
@@ -200,7 +204,9 @@ class BillingProvider(abc.ABC):
     def list_meter_event_summaries(
         self, *, provider_meter_id: str, customer_id: str, start: datetime, end: datetime
     ) -> Iterator[MeterSummary]:
-        """Daily (UTC) summaries over [start, end), both UTC midnights, every page."""
+        """Daily (UTC) summaries over [start, end), both UTC midnights, every page. An adapter
+        with `exact_summary_bounds` also takes other (minute-aligned) bounds and answers the
+        usage inside exactly them (in one summary or several that add up)."""
 
     @abc.abstractmethod
     def list_invoices(

@@ -100,6 +100,7 @@ def active_faults() -> FaultSettings:
 
 class SimulatedProvider(BillingProvider):
     name = "simulated"
+    exact_summary_bounds = True  # summaries per UTC day of the usage inside any bounds
 
     def __init__(
         self,

@@ -68,6 +68,7 @@ STRIPE_API_VERSION = "2026-10-28.endive"
 V2_BATCH_SIZE = 100  # the v2 meter event stream takes at most 100 events per request
 DEFAULT_V2_THRESHOLD = 10
 PAGE_SIZE = 100
+DAY_SECONDS = 86_400
 # Renew the meter event session this long before Stripe says it expires.
 SESSION_MARGIN = timedelta(seconds=60)
 WEBHOOK_TOLERANCE_SECONDS = 300
@@ -128,6 +129,8 @@ def _parse_rfc3339(text: str) -> datetime:
 class StripeProvider(BillingProvider):
     name = "stripe"
     stores_customer_on_account = True
+    # Bounds that are not UTC midnights are asked without a grouping window (one summary).
+    exact_summary_bounds = True
 
     def __init__(
         self,
@@ -465,13 +468,25 @@ class StripeProvider(BillingProvider):
     def list_meter_event_summaries(
         self, *, provider_meter_id: str, customer_id: str, start: datetime, end: datetime
     ) -> Iterator[MeterSummary]:
+        """Per UTC day when both bounds are UTC midnights (`value_grouping_window=day`, which
+        Stripe accepts only over day boundaries); otherwise one summary over exactly [start,
+        end), without a grouping window, which Stripe accepts over minute boundaries (a period
+        cut at a local midnight, e.g. 18:30 UTC for Asia/Kolkata). Bounds that are not whole
+        minutes are refused here, before Stripe would."""
+        start_ts, end_ts = int(start.timestamp()), int(end.timestamp())
+        if start.timestamp() % 60 or end.timestamp() % 60:
+            raise ProviderMisconfigured(
+                f"Stripe summarises whole minutes only; {start.isoformat()} to "
+                f"{end.isoformat()} is not minute-aligned."
+            )
         params: dict = {
             "customer": customer_id,
-            "start_time": int(start.timestamp()),
-            "end_time": int(end.timestamp()),
-            "value_grouping_window": "day",
+            "start_time": start_ts,
+            "end_time": end_ts,
             "limit": PAGE_SIZE,
         }
+        if start_ts % DAY_SECONDS == 0 and end_ts % DAY_SECONDS == 0:
+            params["value_grouping_window"] = "day"
         while True:
             page = _exact(
                 self._call(

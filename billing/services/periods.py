@@ -10,20 +10,25 @@ stored). A crash between the steps leaves the period `closing`, and calling
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from billing.models import BillingPeriod, Subscription
 from billing.periods import bounds_for_dates, local_date, period_dates_for
 from billing.pricing import InvoiceAmount, decimal_text, price_invoice
 from billing.selectors import period_usage
 from metering.rollup_selectors import usage_pending_before
+
+logger = logging.getLogger(__name__)
 
 
 class PeriodOutsideSubscription(ValueError):
@@ -254,6 +259,77 @@ class PeriodRoll:
     closed: int = 0
     waiting_for_rollups: int = 0
     opened: int = 0
+    held: int = 0
+
+
+# --- the close hold: checks named in a setting, released by a Manager ----------------------------
+
+
+class PeriodHoldError(ValueError):
+    """The hold cannot be released (no reason given, or the period is not held)."""
+
+
+def period_close_hold_reasons(*, period: BillingPeriod, now: dt.datetime) -> list[str]:
+    """Run the checks named in BILLING_CLOSE_CHECKS (dotted paths to callables taking
+    `period=` and `now=` and returning a list of sentences) and return every reason they give
+    to hold the period. Billing names no higher app: the checks (reconciliation's, by default)
+    come from the setting. A period whose hold a Manager released is not checked again."""
+    if period.hold_released_at is not None:
+        return []
+    reasons: list[str] = []
+    for path in settings.BILLING_CLOSE_CHECKS:
+        try:
+            reasons.extend(import_string(path)(period=period, now=now))
+        except Exception as exc:  # a check that cannot run holds its period, not the roll
+            logger.exception("Close check %s failed for period %s", path, period.pk)
+            reasons.append(f"The close check {path} failed ({exc.__class__.__name__}: {exc}).")
+    return reasons
+
+
+def _unhold(period: BillingPeriod, *, actor) -> None:
+    """The checks pass again (e.g. the mismatches were resolved): the hold is lifted."""
+    with transaction.atomic():
+        period = BillingPeriod.objects.select_for_update(of=("self",)).get(pk=period.pk)
+        if not period.hold_reason:
+            return
+        period.hold_reason = ""
+        period._history_user = actor
+        period._change_reason = "Hold lifted: the close checks pass"
+        period.save(update_fields=["hold_reason", "updated_at"])
+
+
+def _hold(period: BillingPeriod, reasons: list[str], *, now: dt.datetime, actor) -> None:
+    text = "\n".join(reasons)
+    with transaction.atomic():
+        period = BillingPeriod.objects.select_for_update(of=("self",)).get(pk=period.pk)
+        if period.hold_reason == text and period.held_at is not None:
+            return  # held for the same reasons: nothing new to record
+        period.hold_reason = text
+        period.held_at = period.held_at or now
+        period._history_user = actor
+        period._change_reason = ("Held before closing: " + "; ".join(reasons))[:100]
+        period.save(update_fields=["hold_reason", "held_at", "updated_at"])
+
+
+@transaction.atomic
+def billing_period_hold_release(*, period: BillingPeriod, actor, reason: str) -> BillingPeriod:
+    """A Manager lets a held period close although its checks still give reasons: the release
+    is recorded with the user and the reason (in the period's history), and the next roll
+    closes the period without running the checks again."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise PeriodHoldError("Give a reason for releasing the hold.")
+    if actor is None or not actor.has_perm("billing.change_billingperiod"):
+        raise PermissionDenied("Releasing a hold needs billing.change_billingperiod.")
+    period = BillingPeriod.objects.select_for_update(of=("self",)).get(pk=period.pk)
+    if not period.hold_reason or period.state == BillingPeriod.State.CLOSED:
+        raise PeriodHoldError(f"{period} is not held.")
+    period.hold_released_at = timezone.now()
+    period.hold_released_by = actor
+    period._history_user = actor
+    period._change_reason = f"Hold released: {reason}"[:100]
+    period.save(update_fields=["hold_released_at", "hold_released_by", "updated_at"])
+    return period
 
 
 def billing_periods_roll(*, now: dt.datetime | None = None, actor=None) -> PeriodRoll:
@@ -276,6 +352,23 @@ def billing_periods_roll(*, now: dt.datetime | None = None, actor=None) -> Perio
     for period in due:
         # Open or already closing (by the admin, or a close interrupted): never finished while
         # usage from before its end still waits to be rolled up.
+        try:
+            if period.state == BillingPeriod.State.OPEN:
+                period_close_check(period=period, now=now)
+            else:
+                _check_usage_final(period)
+        except PeriodUsagePending:
+            roll.waiting_for_rollups += 1
+            continue
+        # Then the close checks (reconciliation by default): while any gives reasons the
+        # period is held as it is (ingestion, rollups and pushes never wait for it).
+        reasons = period_close_hold_reasons(period=period, now=now)
+        if reasons:
+            _hold(period, reasons, now=now, actor=actor)
+            roll.held += 1
+            continue
+        if period.hold_reason and period.hold_released_at is None:
+            _unhold(period, actor=actor)
         try:
             closed = billing_period_close(period=period, actor=actor, now=now)
         except PeriodUsagePending:

@@ -156,6 +156,8 @@ class FakeStripe:
         self.sessions: dict[str, float] = {}
         self.invoices: list[dict] = []
         self.requests: list[dict] = []
+        # Meter event summary requests: (meter, customer, start, end, grouping window or None).
+        self.summary_requests: list[tuple[str, str, int, int, str | None]] = []
         self.request_count = 0
         self.forced: deque[int] = deque()
         # 500s raised inside the endpoint (after the idempotency layer), saved for the key.
@@ -653,10 +655,25 @@ class FakeStripe:
         if not customer:
             raise StripeError(400, "parameter_missing", "customer is required.")
         start, end = int(query["start_time"]), int(query["end_time"])
-        if query.get("value_grouping_window") == "day" and (start % DAY or end % DAY):
+        # Stripe's documented rules: bounds on minute boundaries; with a grouping window, on
+        # that window's (UTC) boundaries; without one, a single summary for the whole range.
+        if start % 60 or end % 60:
             raise StripeError(
-                400, "parameter_invalid", "start_time and end_time must be UTC midnights."
+                400,
+                "parameter_invalid",
+                "start_time and end_time must be aligned with minute boundaries.",
             )
+        window = query.get("value_grouping_window")
+        if window not in (None, "", "day", "hour"):
+            raise StripeError(400, "parameter_invalid", f"Invalid value_grouping_window: {window}")
+        size = {"day": DAY, "hour": 3600}.get(window or "")
+        if size and (start % size or end % size):
+            raise StripeError(
+                400,
+                "parameter_invalid",
+                f"start_time and end_time must be aligned with {window} boundaries (UTC).",
+            )
+        self.summary_requests.append((meter_id, customer, start, end, window or None))
         rows = [
             e
             for e in self.events
@@ -665,20 +682,22 @@ class FakeStripe:
             and start <= e.timestamp < end
         ]
         formula = meter["default_aggregation"]["formula"]
-        days: dict[int, list[MeterEvent]] = {}
-        for event in rows:
-            days.setdefault(event.timestamp - event.timestamp % DAY, []).append(event)
+        buckets: dict[int, list[MeterEvent]] = {}
+        if size is None:
+            buckets[start] = rows
+        for event in rows if size else []:
+            buckets.setdefault(event.timestamp - event.timestamp % size, []).append(event)
         summaries = [
             {
-                "id": f"mtrusg_{meter_id}_{day}",
+                "id": f"mtrusg_{meter_id}_{bucket}",
                 "object": "billing.meter_event_summary",
-                "aggregated_value": self._aggregate(formula, days[day]),
-                "start_time": day,
-                "end_time": day + DAY,
+                "aggregated_value": self._aggregate(formula, buckets[bucket]),
+                "start_time": bucket,
+                "end_time": bucket + size if size else end,
                 "livemode": False,
                 "meter": meter_id,
             }
-            for day in sorted(days)
+            for bucket in sorted(buckets)
         ]
         return self._list(summaries, query, f"/v1/billing/meters/{meter_id}/event_summaries")
 

@@ -179,7 +179,7 @@ def test_the_roll_task_is_scheduled_and_leaves_no_month_without_a_period(subscri
     # The roll has not run since January 2024: it opens every month up to the current one, and
     # the next run closes all the ended ones.
     first = tasks.billing_periods_roll.apply().get()
-    assert set(first) == {"activated", "closed", "waiting_for_rollups", "opened"}
+    assert set(first) == {"activated", "closed", "waiting_for_rollups", "opened", "held"}
     periods = list(BillingPeriod.objects.filter(subscription=subscription).order_by("starts_at"))
     assert first["closed"] == 1 and first["opened"] == len(periods) - 1 > 30
     for earlier, later in itertools.pairwise(periods):
@@ -190,3 +190,60 @@ def test_the_roll_task_is_scheduled_and_leaves_no_month_without_a_period(subscri
     assert second["closed"] == len(periods) - 2 and second["opened"] == 0
     states = BillingPeriod.objects.filter(subscription=subscription).values_list("state", flat=True)
     assert list(states).count(BillingPeriod.State.OPEN) == 1
+
+
+# --- the close hold ------------------------------------------------------------------------------
+
+HOLD_REASONS: list[str] = []
+
+
+def stub_close_check(*, period, now) -> list[str]:
+    """A close check named by its dotted path, as reconciliation's is in production."""
+    return list(HOLD_REASONS)
+
+
+@pytest.fixture
+def stub_check(settings):
+    settings.BILLING_CLOSE_CHECKS = ["tests.billing.test_period_roll.stub_close_check"]
+    HOLD_REASONS[:] = ["calls: ours 150, provider 100 (provider_missing)"]
+    yield HOLD_REASONS
+    HOLD_REASONS.clear()
+
+
+def test_a_period_whose_close_check_gives_reasons_is_held_open_until_it_passes(
+    subscribed, stub_check, settings
+):
+    settings.BILLING_CLOSE_GRACE_MINUTES = 60
+    subscription, meter = subscribed
+    insert(*(event(subscription.account, meter, utc(2024, 1, 20, 9, i % 60)) for i in range(150)))
+    rollups.rollup_drain()
+
+    roll = billing_periods_roll(now=utc(2024, 2, 1, 0, 0))
+
+    assert (roll.closed, roll.held) == (0, 1)
+    january = BillingPeriod.objects.get(subscription=subscription, start_date=D(2024, 1, 1))
+    assert january.state == BillingPeriod.State.OPEN
+    assert january.is_held and "provider_missing" in january.hold_reason
+    assert january.held_at == utc(2024, 2, 1, 0, 0)
+    # Held again for the same reasons: no new history row.
+    versions = january.history.count()
+    assert billing_periods_roll(now=utc(2024, 2, 1, 1, 0)).held == 1
+    assert january.history.count() == versions
+
+    stub_check.clear()
+    roll = billing_periods_roll(now=utc(2024, 2, 1, 2, 0))
+
+    assert (roll.closed, roll.held) == (1, 0)
+    january.refresh_from_db()
+    assert (january.state, january.total_minor, january.hold_reason) == ("closed", 1150, "")
+
+
+def test_a_close_check_that_fails_holds_its_period_and_the_roll_goes_on(subscribed, settings):
+    settings.BILLING_CLOSE_CHECKS = ["tests.billing.test_period_roll.no_such_check"]
+    subscription, _meter = subscribed
+
+    roll = billing_periods_roll(now=utc(2024, 2, 1, 2, 0))
+
+    assert (roll.held, roll.opened) == (1, 1)
+    january = BillingPeriod.objects.get(subscription=subscription, start_date=D(2024, 1, 1))
+    assert january.state == "open" and "no_such_check failed" in january.hold_reason

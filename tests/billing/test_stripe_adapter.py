@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import stripe
 
 from billing.models import ProviderInvoice, ProviderMeter, ProviderUsageSummary
 from billing.providers import get_provider
 from billing.providers import stripe as stripe_adapter
-from billing.providers.base import ItemStatus, MeterSpec, UsageItem
+from billing.providers.base import ItemStatus, MeterSpec, ProviderMisconfigured, UsageItem
 from billing.services.pull import provider_pull
 from billing.services.push import usage_push
 from tests.billing.fake_stripe import FakeStripe
@@ -393,6 +394,80 @@ def test_summaries_are_exact_per_utc_day_across_pages(fake, adapter, ready, monk
     assert {s.value for s in summaries} == {Decimal("0.3")}
     pages = fake.calls(f"/v1/billing/meters/{meter['id']}/event_summaries")
     assert len(pages) == 3
+
+
+def test_summaries_over_bounds_off_utc_midnights_are_one_summary_of_exactly_those_bounds(
+    fake, adapter, ready
+):
+    # An Asia/Kolkata period: local midnights are 18:30 UTC.
+    customer, _ = ready
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = today - timedelta(days=4) + timedelta(hours=18, minutes=30)
+    end = start + timedelta(days=3)
+    moments = {
+        "before": start - timedelta(minutes=1),
+        "first": start,
+        "last": end - timedelta(seconds=1),
+        "after": end,
+    }
+    adapter.report_usage(
+        [UsageItem(k, k, "mo_calls", customer, Decimal("1.25"), at) for k, at in moments.items()]
+    )
+    meter = fake.meter_by_event("mo_calls")
+
+    summaries = list(
+        adapter.list_meter_event_summaries(
+            provider_meter_id=meter["id"], customer_id=customer, start=start, end=end
+        )
+    )
+
+    assert [(s.start, s.end, s.value) for s in summaries] == [(start, end, Decimal("2.5"))]
+    assert fake.summary_requests == [
+        (meter["id"], customer, int(start.timestamp()), int(end.timestamp()), None)
+    ]
+    # UTC midnights are still asked per day.
+    list(
+        adapter.list_meter_event_summaries(
+            provider_meter_id=meter["id"], customer_id=customer, start=today, end=today
+        )
+    )
+    assert fake.summary_requests[-1][-1] == "day"
+
+
+def test_bounds_that_are_not_whole_minutes_are_refused_as_stripe_would(fake, adapter, ready):
+    customer, _ = ready
+    meter = fake.meter_by_event("mo_calls")
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    with pytest.raises(ProviderMisconfigured):
+        list(
+            adapter.list_meter_event_summaries(
+                provider_meter_id=meter["id"],
+                customer_id=customer,
+                start=today - timedelta(days=1, seconds=30),
+                end=today,
+            )
+        )
+    # The fake server enforces Stripe's documented alignment itself.
+    summaries = adapter.client.v1.billing.meters.event_summaries
+    day, half_hour = int(today.timestamp()), 1800
+    refused = [
+        {"start_time": day - 86_400 + 30, "end_time": day},  # not a whole minute
+        {"start_time": day - half_hour, "end_time": day, "value_grouping_window": "hour"},
+        {"start_time": day - 3600, "end_time": day, "value_grouping_window": "day"},
+    ]
+    for params in refused:
+        with pytest.raises(stripe.InvalidRequestError, match="aligned with"):
+            summaries.list(meter["id"], {"customer": customer, **params})
+    hourly = summaries.list(
+        meter["id"],
+        {
+            "customer": customer,
+            "start_time": day - 7200,
+            "end_time": day,
+            "value_grouping_window": "hour",
+        },
+    )
+    assert hourly.data == []
 
 
 def test_ensuring_a_meter_twice_makes_one_meter(fake, adapter):

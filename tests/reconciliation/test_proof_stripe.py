@@ -2,9 +2,8 @@
 server: usage pushed through the ledger, then faults injected at the fake server (events
 dropped, duplicated, moved two hours earlier; a customer remapped), then reconciled.
 
-UTC accounts only: Stripe's daily summaries need UTC-midnight bounds, and the adapter has no
-exact-bounds summary yet (see the README), so a period cut at another zone's midnight is read
-over its UTC cover days against Stripe.
+UTC accounts in the proof; a Kolkata period is read over its exact bounds (Stripe's summary
+without a grouping window, minute-aligned), tested on its own below.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from metering.models import Meter
 from reconciliation.models import Mismatch
 from reconciliation.services import reconciliation_run_all
 from tests.billing.fake_stripe import FakeStripe
+from tests.metering.rollup_support import event
 from tests.reconciliation.support import (
     account_with_period,
     ingest,
@@ -140,9 +140,10 @@ def test_faults_at_the_fake_stripe_server_are_found_with_their_cause(fake):
     assert len(wrong) <= len(flagged) * Decimal("0.1"), wrong
 
 
-def test_a_period_off_utc_midnights_is_read_over_its_utc_days_against_stripe(fake):
-    """Stripe refuses day-grouped summaries over bounds that are not UTC midnights: such a
-    period is compared over its UTC cover days, without an error."""
+def test_a_kolkata_period_is_read_against_stripe_over_its_exact_bounds(fake):
+    """A period cut at Kolkata midnights (18:30 UTC) is read with one summary over its exact
+    bounds (no grouping window, minute-aligned): Stripe's usage of the next period on the same
+    UTC day is not counted in it, and an event Stripe lost is found exactly."""
     from billing.services.push import usage_push
 
     meters = meters_count_sum_max()
@@ -153,9 +154,103 @@ def test_a_period_off_utc_midnights_is_read_over_its_utc_days_against_stripe(fak
         start=today() - timedelta(days=32),
         end=today() - timedelta(days=2),
     )
-    ingest([e for m in meters for e in usage(account, m, period, per_day=1)])
+    # Usage of the next period too, on the UTC day this one ends in (its end is 18:30 UTC).
+    next_period = event(account, meters[0], period.ends_at + timedelta(minutes=30))
+    ingest([e for m in meters for e in usage(account, m, period, per_day=1)] + [next_period])
     usage_push()
+    account.refresh_from_db()
+    customer = account.provider_customer_id
+    lo, hi = int(period.starts_at.timestamp()), int(period.ends_at.timestamp())
+    assert hi % 86_400 == 66_600  # 18:30 UTC
+    assert fake.total(event_name="mo_calls", customer=customer) == 30 + 3 + 1
+    with fake.lock:
+        # One event of this period lost by Stripe.
+        lost = next(
+            i
+            for i, e in enumerate(fake.events)
+            if e.customer == customer
+            and e.event_name == "mo_calls"
+            and lo + 10 * 86_400 <= e.timestamp < hi
+        )
+        del fake.events[lost]
 
     total, _runs = reconciliation_run_all(pull=True, trigger="test")
 
-    assert total.cells == 3 and total.opened == 0
+    assert total.cells == 3 and total.opened == 1
+    mismatch = Mismatch.objects.get()
+    assert (mismatch.meter.code, mismatch.delta, mismatch.top_cause) == (
+        "calls",
+        1,
+        "provider_missing",
+    )
+    exact = [r for r in fake.summary_requests if r[4] is None]
+    assert sorted(r[2:4] for r in exact) == [(lo, hi)] * 3
+    assert all(r[2] % 86_400 == r[3] % 86_400 == 0 for r in fake.summary_requests if r[4])
+
+
+def test_a_second_run_pulls_only_what_can_have_changed_and_still_finds_new_gaps(fake):
+    """After a pull, only ledger entries completed since (less Stripe's hour of processing)
+    can change what Stripe holds: a second run re-reads those cells from the day of their
+    oldest such entry, skips the rest, and still finds the gap the new usage opened."""
+    from django.utils import timezone
+
+    from billing.models import PushLedgerEntry
+    from billing.services.push import usage_push
+
+    meters = meters_count_sum_max()
+    plan = plan_for(meters)
+    cells = {}
+    for name in ("steady", "busy"):
+        account, period = account_with_period(
+            external_id=name,
+            tz="UTC",
+            plan=plan,
+            start=today() - timedelta(days=32),
+            end=today() - timedelta(days=2),
+        )
+        ingest([e for m in meters for e in usage(account, m, period, per_day=1)])
+        cells[name] = (account, period)
+    usage_push()
+    # Pushed long ago: Stripe has processed all of it.
+    PushLedgerEntry.objects.update(completed_at=timezone.now() - timedelta(hours=2))
+
+    first, _runs = reconciliation_run_all(pull=True, trigger="test")
+    first_requests = len(fake.summary_requests)
+
+    assert (first.cells, first.opened, first.pulled, first.pull_skipped) == (6, 0, 6, 0)
+    assert first_requests == 6
+
+    # New usage for one account, pushed now, and lost by Stripe.
+    account, period = cells["busy"]
+    at = period.starts_at + timedelta(days=10, hours=5)
+    ingest([event(account, meters[0], at)])
+    usage_push()
+    account.refresh_from_db()
+    with fake.lock:
+        fake.events[:] = [
+            e
+            for e in fake.events
+            if not (e.customer == account.provider_customer_id and e.timestamp == at.timestamp())
+        ]
+
+    second, _runs = reconciliation_run_all(pull=True, trigger="test")
+
+    assert (second.pulled, second.pull_skipped) == (1, 5)
+    new_requests = fake.summary_requests[first_requests:]
+    assert [r[2:] for r in new_requests] == [
+        (
+            int(at.replace(hour=0).timestamp()),
+            int((period.ends_at + timedelta(days=1)).timestamp()),
+            "day",
+        )
+    ]
+    assert second.opened == 1
+    mismatch = Mismatch.objects.get()
+    assert (mismatch.period, mismatch.meter, mismatch.delta) == (period, meters[0], 1)
+    assert mismatch.top_cause == "provider_missing"
+
+    # A third run with nothing new pulls nothing and keeps the mismatch.
+    PushLedgerEntry.objects.update(completed_at=timezone.now() - timedelta(hours=2))
+    third, _runs = reconciliation_run_all(pull=True, trigger="test")
+    assert (third.pulled, third.pull_skipped, third.resolved) == (0, 6, 0)
+    assert len(fake.summary_requests) == first_requests + 1
