@@ -32,3 +32,16 @@ def _rate_limit_counters_of_this_test_only(settings):
         **settings.CACHES,
         "default": {**default, "KEY_PREFIX": f"test-{uuid.uuid4().hex}"},
     }
+
+
+@pytest.fixture
+def fake(settings):
+    """The suite's Stripe-compatible server, with the stripe provider pointed at it."""
+    from tests.billing.fake_stripe import FakeStripe
+
+    server = FakeStripe()
+    settings.BILLING_PROVIDER = "stripe"
+    settings.STRIPE_API_KEY = server.api_key
+    settings.STRIPE_API_BASE = server.start()
+    yield server
+    server.stop()

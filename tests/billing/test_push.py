@@ -24,7 +24,6 @@ from billing.tasks import billing_provider_pull, billing_usage_push
 from metering.models import Meter, RolledUpEvent, UsageEvent
 from metering.services.ingest import events_ingest
 from metering.services.rollups import rollup_drain
-from tests.billing.fake_stripe import FakeStripe
 from tests.metering.factories import AccountFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
@@ -55,16 +54,6 @@ def make_event(account, meter, value, at, *, corrects=None, unique_value=""):
 
 def hours_ago(n: float) -> datetime:
     return (datetime.now(UTC) - timedelta(hours=n)).replace(microsecond=0)
-
-
-@pytest.fixture
-def fake(settings):
-    server = FakeStripe()
-    settings.BILLING_PROVIDER = "stripe"
-    settings.STRIPE_API_KEY = server.api_key
-    settings.STRIPE_API_BASE = server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -16,23 +16,12 @@ from billing.providers.base import UsageItem
 from billing.services import installation as installation_service
 from billing.services.push import usage_push
 from metering.models import Meter
-from tests.billing.fake_stripe import FakeStripe
 from tests.billing.test_push import crash_after_answer, hours_ago, make_event, stripe_total
 from tests.metering.factories import AccountFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
 
 Status = PushLedgerEntry.Status
-
-
-@pytest.fixture
-def fake(settings):
-    server = FakeStripe()
-    settings.BILLING_PROVIDER = "stripe"
-    settings.STRIPE_API_KEY = server.api_key
-    settings.STRIPE_API_BASE = server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

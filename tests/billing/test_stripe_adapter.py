@@ -17,18 +17,7 @@ from billing.providers import stripe as stripe_adapter
 from billing.providers.base import ItemStatus, MeterSpec, ProviderMisconfigured, UsageItem
 from billing.services.pull import provider_pull
 from billing.services.push import usage_push
-from tests.billing.fake_stripe import FakeStripe
 from tests.metering.factories import AccountFactory, MeterFactory
-
-
-@pytest.fixture
-def fake(settings):
-    server = FakeStripe()
-    settings.BILLING_PROVIDER = "stripe"
-    settings.STRIPE_API_KEY = server.api_key
-    settings.STRIPE_API_BASE = server.start()
-    yield server
-    server.stop()
 
 
 class Sleeps(list):

@@ -42,16 +42,6 @@ GROUPS = {
 PER_GROUP = 3
 
 
-@pytest.fixture
-def fake(settings):
-    server = FakeStripe()
-    settings.BILLING_PROVIDER = "stripe"
-    settings.STRIPE_API_KEY = server.api_key
-    settings.STRIPE_API_BASE = server.start()
-    yield server
-    server.stop()
-
-
 def _inject(fake: FakeStripe, group: str, customers: set[str]) -> None:
     mine = [i for i, e in enumerate(fake.events) if e.customer in customers]
     with fake.lock:
