@@ -81,9 +81,9 @@ FROM metering_account a;
 
 INSERT INTO billing_billingperiod (subscription_id, account_id, start_date, end_date, timezone,
                                    starts_at, ends_at, state, currency, invoice_lines,
-                                   created_at, updated_at)
+                                   hold_reason, created_at, updated_at)
 SELECT s.id, s.account_id, %(start)s, %(end)s, 'UTC', %(start)s::timestamptz,
-       %(end)s::timestamptz, 'open', 'USD', '[]', now(), now()
+       %(end)s::timestamptz, 'open', 'USD', '[]', '', now(), now()
 FROM billing_subscription s;
 
 CREATE TEMP TABLE bench_cells AS
