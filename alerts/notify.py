@@ -98,7 +98,15 @@ def _send(row: AlertNotification) -> None:
 
 def _ask(**fields) -> AlertNotification | None:
     row = _record(**fields)
-    if row is not None:
+    if row is None:
+        return None
+    if row.channel == AlertNotification.Channel.WEBHOOK:
+        # A customer webhook goes into the notifications outbox in this very transaction (the
+        # outbox delivers at least once and queues its dispatch on commit): a crash right
+        # after the alert commits cannot lose it.
+        _send(row)
+    else:
+        # E-mail and the team webhook are sent directly, so only once the alert has committed.
         transaction.on_commit(lambda: _send(row))
     return row
 

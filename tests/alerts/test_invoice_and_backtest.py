@@ -49,7 +49,33 @@ def test_a_projected_invoice_crossing_fires_within_one_evaluation():
     assert webhook.event_type == "invoice.projected_threshold"
     assert webhook.recipient == f"account:{scenario.account.pk}"
     assert webhook.payload["projected_invoice_minor"] == alert.projected_invoice_minor
-    assert webhook.handed_over is False  # the notifications app is not installed here
+    assert webhook.handed_over is True  # into the notifications outbox, in the same transaction
+
+
+def test_a_customer_webhook_enters_the_outbox_in_the_alerts_own_transaction(
+    django_capture_on_commit_callbacks,
+):
+    from notifications.models import WebhookDelivery
+    from notifications.services import webhook_endpoint_upsert
+
+    scenario = count_scenario(started=MARCH_1, now=at(TODAY, 20))
+    invoice_rule(notify_customer=True)
+    webhook_endpoint_upsert(
+        owner_key=notify.owner_key(scenario.account.pk),
+        name="ops",
+        url="https://hooks.example.com/meterops",
+        event_types=["invoice.projected_threshold"],
+        enabled=True,
+    )
+    count_usage(scenario.account, scenario.meter, MARCH_1, TODAY + ONE_DAY, lambda d: 2000)
+
+    # The on-commit callbacks are captured, not run: as if the process died right after commit.
+    with django_capture_on_commit_callbacks(execute=False):
+        alerts_evaluate_all(at=at(TODAY, 20))
+
+    (delivery,) = WebhookDelivery.objects.all()
+    assert delivery.event_type == "invoice.projected_threshold"
+    assert AlertNotification.objects.get(channel="webhook").handed_over is True
 
 
 def test_a_hold_rule_holds_billing_until_a_manager_releases_it(django_user_model):
