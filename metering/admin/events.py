@@ -55,6 +55,15 @@ class EstimatedCountPaginator(Paginator):
         pages = ceil(max(1, self.count - self.orphans) / self.per_page)
         return min(pages, self.max_estimated_pages) if self.is_estimate else pages
 
+    def page(self, number):
+        number = self.validate_number(number)
+        if not self.is_estimate:
+            return super().page(number)
+        # An estimate may be below the real count (the planner's guess on a fresh table is
+        # often low): a page is then a full slice, never cut short at the estimated count.
+        bottom = (number - 1) * self.per_page
+        return self._get_page(self.object_list[bottom : bottom + self.per_page], number, self)
+
 
 class SortableByOnlyChangeList(ChangeList):
     """Honours `sortable_by` for hand-written `?o=` URLs too, not only in the column headers."""
