@@ -38,7 +38,7 @@ from billing.money import to_minor_units
 from billing.pricing import PriceSpec, price_usage
 from billing.providers import get_provider
 from billing.providers.base import BillingProvider, ProviderError
-from billing.services.pull import provider_summaries_pull
+from billing.services.pull import provider_customer_lookup, provider_summaries_pull
 from billing.services.push import ledger_retry_failed, meter_spec
 from metering.models import Account, Meter
 from reconciliation import selectors as sel
@@ -118,15 +118,6 @@ def thresholds_load() -> dict[int | None, Threshold]:
 
 def _threshold_for(thresholds: dict[int | None, Threshold], meter_id: int) -> Threshold:
     return thresholds.get(meter_id) or thresholds.get(None) or Threshold()
-
-
-def _customer_id(provider: BillingProvider, account: Account) -> str:
-    """The account's customer at the provider, never creating one (as the pull reads it)."""
-    if provider.stores_customer_on_account:
-        return account.provider_customer_id
-    return provider.ensure_customer(
-        external_id=account.external_id, name=account.name, existing_id=account.provider_customer_id
-    )
 
 
 def _amount(spec: PriceSpec | None, quantity: Decimal) -> Decimal:
@@ -646,7 +637,8 @@ def reconcile_accounts(
         period.account = by_id[period.account_id]
     ctx.prices_for(periods)
     customers = {
-        a.pk: (_customer_id(provider, a) if provider is not None else "") for a in accounts
+        a.pk: (provider_customer_lookup(provider, a) if provider is not None else "")
+        for a in accounts
     }
     if pull and provider is not None:
         # Provider calls outside the write transaction; cells that cannot have changed since

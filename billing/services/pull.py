@@ -59,7 +59,7 @@ def _midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _customer_id(provider: BillingProvider, account: Account) -> str:
+def provider_customer_lookup(provider: BillingProvider, account: Account) -> str:
     """The account's id at the provider, without creating one (a pull never creates)."""
     if provider.stores_customer_on_account:
         return account.provider_customer_id
@@ -102,7 +102,7 @@ def provider_summaries_pull(
     mapping = ProviderMeter.objects.filter(provider=provider.name, meter=meter).first()
     if mapping is None:
         raise LookupError(f"{meter.code} has no {provider.name} meter yet.")
-    customer_id = _customer_id(provider, account)
+    customer_id = provider_customer_lookup(provider, account)
     if not customer_id:
         raise LookupError(f"{account.external_id} has no {provider.name} customer yet.")
     by_day: dict[date, Decimal] = {}
@@ -278,7 +278,7 @@ def provider_pull(
     if invoices:
         created_since = now - INVOICE_LOOKBACK
         for account in _invoice_accounts(provider, set(accounts), created_since, ids):
-            customer_id = _customer_id(provider, account)
+            customer_id = provider_customer_lookup(provider, account)
             if not customer_id:
                 continue
             for invoice in provider.list_invoices(
