@@ -1,0 +1,1 @@
+"""Admin for credits and usage corrections."""

@@ -1,0 +1,1 @@
+"""Auditor views of the audit log."""

@@ -1,0 +1,3 @@
+"""The append-only, hash-chained audit log (filled by [7])."""
+
+__all__: list[str] = []
