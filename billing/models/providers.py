@@ -18,6 +18,7 @@ from billing.money import format_money
 class Provider(models.TextChoices):
     SIMULATED = "simulated", "Simulated"
     STRIPE = "stripe", "Stripe"
+    ORB = "orb", "Orb"
 
 
 class ProviderMeter(models.Model):

@@ -68,8 +68,17 @@ class PushResult:
     errors: list[str] = field(default_factory=list)
 
 
-def too_old_cutoff(now: datetime) -> datetime:
-    return now - PUSH_WINDOW + EDGE_MARGIN
+def too_old_cutoff(now: datetime, provider_name: str | None = None) -> datetime:
+    """Usage older than this is not sent: the platform's accepted window (its
+    PlatformRules.past_window; Stripe's 35 days when no provider is named) less a margin."""
+    window = PUSH_WINDOW
+    if provider_name is not None:
+        from billing.providers import platform_rules
+
+        window = platform_rules(provider_name).past_window
+        if window is None:
+            return datetime.min.replace(tzinfo=now.tzinfo)
+    return now - window + EDGE_MARGIN
 
 
 def meter_spec(meter: Meter) -> MeterSpec:
