@@ -410,3 +410,27 @@ def test_values_go_as_json_numbers_with_their_exact_digits(orb_fake):
     assert orb_fake.total(event_name="mo_calls", customer="exact") == sum(values)
     with pytest.raises(ValueError):
         json_number(Decimal("0.12345678901234567890"))
+
+
+# --- the mapping in the admin -------------------------------------------------------------------
+
+
+def test_the_customer_and_meter_mapping_at_orb_shows_in_the_admin(
+    orb_fake, admin_client, account, storage
+):
+    from billing.models import ProviderCustomer
+
+    make_event(account, storage, Decimal(2), hours_ago(1))
+    usage_push()
+    usage_push()  # resolved again: no new mapping, no new history row
+
+    mapping = ProviderCustomer.objects.get(provider="orb", account=account)
+    assert (mapping.provider_customer_id, mapping.matched_by) == ("orb-acme", "external_id")
+    assert mapping.history.count() == 1
+    customers = admin_client.get("/admin/billing/providercustomer/?provider=orb")
+    meters = admin_client.get("/admin/billing/providermeter/?provider=orb")
+    assert customers.status_code == meters.status_code == 200
+    assert "orb-acme" in customers.content.decode()
+    assert orb_fake.metric_by_event("mo_storage")["id"] in meters.content.decode()
+    detail = admin_client.get(f"/admin/billing/providercustomer/{mapping.pk}/change/")
+    assert detail.status_code == 200
