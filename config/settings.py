@@ -391,6 +391,16 @@ BILLING_CLOSE_CHECKS = [
 BILLING_PROVIDERS = ("simulated", "stripe", "orb")
 if BILLING_PROVIDER not in BILLING_PROVIDERS:
     raise ImproperlyConfigured(f"BILLING_PROVIDER must be one of {', '.join(BILLING_PROVIDERS)}.")
+# A second platform read side by side during a migration ([9]): never pushed to, only read
+# back (its usage and invoices stored under its own name next to the primary's). Empty: none.
+BILLING_PROVIDER_SECONDARY = env_str("BILLING_PROVIDER_SECONDARY", "")
+if BILLING_PROVIDER_SECONDARY and (
+    BILLING_PROVIDER_SECONDARY not in BILLING_PROVIDERS
+    or BILLING_PROVIDER_SECONDARY in {BILLING_PROVIDER, "simulated"}
+):
+    raise ImproperlyConfigured(
+        "BILLING_PROVIDER_SECONDARY must be a real platform other than BILLING_PROVIDER."
+    )
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")

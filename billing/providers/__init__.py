@@ -39,6 +39,16 @@ def get_provider(name: str | None = None, **options) -> BillingProvider:
     raise ValueError(f"Unknown billing provider {name!r} (simulated, stripe or orb).")
 
 
+def get_secondary_provider() -> BillingProvider | None:
+    """The read-only second platform (BILLING_PROVIDER_SECONDARY), or None."""
+    name = getattr(settings, "BILLING_PROVIDER_SECONDARY", "")
+    if not name:
+        return None
+    provider = get_provider(name)
+    provider.read_only = True
+    return provider
+
+
 def platform_rules(name: str) -> PlatformRules:
     """The rules of the platform `name` as configured here (simulated mirrors Stripe)."""
     if name == "orb":

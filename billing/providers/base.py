@@ -243,6 +243,14 @@ class PlatformReads:
     # ingest aliases, Amberflo): then the customer needs no stored id on our side.
     customer_by_external_id: bool = False
 
+    # A secondary platform, read side by side during a migration: never pushed to, and
+    # nothing is created there.
+    read_only: bool = False
+
+    def find_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo | None:
+        """The platform's meter for `spec.event_name` if it exists (never creates one)."""
+        return None
+
     def lookup_customer(self, *, external_id: str, existing_id: str = "") -> str:
         """The account's customer id at the platform without creating one ("" if none)."""
         if self.customer_by_external_id:

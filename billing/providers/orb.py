@@ -237,14 +237,23 @@ class OrbProvider(BillingProvider):
             if not cursor:
                 return
 
-    def ensure_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo:
+    def find_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo | None:
         for metric in self._metrics():
-            if (metric.get("metadata") or {}).get("meterops_event_name") == spec.event_name:
+            metadata = metric.get("metadata") or {}
+            if metadata.get("meterops_event_name") == spec.event_name:
                 return ProviderMeterInfo(
                     provider_meter_id=metric["id"],
                     event_name=spec.event_name,
-                    aggregation=(metric.get("metadata") or {}).get("meterops_aggregation", ""),
+                    aggregation=metadata.get("meterops_aggregation", ""),
                 )
+        return None
+
+    def ensure_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo:
+        if self.read_only:
+            raise ProviderMisconfigured("Orb is the read-only secondary platform here.")
+        found = self.find_meter(spec=spec)
+        if found is not None:
+            return found
         item = _body(
             self._call(
                 self.client.items.with_raw_response.create,
@@ -283,6 +292,8 @@ class OrbProvider(BillingProvider):
         }
 
     def report_usage(self, items: Sequence[UsageItem]) -> list[ItemResult]:
+        if self.read_only:
+            raise ProviderMisconfigured("Orb is the read-only secondary platform here.")
         results: dict[str, ItemResult] = {}
         for start in range(0, len(items), self.batch_size):
             for result in self._ingest(list(items[start : start + self.batch_size])):

@@ -434,3 +434,46 @@ def test_the_customer_and_meter_mapping_at_orb_shows_in_the_admin(
     assert orb_fake.metric_by_event("mo_storage")["id"] in meters.content.decode()
     detail = admin_client.get(f"/admin/billing/providercustomer/{mapping.pk}/change/")
     assert detail.status_code == 200
+
+
+# --- Orb as the read-only secondary platform ----------------------------------------------------
+
+
+def test_orb_as_the_secondary_platform_is_read_side_by_side_and_never_written(
+    settings, orb_fake, account, storage
+):
+    from billing.providers import get_secondary_provider
+    from billing.tasks import billing_provider_pull
+
+    # The team still pushes to Orb itself during the migration (here: straight to the fake).
+    writer = OrbProvider(api_key=orb_fake.api_key, api_base=orb_fake.url)
+    metric = writer.ensure_meter(spec=MeterSpec("storage", "Storage", "mo_storage", "sum"))
+    writer.ensure_customer(external_id="orb-acme", name="Acme")
+    orb_fake.subscribe("orb-acme")
+    at = hours_ago(1)
+    writer.report_usage([UsageItem("team-1", "team-1", "mo_storage", "orb-acme", Decimal(5), at)])
+    writes_before = len([r for r in orb_fake.requests if r["method"] != "GET"])
+    # Meterops pushes to the simulated provider (primary) and reads Orb beside it.
+    settings.BILLING_PROVIDER = "simulated"
+    settings.BILLING_PROVIDER_SECONDARY = "orb"
+    make_event(account, storage, Decimal(5), at)
+    usage_push()
+
+    result = billing_provider_pull.delay().get()
+
+    day = at.date()
+    stored = dict(
+        ProviderUsageSummary.objects.filter(account=account, meter=storage, day=day).values_list(
+            "provider", "value"
+        )
+    )
+    assert stored == {"simulated": Decimal(5), "orb": Decimal(5)}
+    assert result["secondary"]["provider"] == "orb" and result["secondary"]["pairs"] == 1
+    mapping = ProviderMeter.objects.get(provider="orb", meter=storage)
+    assert mapping.provider_meter_id == metric.provider_meter_id  # matched, not created
+    assert len([r for r in orb_fake.requests if r["method"] != "GET"]) == writes_before
+    secondary = get_secondary_provider()
+    with pytest.raises(ProviderMisconfigured):
+        secondary.report_usage(
+            [UsageItem("x", "x", "mo_storage", "orb-acme", Decimal(1), hours_ago(1))]
+        )
