@@ -1,16 +1,18 @@
-"""Benchmark: push usage events through the Stripe adapter (the real SDK) to the fake Stripe
-server, and count the HTTP calls.
+"""Benchmark: push usage events through a platform adapter (its official SDK) to the suite's
+fake server of that platform, and count the HTTP calls.
 
-    uv run python bench/push.py                  # 10,000 events, v2 meter event stream
+    uv run python bench/push.py                  # 10,000 events, Stripe's v2 meter event stream
     uv run python bench/push.py --events 50000
     uv run python bench/push.py --v1             # one v1 request per event, for comparison
+    uv run python bench/push.py --provider orb   # Orb's /ingest (500 events per request)
 
 It works in its own database (`meterops_bench_push` on the server of $DATABASE_URL),
 recreated at each run. Steps:
 
 1. migrate; create the accounts and a count meter; insert the events and roll them up (the
    rollup drain puts them in the rolled-up feed the push reads, as in production);
-2. start the fake Stripe server (tests/billing/fake_stripe.py) on 127.0.0.1;
+2. start the platform's fake server (tests/billing/fake_stripe.py, tests/billing/fakes/) on
+   127.0.0.1;
 3. time one push run (`usage_push`): drain the feed into the ledger, then send every entry
    through the adapter and record each answer; the two phases are also timed alone;
 4. print events/s and the HTTP calls per 10,000 events (v2: about 100 stream requests plus
@@ -39,7 +41,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--accounts", type=int, default=10)
-    parser.add_argument("--v1", action="store_true", help="v1 meter events only (no stream)")
+    parser.add_argument("--provider", choices=["stripe", "orb"], default="stripe")
+    parser.add_argument("--v1", action="store_true", help="Stripe: v1 meter events only")
     parser.add_argument("--database", default="meterops_bench_push")
     return parser.parse_args()
 
@@ -47,7 +50,7 @@ def parse_args() -> argparse.Namespace:
 def setup_django(url: str) -> None:
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DEBUG", "true")
-    os.environ["BILLING_PROVIDER"] = "simulated"  # the bench passes its own Stripe adapter
+    os.environ["BILLING_PROVIDER"] = "simulated"  # the bench passes its own adapter
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
@@ -95,9 +98,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
 
     from billing.models import PushLedgerEntry
-    from billing.providers.stripe import StripeProvider
     from billing.services.push import push_ledger_enqueue, push_ledger_send
-    from tests.billing.fake_stripe import FakeStripe
 
     started = time.perf_counter()
     accounts, _meter = seed(args.events, args.accounts)
@@ -106,14 +107,10 @@ def main() -> None:
         f"{time.perf_counter() - started:.1f}s"
     )
 
-    fake = FakeStripe()
-    base = fake.start()
-    adapter = StripeProvider(
-        api_key=fake.api_key, api_base=base, v2_threshold=10**9 if args.v1 else 10
-    )
+    fake, adapter, counted_for, mode = platform(args)
     try:
         t0 = time.perf_counter()
-        drained, created, _ = push_ledger_enqueue(provider_name="stripe")
+        drained, created, _ = push_ledger_enqueue(provider_name=adapter.name)
         t1 = time.perf_counter()
         result = push_ledger_send(provider=adapter)
         t2 = time.perf_counter()
@@ -125,20 +122,17 @@ def main() -> None:
     for request in fake.requests:
         key = f"{request['method']} {request['path']}"
         by_path[key] = by_path.get(key, 0) + 1
-    counted = sum(
-        fake.total(event_name="mo_api_calls", customer=a.provider_customer_id)
-        for a in type(accounts[0]).objects.all()
-    )
+    counted = sum(counted_for(a) for a in type(accounts[0]).objects.all())
     done = PushLedgerEntry.objects.filter(status__in=["sent", "acknowledged"]).count()
     per_10k = fake.request_count * 10_000 / args.events
 
-    print(f"mode: {'v1 meter events' if args.v1 else 'v2 meter event stream (100 per request)'}")
+    print(f"provider: {adapter.name}; mode: {mode}")
     print(
         f"enqueue (feed -> ledger): {drained:,} events, {created:,} entries in {t1 - t0:.2f}s "
         f"({drained / (t1 - t0):,.0f} events/s)"
     )
     print(
-        f"send (adapter -> fake Stripe, answers recorded): {result.attempted:,} entries in "
+        f"send (adapter -> fake {adapter.name}, answers recorded): {result.attempted:,} entries in "
         f"{t2 - t1:.2f}s ({result.attempted / (t2 - t1):,.0f} events/s)"
     )
     print(f"push end to end: {args.events / total:,.0f} events/s")
@@ -149,6 +143,34 @@ def main() -> None:
         f"ledger sent/acknowledged: {done:,}; counted by the fake: {counted:,} "
         f"({'exact' if counted == args.events == done else 'MISMATCH'})"
     )
+
+
+def platform(args):
+    """(fake server, adapter, counted(account), mode) for --provider."""
+    if args.provider == "orb":
+        from billing.providers.orb import OrbProvider
+        from tests.billing.fakes.orb import FakeOrb
+
+        fake = FakeOrb()
+        adapter = OrbProvider(api_key=fake.api_key, api_base=fake.start())
+
+        def counted(account):
+            return fake.total(event_name="mo_api_calls", customer=account.external_id)
+
+        return fake, adapter, counted, f"/ingest, {adapter.batch_size} events per request"
+    from billing.providers.stripe import StripeProvider
+    from tests.billing.fake_stripe import FakeStripe
+
+    fake = FakeStripe()
+    adapter = StripeProvider(
+        api_key=fake.api_key, api_base=fake.start(), v2_threshold=10**9 if args.v1 else 10
+    )
+
+    def counted(account):
+        return fake.total(event_name="mo_api_calls", customer=account.provider_customer_id)
+
+    mode = "v1 meter events" if args.v1 else "v2 meter event stream (100 per request)"
+    return fake, adapter, counted, mode
 
 
 if __name__ == "__main__":

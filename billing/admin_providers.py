@@ -12,6 +12,7 @@ from django.db.models import Q
 
 from billing.models import (
     Provider,
+    ProviderCustomer,
     ProviderInvoice,
     ProviderInvoiceLine,
     ProviderMeter,
@@ -43,6 +44,19 @@ class ProviderMeterAdmin(AuditedHistoryAdmin):
     search_fields = ("meter__code", "provider_meter_id", "event_name")
     readonly_fields = ("created_at", "updated_at")
     # Created by the push when a meter is first used; its history is evidence.
+    read_only = True
+
+
+@admin.register(ProviderCustomer)
+class ProviderCustomerAdmin(AuditedHistoryAdmin):
+    """Each account's customer at each platform (created there or matched by external id)."""
+
+    list_display = ("account", "provider", "provider_customer_id", "matched_by", "updated_at")
+    list_select_related = ("account",)
+    list_filter = ("provider", "matched_by")
+    search_fields = ("account__external_id", "provider_customer_id")
+    readonly_fields = ("created_at", "updated_at")
+    # Written by the push when it resolves a customer; its history is evidence.
     read_only = True
 
 

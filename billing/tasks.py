@@ -73,4 +73,13 @@ def billing_provider_pull(self, days: int | None = None) -> dict:
     since = until - dt.timedelta(days=(days or DEFAULT_DAYS) + 1)
     result = asdict(provider_pull(since=since, until=until, now=now))
     result["since"], result["until"] = since.isoformat(), until.isoformat()
+    from billing.services.pull import provider_secondary_pull
+
+    secondary = provider_secondary_pull(since=since, until=until, now=now)
+    if secondary is not None:
+        result["secondary"] = {
+            **asdict(secondary),
+            "since": since.isoformat(),
+            "until": until.isoformat(),
+        }
     return result

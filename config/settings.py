@@ -388,8 +388,19 @@ BILLING_CLOSE_CHECKS = [
     ).split(",")
     if p.strip()
 ]
-if BILLING_PROVIDER not in {"simulated", "stripe"}:
-    raise ImproperlyConfigured("BILLING_PROVIDER must be 'simulated' or 'stripe'.")
+BILLING_PROVIDERS = ("simulated", "stripe", "orb")
+if BILLING_PROVIDER not in BILLING_PROVIDERS:
+    raise ImproperlyConfigured(f"BILLING_PROVIDER must be one of {', '.join(BILLING_PROVIDERS)}.")
+# A second platform read side by side during a migration ([9]): never pushed to, only read
+# back (its usage and invoices stored under its own name next to the primary's). Empty: none.
+BILLING_PROVIDER_SECONDARY = env_str("BILLING_PROVIDER_SECONDARY", "")
+if BILLING_PROVIDER_SECONDARY and (
+    BILLING_PROVIDER_SECONDARY not in BILLING_PROVIDERS
+    or BILLING_PROVIDER_SECONDARY in {BILLING_PROVIDER, "simulated"}
+):
+    raise ImproperlyConfigured(
+        "BILLING_PROVIDER_SECONDARY must be a real platform other than BILLING_PROVIDER."
+    )
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
@@ -397,6 +408,15 @@ STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_RETRY_AFTER_MAX = float(os.environ.get("STRIPE_RETRY_AFTER_MAX", "30"))
 if BILLING_PROVIDER == "stripe" and not STRIPE_API_KEY:
     raise ImproperlyConfigured("BILLING_PROVIDER=stripe needs STRIPE_API_KEY.")
+# Orb ([9]): the official `orb-billing` SDK against ORB_API_BASE (Orb's own when empty).
+ORB_API_KEY = os.environ.get("ORB_API_KEY", "")
+ORB_API_BASE = os.environ.get("ORB_API_BASE", "")
+# The ingestion grace period set on the Orb account: older usage is refused by Orb (a
+# backfill's business), so the push ledger records it too_old instead of sending it.
+ORB_GRACE_PERIOD_HOURS = env_int("ORB_GRACE_PERIOD_HOURS", 12)
+ORB_RETRY_AFTER_MAX = float(os.environ.get("ORB_RETRY_AFTER_MAX", "30"))
+if BILLING_PROVIDER == "orb" and not ORB_API_KEY:
+    raise ImproperlyConfigured("BILLING_PROVIDER=orb needs ORB_API_KEY.")
 
 # --- Notifications (e-mail, team webhook, customer webhooks) ---
 # E-mail goes through Django's backend: the console while DEBUG is on, SMTP otherwise.

@@ -45,3 +45,20 @@ def fake(settings):
     settings.STRIPE_API_BASE = server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def orb_fake(settings):
+    """The suite's Orb-compatible server (tests/billing/fakes/orb.py), with BILLING_PROVIDER=orb
+    pointed at it; grace period 12 hours unless a test sets `orb_fake.grace_seconds` and
+    ORB_GRACE_PERIOD_HOURS together."""
+    from tests.billing.fakes.orb import FakeOrb
+
+    server = FakeOrb()
+    settings.BILLING_PROVIDER = "orb"
+    settings.ORB_API_KEY = server.api_key
+    settings.ORB_API_BASE = server.start()
+    settings.ORB_GRACE_PERIOD_HOURS = 12
+    settings.ORB_RETRY_AFTER_MAX = 30
+    yield server
+    server.stop()

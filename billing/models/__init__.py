@@ -22,6 +22,7 @@ from billing.models.plans import DecimalJSONDecoder, Plan, Price
 from billing.models.projection import ProjectionSnapshot
 from billing.models.providers import (
     Provider,
+    ProviderCustomer,
     ProviderInvoice,
     ProviderInvoiceLine,
     ProviderMeter,
@@ -51,6 +52,7 @@ __all__ = [
     "Price",
     "ProjectionSnapshot",
     "Provider",
+    "ProviderCustomer",
     "ProviderInvoice",
     "ProviderInvoiceLine",
     "ProviderMeter",

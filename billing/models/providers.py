@@ -18,6 +18,7 @@ from billing.money import format_money
 class Provider(models.TextChoices):
     SIMULATED = "simulated", "Simulated"
     STRIPE = "stripe", "Stripe"
+    ORB = "orb", "Orb"
 
 
 class ProviderMeter(models.Model):
@@ -57,6 +58,39 @@ class ProviderMeter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.event_name} ({self.aggregation})"
+
+
+class ProviderCustomer(models.Model):
+    """Our account as a customer of one billing platform: the id usage is sent under there,
+    recorded by the push when it first resolves the customer (created at the platform, or
+    matched by our external id). One per (platform, account); a changed id is kept in the
+    history."""
+
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    account = models.ForeignKey(
+        "metering.Account", on_delete=models.PROTECT, related_name="provider_customers"
+    )
+    provider_customer_id = models.CharField(max_length=255)
+    matched_by = models.CharField(
+        max_length=32,
+        help_text="How the platform knows the account: `external_id` (our account's external "
+        "id is the platform's key), `stored_id` (the id kept on the account) or `derived`.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["provider", "account"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "account"], name="provider_customer_one_per"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.provider_customer_id}"
 
 
 class ProviderUsageSummary(models.Model):

@@ -1,14 +1,19 @@
-"""Billing-provider adapters: one interface (base.BillingProvider), two implementations.
+"""Billing-provider adapters: one interface (base.BillingProvider), three implementations.
 
 `get_provider()` picks the one named by settings.BILLING_PROVIDER: `simulated` (the default,
-kept in the database) or `stripe` (the stripe SDK, STRIPE_API_KEY, STRIPE_API_BASE).
+kept in the database), `stripe` (the stripe SDK, STRIPE_API_KEY, STRIPE_API_BASE) or `orb`
+(the orb-billing SDK, ORB_API_KEY, ORB_API_BASE). `platform_rules(name)` answers a
+platform's PlatformRules without building an adapter (the push ledger reads them).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import timedelta
+
 from django.conf import settings
 
-from billing.providers.base import BillingProvider
+from billing.providers.base import STRIPE_RULES, BillingProvider, PlatformRules
 
 
 def get_provider(name: str | None = None, **options) -> BillingProvider:
@@ -25,7 +30,32 @@ def get_provider(name: str | None = None, **options) -> BillingProvider:
         return StripeProvider(
             api_key=settings.STRIPE_API_KEY, api_base=settings.STRIPE_API_BASE, **options
         )
-    raise ValueError(f"Unknown billing provider {name!r} (simulated or stripe).")
+    if name == "orb":
+        from billing.providers.orb import OrbProvider
+
+        options.setdefault("retry_after_cap", settings.ORB_RETRY_AFTER_MAX)
+        options.setdefault("grace_period", timedelta(hours=settings.ORB_GRACE_PERIOD_HOURS))
+        return OrbProvider(api_key=settings.ORB_API_KEY, api_base=settings.ORB_API_BASE, **options)
+    raise ValueError(f"Unknown billing provider {name!r} (simulated, stripe or orb).")
+
+
+def get_secondary_provider() -> BillingProvider | None:
+    """The read-only second platform (BILLING_PROVIDER_SECONDARY), or None."""
+    name = getattr(settings, "BILLING_PROVIDER_SECONDARY", "")
+    if not name:
+        return None
+    provider = get_provider(name)
+    provider.read_only = True
+    return provider
+
+
+def platform_rules(name: str) -> PlatformRules:
+    """The rules of the platform `name` as configured here (simulated mirrors Stripe)."""
+    if name == "orb":
+        from billing.providers.orb import ORB_RULES
+
+        return replace(ORB_RULES, past_window=timedelta(hours=settings.ORB_GRACE_PERIOD_HOURS))
+    return STRIPE_RULES
 
 
 def _installation_id() -> str:

@@ -171,7 +171,111 @@ class InvoiceData:
     raw: dict
 
 
-class BillingProvider(abc.ABC):
+# --- [9] the platform's own rules, as data, and the generalised reads ------------------------
+#
+# Stripe's shape was built into the push ledger (a 35-day window, identifiers kept 24 hours,
+# 15 significant digits, UTC-day summaries). Each adapter now declares its platform's rules
+# in a PlatformRules; the push ledger enforces from it what the platform does not (it
+# refuses usage outside the accepted window before sending it, and resends a stale entry
+# blindly only where the platform keeps keys for good).
+
+
+@dataclass(frozen=True)
+class PlatformRules:
+    """What a billing platform documents about receiving usage, as the ledger needs it."""
+
+    # The field of a usage event the platform deduplicates on (Stripe `identifier`, Orb
+    # `idempotency_key`, Lago/Metronome `transaction_id`, Amberflo `uniqueId`).
+    key_field: str
+    # How long the platform remembers a key; None: for good (a resend, however late, is
+    # counted once).
+    key_retention: timedelta | None
+    # The oldest usage timestamp accepted (now - past_window); None: no limit.
+    past_window: timedelta | None
+    # How far ahead of the platform's clock a timestamp may be.
+    future_tolerance: timedelta
+    # At most this many events per usage request.
+    batch_size: int
+    # The documented request rate (requests per second) for usage; None: not published.
+    rate_limit_per_second: int | None
+    # The finest read-back window: "utc_day" (Stripe), "customer_day" (days at the customer's
+    # midnight; Meterops creates the customer in UTC so they are UTC days), "period" ...
+    read_window: str
+    # Significant digits a value may have; None: no documented limit.
+    max_value_digits: int | None = MAX_VALUE_DIGITS
+    # How usage is corrected at the platform, in a sentence (for the README and the admin).
+    corrections: str = ""
+
+
+STRIPE_RULES = PlatformRules(
+    key_field="identifier",
+    key_retention=IDENTIFIER_WINDOW,
+    past_window=PUSH_WINDOW,
+    future_tolerance=FUTURE_TOLERANCE,
+    batch_size=100,
+    rate_limit_per_second=None,
+    read_window="utc_day",
+    max_value_digits=MAX_VALUE_DIGITS,
+    corrections="negative meter event values (or a meter event adjustment cancelling an event)",
+)
+
+
+@dataclass(frozen=True)
+class CreditResult:
+    """A credit the platform recorded for a customer (the answer to `apply_credit`)."""
+
+    credit_id: str
+    customer_id: str
+    amount_minor: int
+    currency: str
+    raw: dict = field(default_factory=dict)
+
+
+class PlatformReads:
+    """The generalised reads and the credit, mixed into every adapter (BillingProvider
+    inherits them). Defaults answer "the platform has none"; an adapter overrides what its
+    platform offers. Read-back of recorded usage stays `list_meter_event_summaries`, at the
+    window the adapter's `rules.read_window` declares."""
+
+    # Stripe's rules by default (the simulated provider mirrors Stripe); adapters override.
+    rules: PlatformRules = STRIPE_RULES
+    # Whether usage names the customer by our account's external id (Orb, Lago, Metronome's
+    # ingest aliases, Amberflo): then the customer needs no stored id on our side.
+    customer_by_external_id: bool = False
+
+    # A secondary platform, read side by side during a migration: never pushed to, and
+    # nothing is created there.
+    read_only: bool = False
+
+    def find_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo | None:
+        """The platform's meter for `spec.event_name` if it exists (never creates one)."""
+        return None
+
+    def lookup_customer(self, *, external_id: str, existing_id: str = "") -> str:
+        """The account's customer id at the platform without creating one ("" if none)."""
+        if self.customer_by_external_id:
+            return external_id
+        return existing_id
+
+    def upcoming_invoice(self, *, customer_id: str) -> InvoiceData | None:
+        """The platform's own preview of the customer's next invoice, or None where the
+        platform has no preview (or the customer nothing upcoming)."""
+        return None
+
+    def apply_credit(
+        self,
+        *,
+        customer_id: str,
+        amount_minor: int,
+        currency: str,
+        reason: str,
+        idempotency_key: str,
+    ) -> CreditResult:
+        """Credit the customer `amount_minor` at the platform (once per idempotency key)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot apply credits.")
+
+
+class BillingProvider(PlatformReads, abc.ABC):
     """One billing platform. Every method may raise ProviderUnavailable (try later) or
     ProviderMisconfigured (fix the settings)."""
 

@@ -63,6 +63,11 @@ def provider_customer_lookup(provider: BillingProvider, account: Account) -> str
     """The account's id at the provider, without creating one (a pull never creates)."""
     if provider.stores_customer_on_account:
         return account.provider_customer_id
+    if provider.customer_by_external_id:
+        return provider.lookup_customer(
+            external_id=account.external_id, existing_id=account.provider_customer_id
+        )
+    # Derived from the account (the simulated provider): nothing to create.
     return provider.ensure_customer(
         external_id=account.external_id,
         name=account.name,
@@ -71,10 +76,19 @@ def provider_customer_lookup(provider: BillingProvider, account: Account) -> str
 
 
 def pull_pairs(
-    *, provider_name: str, since: date, until: date, account_ids: Iterable[int] | None = None
+    *,
+    provider_name: str,
+    since: date,
+    until: date,
+    account_ids: Iterable[int] | None = None,
+    ledger_provider: str | None = None,
 ) -> list[tuple[int, int]]:
-    """(account id, meter id) pairs to pull summaries for over UTC days [since, until)."""
-    ledger = PushLedgerEntry.objects.filter(provider=provider_name, day__gte=since, day__lt=until)
+    """(account id, meter id) pairs to pull summaries for over UTC days [since, until): those
+    in the push ledger of `ledger_provider` (the provider itself, or for a read-only secondary
+    platform the primary whose usage it should also hold) and those already stored."""
+    ledger = PushLedgerEntry.objects.filter(
+        provider=ledger_provider or provider_name, day__gte=since, day__lt=until
+    )
     stored = ProviderUsageSummary.objects.filter(
         provider=provider_name, day__gte=since, day__lt=until
     )
@@ -100,6 +114,8 @@ def provider_summaries_pull(
     zeroed). Raises LookupError if the meter has no provider meter yet (nothing pushed)."""
     now = now or timezone.now()
     mapping = ProviderMeter.objects.filter(provider=provider.name, meter=meter).first()
+    if mapping is None and provider.read_only:
+        mapping = _secondary_meter(provider, meter)
     if mapping is None:
         raise LookupError(f"{meter.code} has no {provider.name} meter yet.")
     customer_id = provider_customer_lookup(provider, account)
@@ -143,6 +159,27 @@ def provider_summaries_pull(
             .update(value=Decimal(0), pulled_at=now)
         )
     return len(rows), zeroed
+
+
+def _secondary_meter(provider: BillingProvider, meter: Meter) -> ProviderMeter | None:
+    """A read-only platform's meter for ours, matched there (never created), kept as its
+    mapping (the admin shows it next to the primary's)."""
+    from billing.services.push.common import meter_spec
+
+    spec = meter_spec(meter)
+    info = provider.find_meter(spec=spec)
+    if info is None:
+        return None
+    mapping, _ = ProviderMeter.objects.get_or_create(
+        provider=provider.name,
+        meter=meter,
+        defaults={
+            "provider_meter_id": info.provider_meter_id,
+            "event_name": info.event_name,
+            "aggregation": spec.aggregation,
+        },
+    )
+    return mapping
 
 
 def _meter_for_line(meter_code: str, price_id: str, cache: dict) -> Meter | None:
@@ -247,9 +284,11 @@ def provider_pull(
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
     actor=None,
+    ledger_provider: str | None = None,
 ) -> PullResult:
     """Pull summaries over UTC days [since, until) (default: the last DEFAULT_DAYS days and
-    today) and the invoices of the last 60 days."""
+    today) and the invoices of the last 60 days. `ledger_provider`: whose push ledger names
+    the pairs (a read-only secondary platform is read for the primary's)."""
     provider = provider or get_provider()
     now = now or timezone.now()
     today = now.astimezone(UTC).date()
@@ -257,7 +296,13 @@ def provider_pull(
     since = since or until - timedelta(days=DEFAULT_DAYS + 1)
     ids = list(account_ids) if account_ids is not None else None
     result = PullResult(provider=provider.name, since=since, until=until)
-    pairs = pull_pairs(provider_name=provider.name, since=since, until=until, account_ids=ids)
+    pairs = pull_pairs(
+        provider_name=provider.name,
+        since=since,
+        until=until,
+        account_ids=ids,
+        ledger_provider=ledger_provider,
+    )
     result.pairs = len(pairs)
     accounts = Account.objects.in_bulk({a for a, _ in pairs})
     meters = Meter.objects.in_bulk({m for _, m in pairs})
@@ -293,3 +338,25 @@ def provider_pull(
                 progress(f"{account.external_id}: invoices")
     result.http_calls = getattr(provider, "http_calls", 0)
     return result
+
+
+def provider_secondary_pull(
+    *, since: date | None = None, until: date | None = None, now: datetime | None = None
+) -> PullResult | None:
+    """Read the secondary platform (BILLING_PROVIDER_SECONDARY) side by side with the primary:
+    the same pairs (the primary's push ledger), stored under the secondary's own name. None
+    when no secondary is set."""
+    from django.conf import settings
+
+    from billing.providers import get_secondary_provider
+
+    provider = get_secondary_provider()
+    if provider is None:
+        return None
+    return provider_pull(
+        provider=provider,
+        since=since,
+        until=until,
+        now=now,
+        ledger_provider=settings.BILLING_PROVIDER,
+    )

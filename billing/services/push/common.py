@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from billing.models import ProviderCustomer, PushLedgerEntry
 from billing.models import ProviderMeter as ProviderMeterModel
-from billing.models import PushLedgerEntry
 from billing.providers.base import (
     PUSH_WINDOW,
     BillingProvider,
@@ -68,8 +68,17 @@ class PushResult:
     errors: list[str] = field(default_factory=list)
 
 
-def too_old_cutoff(now: datetime) -> datetime:
-    return now - PUSH_WINDOW + EDGE_MARGIN
+def too_old_cutoff(now: datetime, provider_name: str | None = None) -> datetime:
+    """Usage older than this is not sent: the platform's accepted window (its
+    PlatformRules.past_window; Stripe's 35 days when no provider is named) less a margin."""
+    window = PUSH_WINDOW
+    if provider_name is not None:
+        from billing.providers import platform_rules
+
+        window = platform_rules(provider_name).past_window
+        if window is None:
+            return datetime.min.replace(tzinfo=now.tzinfo)
+    return now - window + EDGE_MARGIN
 
 
 def meter_spec(meter: Meter) -> MeterSpec:
@@ -98,7 +107,31 @@ def provider_customer_ensure(*, provider: BillingProvider, account: Account, act
         if actor is not None:
             account._history_user = actor
         account.save(update_fields=["provider_customer_id", "updated_at"])
+    provider_customer_record(provider=provider, account=account, customer_id=customer_id)
     return customer_id
+
+
+def provider_customer_record(*, provider: BillingProvider, account: Account, customer_id: str):
+    """Keep the account's customer at the platform in the mapping the admin shows (a new row,
+    or the id changed: a history row with the reason)."""
+    if provider.customer_by_external_id:
+        matched_by = "external_id"
+    elif provider.stores_customer_on_account:
+        matched_by = "stored_id"
+    else:
+        matched_by = "derived"
+    mapping = ProviderCustomer.objects.filter(provider=provider.name, account=account).first()
+    if mapping is None:
+        mapping = ProviderCustomer(provider=provider.name, account=account)
+        mapping._change_reason = f"Customer resolved at {provider.name} by the push"
+    elif mapping.provider_customer_id == customer_id and mapping.matched_by == matched_by:
+        return mapping
+    else:
+        mapping._change_reason = f"Customer id changed at {provider.name}"
+    mapping.provider_customer_id = customer_id
+    mapping.matched_by = matched_by
+    mapping.save()
+    return mapping
 
 
 def provider_meter_ensure(*, provider: BillingProvider, meter: Meter) -> ProviderMeterModel:

@@ -95,11 +95,11 @@ class _PeriodFinder:
         )
 
 
-def _too_old_response(now: datetime) -> dict:
+def _too_old_response(now: datetime, provider_name: str | None = None) -> dict:
     return {
-        "reason": "The provider accepts usage timestamps within the past 35 days only; "
-        "this usage was not sent.",
-        "cutoff": too_old_cutoff(now).isoformat(),
+        "reason": "The provider accepts usage timestamps within its window only "
+        "(Stripe: the past 35 days); this usage was not sent.",
+        "cutoff": too_old_cutoff(now, provider_name).isoformat(),
     }
 
 
@@ -107,7 +107,7 @@ def _mark_too_old(entry: PushLedgerEntry, now: datetime) -> None:
     entry.status = Status.TOO_OLD
     entry.completed_at = now
     entry.error_code = "older_than_push_window"
-    entry.response = _too_old_response(now)
+    entry.response = _too_old_response(now, entry.provider)
 
 
 def _gauge_entry(
@@ -158,7 +158,7 @@ def _gauge_entry(
         entry.completed_at = now
         entry.error_code = "period_ended"
         entry.response = {"reason": "The billing period ended; the value changed afterwards."}
-    elif timestamp < too_old_cutoff(now):
+    elif timestamp < too_old_cutoff(now, provider_name):
         _mark_too_old(entry, now)
     return entry
 
@@ -185,8 +185,8 @@ def push_ledger_enqueue(
                         "provider": provider_name,
                         "prefix": f"mo-{installation}-e",
                         "now": now_,
-                        "cutoff": too_old_cutoff(now_),
-                        "too_old_response": json.dumps(_too_old_response(now_)),
+                        "cutoff": too_old_cutoff(now_, provider_name),
+                        "too_old_response": json.dumps(_too_old_response(now_, provider_name)),
                         "ids": ids,
                     },
                 )

@@ -12,7 +12,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import PushLedgerChange, PushLedgerEntry
-from billing.providers.base import IDENTIFIER_WINDOW, BillingProvider, utc_day_start
+from billing.providers.base import BillingProvider, utc_day_start
 from billing.services.push.common import (
     Kind,
     PushResult,
@@ -32,11 +32,14 @@ def push_ledger_resolve_stale(
     sent 24 hours ago or more (see the billing.services.push docstring for the rule)."""
     result = result or PushResult(provider=provider.name)
     now = now or timezone.now()
+    window = provider.rules.key_retention
+    if window is None:
+        return result  # keys kept for good: stale entries are simply sent again
     stale = PushLedgerEntry.objects.filter(
         provider=provider.name,
         status=Status.PENDING,
         kind=Kind.EVENT,
-        first_sent_at__lte=now - IDENTIFIER_WINDOW,
+        first_sent_at__lte=now - window,
     )
     groups = stale.values_list("account_id", "meter_id", "day").distinct()
     for account_id, meter_id, day in groups:
@@ -47,9 +50,7 @@ def push_ledger_resolve_stale(
             meter_id=meter_id,
             day=day,
         )
-        in_window = same_day.filter(
-            status=Status.PENDING, first_sent_at__gt=now - IDENTIFIER_WINDOW
-        )
+        in_window = same_day.filter(status=Status.PENDING, first_sent_at__gt=now - window)
         if in_window.exists():
             continue  # their answers would change the arithmetic: decide on a later run
         account = Account.objects.get(pk=account_id)

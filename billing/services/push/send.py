@@ -17,7 +17,6 @@ from billing.models import ProviderMeter as ProviderMeterModel
 from billing.models import PushBatch, PushLedgerEntry
 from billing.providers import get_provider
 from billing.providers.base import (
-    IDENTIFIER_WINDOW,
     MAX_VALUE_DIGITS,
     BillingProvider,
     ItemResult,
@@ -230,13 +229,13 @@ def _housekeeping(provider_name: str, now: datetime, result: PushResult) -> None
     period-to-date value of the same key."""
     pending = PushLedgerEntry.objects.filter(provider=provider_name, status=Status.PENDING)
     with transaction.atomic():
-        result.too_old += pending.filter(timestamp__lt=too_old_cutoff(now)).update(
+        result.too_old += pending.filter(timestamp__lt=too_old_cutoff(now, provider_name)).update(
             status=Status.TOO_OLD,
             completed_at=now,
             error_code="older_than_push_window",
             response={
-                "reason": "Became older than the provider's 35-day window before it was "
-                "acknowledged; not sent again."
+                "reason": "Became older than the provider's window (Stripe: 35 days) before "
+                "it was acknowledged; not sent again."
             },
         )
         with connection.cursor() as cursor:
@@ -259,13 +258,24 @@ _SEND_FIELDS = (
 
 
 def _sendable(provider_name: str, now: datetime):
+    from billing.providers import platform_rules
+
+    retention = platform_rules(provider_name).key_retention
+    if retention is None:
+        # The platform keeps keys for good: a resend, however late, is counted once.
+        return (
+            PushLedgerEntry.objects.filter(provider=provider_name, status=Status.PENDING)
+            .exclude(UNSETTLED)
+            .only(*_SEND_FIELDS)
+            .order_by("pk")
+        )
     return (
         PushLedgerEntry.objects.filter(provider=provider_name, status=Status.PENDING)
         # A correction goes once its value is settled against what the provider holds.
         .exclude(UNSETTLED)
         .filter(
             Q(first_sent_at__isnull=True)
-            | Q(first_sent_at__gt=now - IDENTIFIER_WINDOW)
+            | Q(first_sent_at__gt=now - retention)
             | Q(kind=Kind.PERIOD_TO_DATE)
         )
         .only(*_SEND_FIELDS)
