@@ -24,6 +24,8 @@ EVENT_TYPES = {
     "quota": "quota.threshold",
 }
 HOLD_EVENT = "account.billing_hold"
+# Every event type a customer's endpoint may subscribe to (the webhook-endpoints API checks).
+WEBHOOK_EVENT_TYPES = (*EVENT_TYPES.values(), HOLD_EVENT)
 
 
 def transports():
