@@ -10,6 +10,8 @@ recorded in the history with the user and a reason.
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
 
 import plotly.io as pio
 from django import forms
@@ -105,32 +107,55 @@ class NotResolvedFilter(admin.SimpleListFilter):
 
 
 def _money(minor, currency) -> str:
+    """An amount with its currency named: '$1,550.00 USD' (a '$' alone could be CAD)."""
     if minor is None:
         return "–"
-    return format_money(minor, currency or "USD")
+    currency = currency or "USD"
+    text = format_money(minor, currency)
+    return text if currency in text else f"{text} {currency}"
 
 
 def _num(value) -> str:
     return "–" if value is None else decimal_text(value)
 
 
+def quantity_text(value, unit: str) -> str:
+    """A usage quantity for people, grouped and with its unit: '12,500.5 API calls'."""
+    if value is None:
+        return "–"
+    whole, dot, frac = decimal_text(value).partition(".")
+    sign, whole = ("-", whole[1:]) if whole.startswith("-") else ("", whole)
+    grouped = f"{int(whole):,}"
+    return f"{sign}{grouped}{dot}{frac} {unit}".rstrip()
+
+
+def _unit(alert: Alert) -> str:
+    return (alert.meter.unit or "units") if alert.meter_id else "units"
+
+
+def _utc_and_local(moment, zone: str) -> str:
+    """A time as stored (UTC) and on the account's clock."""
+    if moment is None:
+        return "–"
+    local = timezone.localtime(moment, ZoneInfo(zone))
+    utc = timezone.localtime(moment, dt.UTC)
+    return f"{utc:%Y-%m-%d %H:%M} UTC ({local:%Y-%m-%d %H:%M} {zone})"
+
+
 @admin.register(Alert)
 class AlertAdmin(AuditedHistoryAdmin):
     list_display = (
         "id",
-        "account",
+        "account_text",
         "meter",
         "kind",
         "level_badge",
-        "status",
-        "multiple",
+        "status_text",
         "observed_text",
         "baseline_text",
-        "assignee",
-        "label",
-        "opened_at",
+        "opened_text",
     )
-    list_display_links = ("id", "account")
+    list_display_links = ("id", "account_text")
     list_filter = (NotResolvedFilter, "kind", "level", TierFilter, AgeFilter, "label")
     list_select_related = ("account", "meter", "assignee")
     search_fields = ("=account__external_id", "account__name")
@@ -175,13 +200,39 @@ class AlertAdmin(AuditedHistoryAdmin):
         color = "#ba2121" if alert.level == Alert.Level.CRITICAL else "#d08c00"
         return format_html('<strong style="color:{}">{}</strong>', color, alert.get_level_display())
 
-    @admin.display(description="observed")
+    @admin.display(description="account", ordering="account__name")
+    def account_text(self, alert):
+        account = alert.account
+        if not account.name or account.name == account.external_id:
+            return account.external_id
+        return format_html("{}<br>{}", account.name, account.external_id)
+
+    @admin.display(description="status", ordering="status")
+    def status_text(self, alert):
+        """Status, who has it and how it was labelled, in one column (the queue must fit
+        1400 px with the sidebar open)."""
+        lines = [alert.get_status_display()]
+        if alert.assignee_id:
+            lines.append(f"→ {alert.assignee}")
+        if alert.label:
+            lines.append(f"“{alert.get_label_display()}”")
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines))
+
+    @admin.display(description="observed", ordering="multiple")
     def observed_text(self, alert):
-        return _num(alert.observed)
+        observed = quantity_text(alert.observed, _unit(alert))
+        if alert.multiple is None:
+            return observed
+        return format_html("{}<br>{}× the baseline", observed, _num(alert.multiple))
+
+    @admin.display(description="opened", ordering="opened_at")
+    def opened_text(self, alert):
+        opened = timezone.localtime(alert.opened_at, dt.UTC)
+        return format_html("{}<br>{} UTC", f"{opened:%Y-%m-%d}", f"{opened:%H:%M}")
 
     @admin.display(description="baseline")
     def baseline_text(self, alert):
-        return _num(alert.baseline)
+        return quantity_text(alert.baseline, _unit(alert))
 
     # --- actions ----------------------------------------------------------------------------
     def _form_value(self, request, name: str) -> str:
@@ -317,13 +368,12 @@ class AlertAdmin(AuditedHistoryAdmin):
         chart = None
         points = alert_series(alert)
         if points:
-            unit = alert.meter.unit or "units"
             fig = alert_band_figure(
                 points,
                 alert_day=alert.day,
-                title=f"{alert.meter.code}: daily usage ({alert.account.timezone}) and the "
-                "expected band",
-                unit=unit,
+                title=f"{alert.meter.code}: daily usage and the expected band",
+                unit=_unit(alert),
+                zone=alert.account.timezone,
             )
             chart = mark_safe(  # noqa: S308 - plotly's own HTML for a figure we built
                 pio.to_html(
@@ -351,6 +401,13 @@ class AlertAdmin(AuditedHistoryAdmin):
 
     @admin.display(description="What happened")
     def context(self, alert: Alert):
+        unit, zone = _unit(alert), alert.account.timezone
+        band = (
+            "–"
+            if alert.band_low is None and alert.band_high is None
+            else f"{quantity_text(alert.band_low, '').strip()} – "
+            f"{quantity_text(alert.band_high, unit)}"
+        )
         rows = [
             (
                 "Account",
@@ -362,20 +419,24 @@ class AlertAdmin(AuditedHistoryAdmin):
                 ),
             ),
             ("Rule", f"{alert.rule.code} ({alert.rule.get_kind_display()})"),
-            ("Meter", alert.meter.code if alert.meter_id else "–"),
+            ("Meter", f"{alert.meter.code} (in {unit})" if alert.meter_id else "–"),
             ("Level / status", f"{alert.get_level_display()} / {alert.get_status_display()}"),
-            ("Day (local)", alert.day.isoformat()),
-            ("Observed", _num(alert.observed)),
-            ("Baseline (weekday median)", _num(alert.baseline)),
-            ("Expected band", f"{_num(alert.band_low)} – {_num(alert.band_high)}"),
-            ("Multiple", _num(alert.multiple)),
-            ("This period's usage", _num(alert.period_usage)),
-            ("Previous period's usage", _num(alert.previous_period_usage)),
-            ("Limit", _num(alert.limit)),
+            ("Day", f"{alert.day.isoformat()} (local day, {zone})"),
+            ("Opened", _utc_and_local(alert.opened_at, zone)),
+            ("Observed", quantity_text(alert.observed, unit)),
+            ("Baseline (weekday median)", quantity_text(alert.baseline, unit)),
+            ("Expected band", band),
+            (
+                "Multiple",
+                "–" if alert.multiple is None else f"{_num(alert.multiple)}× the baseline",
+            ),
+            ("This period's usage", quantity_text(alert.period_usage, unit)),
+            ("Previous period's usage", quantity_text(alert.previous_period_usage, unit)),
+            ("Limit", quantity_text(alert.limit, unit)),
             ("Projected invoice", _money(alert.projected_invoice_minor, alert.currency)),
             ("Previous invoice", _money(alert.previous_invoice_minor, alert.currency)),
             ("Assignee", str(alert.assignee or "–")),
-            ("Snoozed until", str(alert.snoozed_until or "–")),
+            ("Snoozed until", _utc_and_local(alert.snoozed_until, zone)),
             ("Label", alert.get_label_display() or "–"),
             ("Resolution", alert.resolution_reason or "–"),
         ]
@@ -387,9 +448,9 @@ class AlertAdmin(AuditedHistoryAdmin):
                 (
                     d.get("dimension"),
                     d.get("value"),
-                    d.get("observed", "?"),
-                    d.get("usual", "?"),
-                    d.get("increase"),
+                    _driver_quantity(d.get("observed"), unit),
+                    _driver_quantity(d.get("usual"), unit),
+                    _driver_quantity(d.get("increase"), unit),
                 )
                 for d in alert.drivers or []
             ),
@@ -400,6 +461,14 @@ class AlertAdmin(AuditedHistoryAdmin):
             body,
             format_html("<p>What drove it:</p><ul>{}</ul>", drivers) if alert.drivers else "",
         )
+
+
+def _driver_quantity(value, unit: str) -> str:
+    """A driver's number (stored as text in JSON) with the meter's unit."""
+    try:
+        return quantity_text(Decimal(str(value)), unit)
+    except (InvalidOperation, TypeError, ValueError):
+        return "?"
 
 
 @admin.register(AlertRule)
