@@ -36,6 +36,13 @@ from metering.admin_dashboard import PLOT_CONFIG, plotly_js_url, usage_link
 from metering.decimals import decimal_text
 
 SNOOZE_CHOICES = [("1", "1 day"), ("3", "3 days"), ("7", "7 days")]
+# What people can do to an alert (each needs alerts.<action>_alert), and what was done.
+ACTIONS = {
+    "acknowledge": "acknowledged",
+    "snooze": "snoozed",
+    "resolve": "resolved",
+    "label": "labelled",
+}
 
 
 class AlertActionForm(ActionForm):
@@ -235,73 +242,69 @@ class AlertAdmin(AuditedHistoryAdmin):
         return quantity_text(alert.baseline, _unit(alert))
 
     # --- actions ----------------------------------------------------------------------------
+    # The queue's bulk actions and the alert page's buttons are the same four actions: both
+    # read the same form fields (reason, label, snooze_days) and run `_act` on each alert.
     def _form_value(self, request, name: str) -> str:
         return (request.POST.get(name) or "").strip()
 
-    def _each(self, request, queryset, do, done: str):
+    def _act_check(self, request, action: str) -> None:
+        """Refuse (ValueError, said to the person) an action whose form fields cannot work
+        for any alert, before touching one."""
+        if action == "resolve" and not self._form_value(request, "reason"):
+            raise ValueError("Resolving needs a reason.")
+        if action == "label" and self._form_value(request, "label") not in Alert.Label.values:
+            raise ValueError("Choose a label.")
+
+    def _act(self, request, action: str, alert: Alert) -> None:
+        """One action on one alert through alerts.services (ValueError when the alert's state
+        does not allow it). Acknowledging also applies the chosen label, if any."""
+        actor = request.user
+        reason = self._form_value(request, "reason")
+        label = self._form_value(request, "label")
+        if action == "acknowledge":
+            services.alert_acknowledge(alert=alert, actor=actor, reason=reason)
+            if label:
+                services.alert_label(alert=alert, actor=actor, label=label)
+        elif action == "snooze":
+            days = int(self._form_value(request, "snooze_days") or 1)
+            until = timezone.now() + dt.timedelta(days=days)
+            services.alert_snooze(alert=alert, actor=actor, until=until, reason=reason)
+        elif action == "resolve":
+            services.alert_resolve(alert=alert, actor=actor, reason=reason, label=label)
+        else:
+            services.alert_label(alert=alert, actor=actor, label=label, reason=reason)
+
+    def _act_on_selected(self, request, queryset, action: str) -> None:
+        try:
+            self._act_check(request, action)
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
         count = 0
         for alert in queryset:
             try:
-                do(alert)
+                self._act(request, action, alert)
                 count += 1
             except ValueError as exc:
                 self.message_user(request, f"Alert #{alert.pk}: {exc}", messages.ERROR)
         if count:
-            self.message_user(request, f"{count} alerts {done}.", messages.SUCCESS)
+            self.message_user(request, f"{count} alerts: {ACTIONS[action]}.", messages.SUCCESS)
 
     @admin.action(permissions=["acknowledge"], description="Acknowledge and assign to me")
     def acknowledge_selected(self, request, queryset):
-        reason = self._form_value(request, "reason")
-        self._each(
-            request,
-            queryset,
-            lambda a: services.alert_acknowledge(alert=a, actor=request.user, reason=reason),
-            "acknowledged",
-        )
+        self._act_on_selected(request, queryset, "acknowledge")
 
     @admin.action(permissions=["snooze"], description="Snooze (choose how long)")
     def snooze_selected(self, request, queryset):
-        days = int(self._form_value(request, "snooze_days") or 1)
-        until = timezone.now() + dt.timedelta(days=days)
-        reason = self._form_value(request, "reason")
-        self._each(
-            request,
-            queryset,
-            lambda a: services.alert_snooze(
-                alert=a, actor=request.user, until=until, reason=reason
-            ),
-            "snoozed",
-        )
+        self._act_on_selected(request, queryset, "snooze")
 
     @admin.action(permissions=["resolve"], description="Resolve (with a reason)")
     def resolve_selected(self, request, queryset):
-        reason = self._form_value(request, "reason")
-        if not reason:
-            self.message_user(request, "Resolving needs a reason.", messages.ERROR)
-            return
-        label = self._form_value(request, "label")
-        self._each(
-            request,
-            queryset,
-            lambda a: services.alert_resolve(
-                alert=a, actor=request.user, reason=reason, label=label
-            ),
-            "resolved",
-        )
+        self._act_on_selected(request, queryset, "resolve")
 
     @admin.action(permissions=["label"], description="Label (choose the label)")
     def label_selected(self, request, queryset):
-        label = self._form_value(request, "label")
-        if label not in Alert.Label.values:
-            self.message_user(request, "Choose a label.", messages.ERROR)
-            return
-        reason = self._form_value(request, "reason")
-        self._each(
-            request,
-            queryset,
-            lambda a: services.alert_label(alert=a, actor=request.user, label=label, reason=reason),
-            "labelled",
-        )
+        self._act_on_selected(request, queryset, "label")
 
     # --- the alert page ---------------------------------------------------------------------
     def get_urls(self):
@@ -320,36 +323,12 @@ class AlertAdmin(AuditedHistoryAdmin):
             raise PermissionDenied
         alert = get_object_or_404(Alert, pk=alert_id)
         action = request.POST.get("do", "")
-        checks = {
-            "acknowledge": self.has_acknowledge_permission,
-            "snooze": self.has_snooze_permission,
-            "resolve": self.has_resolve_permission,
-            "label": self.has_label_permission,
-        }
-        if action not in checks or not checks[action](request):
+        if action not in ACTIONS or not getattr(self, f"has_{action}_permission")(request):
             raise PermissionDenied
-        reason = self._form_value(request, "reason")
-        label = self._form_value(request, "label")
         try:
-            if action == "acknowledge":
-                services.alert_acknowledge(alert=alert, actor=request.user, reason=reason)
-                if label:
-                    services.alert_label(alert=alert, actor=request.user, label=label)
-            elif action == "snooze":
-                days = int(self._form_value(request, "snooze_days") or 1)
-                services.alert_snooze(
-                    alert=alert,
-                    actor=request.user,
-                    until=timezone.now() + dt.timedelta(days=days),
-                    reason=reason,
-                )
-            elif action == "resolve":
-                services.alert_resolve(alert=alert, actor=request.user, reason=reason, label=label)
-            else:
-                if label not in Alert.Label.values:
-                    raise ValueError("Choose a label.")
-                services.alert_label(alert=alert, actor=request.user, label=label, reason=reason)
-            self.message_user(request, f"Alert #{alert.pk}: done ({action}).", messages.SUCCESS)
+            self._act_check(request, action)
+            self._act(request, action, alert)
+            self.message_user(request, f"Alert #{alert.pk}: {ACTIONS[action]}.", messages.SUCCESS)
         except ValueError as exc:
             self.message_user(request, f"Alert #{alert.pk}: {exc}", messages.ERROR)
         return HttpResponseRedirect(reverse("admin:alerts_alert_change", args=[alert.pk]))
@@ -392,10 +371,7 @@ class AlertAdmin(AuditedHistoryAdmin):
             "labels": Alert.Label.choices,
             "snooze_choices": SNOOZE_CHOICES,
             "can": {
-                "acknowledge": self.has_acknowledge_permission(request),
-                "snooze": self.has_snooze_permission(request),
-                "resolve": self.has_resolve_permission(request),
-                "label": self.has_label_permission(request),
+                action: getattr(self, f"has_{action}_permission")(request) for action in ACTIONS
             },
         }
 
