@@ -10,6 +10,8 @@ recorded in the history with the user and a reason.
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
 
 import plotly.io as pio
 from django import forms
@@ -34,6 +36,13 @@ from metering.admin_dashboard import PLOT_CONFIG, plotly_js_url, usage_link
 from metering.decimals import decimal_text
 
 SNOOZE_CHOICES = [("1", "1 day"), ("3", "3 days"), ("7", "7 days")]
+# What people can do to an alert (each needs alerts.<action>_alert), and what was done.
+ACTIONS = {
+    "acknowledge": "acknowledged",
+    "snooze": "snoozed",
+    "resolve": "resolved",
+    "label": "labelled",
+}
 
 
 class AlertActionForm(ActionForm):
@@ -105,32 +114,55 @@ class NotResolvedFilter(admin.SimpleListFilter):
 
 
 def _money(minor, currency) -> str:
+    """An amount with its currency named: '$1,550.00 USD' (a '$' alone could be CAD)."""
     if minor is None:
         return "–"
-    return format_money(minor, currency or "USD")
+    currency = currency or "USD"
+    text = format_money(minor, currency)
+    return text if currency in text else f"{text} {currency}"
 
 
 def _num(value) -> str:
     return "–" if value is None else decimal_text(value)
 
 
+def quantity_text(value, unit: str) -> str:
+    """A usage quantity for people, grouped and with its unit: '12,500.5 API calls'."""
+    if value is None:
+        return "–"
+    whole, dot, frac = decimal_text(value).partition(".")
+    sign, whole = ("-", whole[1:]) if whole.startswith("-") else ("", whole)
+    grouped = f"{int(whole):,}"
+    return f"{sign}{grouped}{dot}{frac} {unit}".rstrip()
+
+
+def _unit(alert: Alert) -> str:
+    return (alert.meter.unit or "units") if alert.meter_id else "units"
+
+
+def _utc_and_local(moment, zone: str) -> str:
+    """A time as stored (UTC) and on the account's clock."""
+    if moment is None:
+        return "–"
+    local = timezone.localtime(moment, ZoneInfo(zone))
+    utc = timezone.localtime(moment, dt.UTC)
+    return f"{utc:%Y-%m-%d %H:%M} UTC ({local:%Y-%m-%d %H:%M} {zone})"
+
+
 @admin.register(Alert)
 class AlertAdmin(AuditedHistoryAdmin):
     list_display = (
         "id",
-        "account",
+        "account_text",
         "meter",
         "kind",
         "level_badge",
-        "status",
-        "multiple",
+        "status_text",
         "observed_text",
         "baseline_text",
-        "assignee",
-        "label",
-        "opened_at",
+        "opened_text",
     )
-    list_display_links = ("id", "account")
+    list_display_links = ("id", "account_text")
     list_filter = (NotResolvedFilter, "kind", "level", TierFilter, AgeFilter, "label")
     list_select_related = ("account", "meter", "assignee")
     search_fields = ("=account__external_id", "account__name")
@@ -175,82 +207,104 @@ class AlertAdmin(AuditedHistoryAdmin):
         color = "#ba2121" if alert.level == Alert.Level.CRITICAL else "#d08c00"
         return format_html('<strong style="color:{}">{}</strong>', color, alert.get_level_display())
 
-    @admin.display(description="observed")
+    @admin.display(description="account", ordering="account__name")
+    def account_text(self, alert):
+        account = alert.account
+        if not account.name or account.name == account.external_id:
+            return account.external_id
+        return format_html("{}<br>{}", account.name, account.external_id)
+
+    @admin.display(description="status", ordering="status")
+    def status_text(self, alert):
+        """Status, who has it and how it was labelled, in one column (the queue must fit
+        1400 px with the sidebar open)."""
+        lines = [alert.get_status_display()]
+        if alert.assignee_id:
+            lines.append(f"→ {alert.assignee}")
+        if alert.label:
+            lines.append(f"“{alert.get_label_display()}”")
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines))
+
+    @admin.display(description="observed", ordering="multiple")
     def observed_text(self, alert):
-        return _num(alert.observed)
+        observed = quantity_text(alert.observed, _unit(alert))
+        if alert.multiple is None:
+            return observed
+        return format_html("{}<br>{}× the baseline", observed, _num(alert.multiple))
+
+    @admin.display(description="opened", ordering="opened_at")
+    def opened_text(self, alert):
+        opened = timezone.localtime(alert.opened_at, dt.UTC)
+        return format_html("{}<br>{} UTC", f"{opened:%Y-%m-%d}", f"{opened:%H:%M}")
 
     @admin.display(description="baseline")
     def baseline_text(self, alert):
-        return _num(alert.baseline)
+        return quantity_text(alert.baseline, _unit(alert))
 
     # --- actions ----------------------------------------------------------------------------
+    # The queue's bulk actions and the alert page's buttons are the same four actions: both
+    # read the same form fields (reason, label, snooze_days) and run `_act` on each alert.
     def _form_value(self, request, name: str) -> str:
         return (request.POST.get(name) or "").strip()
 
-    def _each(self, request, queryset, do, done: str):
+    def _act_check(self, request, action: str) -> None:
+        """Refuse (ValueError, said to the person) an action whose form fields cannot work
+        for any alert, before touching one."""
+        if action == "resolve" and not self._form_value(request, "reason"):
+            raise ValueError("Resolving needs a reason.")
+        if action == "label" and self._form_value(request, "label") not in Alert.Label.values:
+            raise ValueError("Choose a label.")
+
+    def _act(self, request, action: str, alert: Alert) -> None:
+        """One action on one alert through alerts.services (ValueError when the alert's state
+        does not allow it). Acknowledging also applies the chosen label, if any."""
+        actor = request.user
+        reason = self._form_value(request, "reason")
+        label = self._form_value(request, "label")
+        if action == "acknowledge":
+            services.alert_acknowledge(alert=alert, actor=actor, reason=reason)
+            if label:
+                services.alert_label(alert=alert, actor=actor, label=label)
+        elif action == "snooze":
+            days = int(self._form_value(request, "snooze_days") or 1)
+            until = timezone.now() + dt.timedelta(days=days)
+            services.alert_snooze(alert=alert, actor=actor, until=until, reason=reason)
+        elif action == "resolve":
+            services.alert_resolve(alert=alert, actor=actor, reason=reason, label=label)
+        else:
+            services.alert_label(alert=alert, actor=actor, label=label, reason=reason)
+
+    def _act_on_selected(self, request, queryset, action: str) -> None:
+        try:
+            self._act_check(request, action)
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
         count = 0
         for alert in queryset:
             try:
-                do(alert)
+                self._act(request, action, alert)
                 count += 1
             except ValueError as exc:
                 self.message_user(request, f"Alert #{alert.pk}: {exc}", messages.ERROR)
         if count:
-            self.message_user(request, f"{count} alerts {done}.", messages.SUCCESS)
+            self.message_user(request, f"{count} alerts: {ACTIONS[action]}.", messages.SUCCESS)
 
     @admin.action(permissions=["acknowledge"], description="Acknowledge and assign to me")
     def acknowledge_selected(self, request, queryset):
-        reason = self._form_value(request, "reason")
-        self._each(
-            request,
-            queryset,
-            lambda a: services.alert_acknowledge(alert=a, actor=request.user, reason=reason),
-            "acknowledged",
-        )
+        self._act_on_selected(request, queryset, "acknowledge")
 
     @admin.action(permissions=["snooze"], description="Snooze (choose how long)")
     def snooze_selected(self, request, queryset):
-        days = int(self._form_value(request, "snooze_days") or 1)
-        until = timezone.now() + dt.timedelta(days=days)
-        reason = self._form_value(request, "reason")
-        self._each(
-            request,
-            queryset,
-            lambda a: services.alert_snooze(
-                alert=a, actor=request.user, until=until, reason=reason
-            ),
-            "snoozed",
-        )
+        self._act_on_selected(request, queryset, "snooze")
 
     @admin.action(permissions=["resolve"], description="Resolve (with a reason)")
     def resolve_selected(self, request, queryset):
-        reason = self._form_value(request, "reason")
-        if not reason:
-            self.message_user(request, "Resolving needs a reason.", messages.ERROR)
-            return
-        label = self._form_value(request, "label")
-        self._each(
-            request,
-            queryset,
-            lambda a: services.alert_resolve(
-                alert=a, actor=request.user, reason=reason, label=label
-            ),
-            "resolved",
-        )
+        self._act_on_selected(request, queryset, "resolve")
 
     @admin.action(permissions=["label"], description="Label (choose the label)")
     def label_selected(self, request, queryset):
-        label = self._form_value(request, "label")
-        if label not in Alert.Label.values:
-            self.message_user(request, "Choose a label.", messages.ERROR)
-            return
-        reason = self._form_value(request, "reason")
-        self._each(
-            request,
-            queryset,
-            lambda a: services.alert_label(alert=a, actor=request.user, label=label, reason=reason),
-            "labelled",
-        )
+        self._act_on_selected(request, queryset, "label")
 
     # --- the alert page ---------------------------------------------------------------------
     def get_urls(self):
@@ -269,36 +323,12 @@ class AlertAdmin(AuditedHistoryAdmin):
             raise PermissionDenied
         alert = get_object_or_404(Alert, pk=alert_id)
         action = request.POST.get("do", "")
-        checks = {
-            "acknowledge": self.has_acknowledge_permission,
-            "snooze": self.has_snooze_permission,
-            "resolve": self.has_resolve_permission,
-            "label": self.has_label_permission,
-        }
-        if action not in checks or not checks[action](request):
+        if action not in ACTIONS or not getattr(self, f"has_{action}_permission")(request):
             raise PermissionDenied
-        reason = self._form_value(request, "reason")
-        label = self._form_value(request, "label")
         try:
-            if action == "acknowledge":
-                services.alert_acknowledge(alert=alert, actor=request.user, reason=reason)
-                if label:
-                    services.alert_label(alert=alert, actor=request.user, label=label)
-            elif action == "snooze":
-                days = int(self._form_value(request, "snooze_days") or 1)
-                services.alert_snooze(
-                    alert=alert,
-                    actor=request.user,
-                    until=timezone.now() + dt.timedelta(days=days),
-                    reason=reason,
-                )
-            elif action == "resolve":
-                services.alert_resolve(alert=alert, actor=request.user, reason=reason, label=label)
-            else:
-                if label not in Alert.Label.values:
-                    raise ValueError("Choose a label.")
-                services.alert_label(alert=alert, actor=request.user, label=label, reason=reason)
-            self.message_user(request, f"Alert #{alert.pk}: done ({action}).", messages.SUCCESS)
+            self._act_check(request, action)
+            self._act(request, action, alert)
+            self.message_user(request, f"Alert #{alert.pk}: {ACTIONS[action]}.", messages.SUCCESS)
         except ValueError as exc:
             self.message_user(request, f"Alert #{alert.pk}: {exc}", messages.ERROR)
         return HttpResponseRedirect(reverse("admin:alerts_alert_change", args=[alert.pk]))
@@ -317,13 +347,12 @@ class AlertAdmin(AuditedHistoryAdmin):
         chart = None
         points = alert_series(alert)
         if points:
-            unit = alert.meter.unit or "units"
             fig = alert_band_figure(
                 points,
                 alert_day=alert.day,
-                title=f"{alert.meter.code}: daily usage ({alert.account.timezone}) and the "
-                "expected band",
-                unit=unit,
+                title=f"{alert.meter.code}: daily usage and the expected band",
+                unit=_unit(alert),
+                zone=alert.account.timezone,
             )
             chart = mark_safe(  # noqa: S308 - plotly's own HTML for a figure we built
                 pio.to_html(
@@ -342,15 +371,19 @@ class AlertAdmin(AuditedHistoryAdmin):
             "labels": Alert.Label.choices,
             "snooze_choices": SNOOZE_CHOICES,
             "can": {
-                "acknowledge": self.has_acknowledge_permission(request),
-                "snooze": self.has_snooze_permission(request),
-                "resolve": self.has_resolve_permission(request),
-                "label": self.has_label_permission(request),
+                action: getattr(self, f"has_{action}_permission")(request) for action in ACTIONS
             },
         }
 
     @admin.display(description="What happened")
     def context(self, alert: Alert):
+        unit, zone = _unit(alert), alert.account.timezone
+        band = (
+            "–"
+            if alert.band_low is None and alert.band_high is None
+            else f"{quantity_text(alert.band_low, '').strip()} – "
+            f"{quantity_text(alert.band_high, unit)}"
+        )
         rows = [
             (
                 "Account",
@@ -362,20 +395,24 @@ class AlertAdmin(AuditedHistoryAdmin):
                 ),
             ),
             ("Rule", f"{alert.rule.code} ({alert.rule.get_kind_display()})"),
-            ("Meter", alert.meter.code if alert.meter_id else "–"),
+            ("Meter", f"{alert.meter.code} (in {unit})" if alert.meter_id else "–"),
             ("Level / status", f"{alert.get_level_display()} / {alert.get_status_display()}"),
-            ("Day (local)", alert.day.isoformat()),
-            ("Observed", _num(alert.observed)),
-            ("Baseline (weekday median)", _num(alert.baseline)),
-            ("Expected band", f"{_num(alert.band_low)} – {_num(alert.band_high)}"),
-            ("Multiple", _num(alert.multiple)),
-            ("This period's usage", _num(alert.period_usage)),
-            ("Previous period's usage", _num(alert.previous_period_usage)),
-            ("Limit", _num(alert.limit)),
+            ("Day", f"{alert.day.isoformat()} (local day, {zone})"),
+            ("Opened", _utc_and_local(alert.opened_at, zone)),
+            ("Observed", quantity_text(alert.observed, unit)),
+            ("Baseline (weekday median)", quantity_text(alert.baseline, unit)),
+            ("Expected band", band),
+            (
+                "Multiple",
+                "–" if alert.multiple is None else f"{_num(alert.multiple)}× the baseline",
+            ),
+            ("This period's usage", quantity_text(alert.period_usage, unit)),
+            ("Previous period's usage", quantity_text(alert.previous_period_usage, unit)),
+            ("Limit", quantity_text(alert.limit, unit)),
             ("Projected invoice", _money(alert.projected_invoice_minor, alert.currency)),
             ("Previous invoice", _money(alert.previous_invoice_minor, alert.currency)),
             ("Assignee", str(alert.assignee or "–")),
-            ("Snoozed until", str(alert.snoozed_until or "–")),
+            ("Snoozed until", _utc_and_local(alert.snoozed_until, zone)),
             ("Label", alert.get_label_display() or "–"),
             ("Resolution", alert.resolution_reason or "–"),
         ]
@@ -387,9 +424,9 @@ class AlertAdmin(AuditedHistoryAdmin):
                 (
                     d.get("dimension"),
                     d.get("value"),
-                    d.get("observed", "?"),
-                    d.get("usual", "?"),
-                    d.get("increase"),
+                    _driver_quantity(d.get("observed"), unit),
+                    _driver_quantity(d.get("usual"), unit),
+                    _driver_quantity(d.get("increase"), unit),
                 )
                 for d in alert.drivers or []
             ),
@@ -400,6 +437,14 @@ class AlertAdmin(AuditedHistoryAdmin):
             body,
             format_html("<p>What drove it:</p><ul>{}</ul>", drivers) if alert.drivers else "",
         )
+
+
+def _driver_quantity(value, unit: str) -> str:
+    """A driver's number (stored as text in JSON) with the meter's unit."""
+    try:
+        return quantity_text(Decimal(str(value)), unit)
+    except (InvalidOperation, TypeError, ValueError):
+        return "?"
 
 
 @admin.register(AlertRule)

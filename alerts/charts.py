@@ -17,9 +17,12 @@ def _num(value) -> float | None:
 
 
 def alert_band_figure(
-    points: Sequence[AlertSeriesPoint], *, alert_day: date, title: str, unit: str
+    points: Sequence[AlertSeriesPoint], *, alert_day: date, title: str, unit: str, zone: str
 ) -> dict:
+    """Days are the account's local days (`zone`, an IANA name), and the axis says so: plotly
+    would otherwise read the ISO dates as UTC days. Every hover names the unit."""
     days = [p.day.isoformat() for p in points]
+    local = f"({zone})"
     highs = [_num(p.high) for p in points]
     lows = [_num(p.low) for p in points]
     return {
@@ -44,7 +47,11 @@ def alert_band_figure(
                 "fillcolor": BAND,
                 "name": "Expected band (same weekday)",
                 "customdata": [f"{decimal_text(p.low)} – {decimal_text(p.high)}" for p in points],
-                "hovertemplate": "%{x}: expected %{customdata}<extra></extra>",
+                "hovertemplate": "%{x} "
+                + local
+                + ": expected %{customdata} "
+                + unit
+                + "<extra></extra>",
             },
             {
                 "type": "scatter",
@@ -54,7 +61,11 @@ def alert_band_figure(
                 "line": {"color": PREVIOUS, "dash": "dot"},
                 "name": "Weekday median",
                 "customdata": [decimal_text(p.median) for p in points],
-                "hovertemplate": "%{x}: median %{customdata}<extra></extra>",
+                "hovertemplate": "%{x} "
+                + local
+                + ": median %{customdata} "
+                + unit
+                + "<extra></extra>",
             },
             {
                 "type": "bar",
@@ -63,16 +74,16 @@ def alert_band_figure(
                 "marker": {"color": [LIMIT if p.day == alert_day else CURRENT for p in points]},
                 "name": f"Usage ({unit})",
                 "customdata": [decimal_text(p.value) for p in points],
-                "hovertemplate": "%{x}: %{customdata} " + unit + "<extra></extra>",
+                "hovertemplate": "%{x} " + local + ": %{customdata} " + unit + "<extra></extra>",
             },
         ],
         "layout": {
-            "title": {"text": title},
+            "title": {"text": f"{title} {local}"},
             "font": FONT,
             "height": 360,
             "margin": {"l": 60, "r": 20, "t": 60, "b": 40},
-            "legend": {"orientation": "h", "y": -0.15},
-            "xaxis": {"type": "date"},
+            "legend": {"orientation": "h", "y": -0.25},
+            "xaxis": {"type": "date", "title": {"text": f"Local day {local}"}},
             "yaxis": {"title": {"text": unit}, "rangemode": "tozero"},
             "bargap": 0.3,
         },

@@ -310,8 +310,8 @@ def spike_check(
         multiple=multiple,
         message=(
             f"{meter.code}: {_text(observed)} {unit} so far on {today:%a %Y-%m-%d}, "
-            f"{multiple}x a normal {today:%A} ({_text(base.median)}, expected up to "
-            f"{_text(base.high)})."
+            f"{multiple}x a normal {today:%A} ({_text(base.median)} {unit}, expected up to "
+            f"{_text(base.high)} {unit})."
         ),
     )
     return finding, base
@@ -346,7 +346,8 @@ def drop_check(rule: AlertRule, account: Account, meter: Meter, data: SliceData)
             baseline=normal_day,
             message=(
                 f"{meter.code}: no usage for {hours} h, though it had usage on {active} of the "
-                f"last {window} days (normally {_text(normal_day)} a day). The customer's "
+                f"last {window} days (normally {_text(normal_day)} {meter.unit or 'units'} a "
+                "day). The customer's "
                 "integration may have stopped sending usage."
             ),
         )
@@ -385,8 +386,8 @@ def drop_check(rule: AlertRule, account: Account, meter: Meter, data: SliceData)
         multiple=ratio(value, base.median),
         message=(
             f"{meter.code}: the last {days} complete days were each under "
-            f"{_text(below * 100)}% of their weekday normal (yesterday {_text(value)} against "
-            f"{_text(base.median)})."
+            f"{_text(below * 100)}% of their weekday normal (yesterday {_text(value)} "
+            f"{meter.unit or 'units'} against {_text(base.median)})."
         ),
     )
 
@@ -486,7 +487,8 @@ def quota_check(
                 multiple=ratio(used, limit),
                 message=(
                     f"{meter.code}: {_text(used)} {meter.unit or 'units'} used this period, "
-                    f"{percent.quantize(Decimal('1'))}% of {_text(limit)}."
+                    f"{percent.quantize(Decimal('1'))}% of {_text(limit)} "
+                    f"{meter.unit or 'units'}."
                 ),
             )
         )
@@ -686,4 +688,6 @@ def _text(value: Decimal | None) -> str:
 
 
 def _money(minor: int, currency: str) -> str:
-    return format_money(minor, currency)
+    """With the currency's code, as the alert page shows amounts: '$1,550.00 USD'."""
+    text = format_money(minor, currency)
+    return text if currency in text else f"{text} {currency}"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 import logging
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from alerts.models import Alert, AlertNotification, BillingHold
+from alerts.models import Alert, AlertNotification, AlertRule, BillingHold
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ EVENT_TYPES = {
     "quota": "quota.threshold",
 }
 HOLD_EVENT = "account.billing_hold"
+# Every event type a customer's endpoint may subscribe to (the webhook-endpoints API checks).
+WEBHOOK_EVENT_TYPES = (*EVENT_TYPES.values(), HOLD_EVENT)
 
 
 def transports():
@@ -107,8 +110,28 @@ def _ask(**fields) -> AlertNotification | None:
         _send(row)
     else:
         # E-mail and the team webhook are sent directly, so only once the alert has committed.
-        transaction.on_commit(lambda: _send(row))
+        # Robust: an SMTP server or a team webhook that is down must not fail the evaluation
+        # (the row stays with handed_over false, and the alert is in the admin queue anyway).
+        transaction.on_commit(lambda: _send(row), robust=True)
     return row
+
+
+def cs_recipients(rule: AlertRule, account) -> list[str]:
+    """Who is e-mailed about an alert: the rule's own addresses; else the account's CS owner
+    (`metadata.cs_owner_email`); else the CS team's address (NOTIFY_TEAM_EMAIL); else nobody."""
+    emails = [e.strip() for e in rule.email_to.split(",") if e.strip()]
+    if emails:
+        return emails
+    cs_owner = (account.metadata or {}).get("cs_owner_email")
+    if isinstance(cs_owner, str) and cs_owner.strip():
+        return [cs_owner.strip()]
+    team = settings.NOTIFY_TEAM_EMAIL.strip()
+    return [team] if team else []
+
+
+def team_webhook_url(rule: AlertRule) -> str:
+    """The Slack-compatible team webhook: the rule's own, else NOTIFY_TEAM_WEBHOOK_URL."""
+    return rule.team_webhook_url or settings.NOTIFY_TEAM_WEBHOOK_URL
 
 
 def alert_notify(alert: Alert, *, what: str) -> list[AlertNotification]:
@@ -133,10 +156,7 @@ def alert_notify(alert: Alert, *, what: str) -> list[AlertNotification]:
                 payload=alert_payload(alert),
             )
         )
-    emails = [e.strip() for e in rule.email_to.split(",") if e.strip()]
-    cs_owner = (account.metadata or {}).get("cs_owner_email")
-    if not emails and isinstance(cs_owner, str) and cs_owner:
-        emails = [cs_owner]
+    emails = cs_recipients(rule, account)
     if emails:
         rows.append(
             _ask(
@@ -148,13 +168,14 @@ def alert_notify(alert: Alert, *, what: str) -> list[AlertNotification]:
                 payload={"subject": subject, "body": body},
             )
         )
-    if rule.team_webhook_url:
+    team_url = team_webhook_url(rule)
+    if team_url:
         rows.append(
             _ask(
                 alert=alert,
                 channel=AlertNotification.Channel.TEAM_WEBHOOK,
                 event_type=EVENT_TYPES[alert.kind],
-                recipient=rule.team_webhook_url,
+                recipient=team_url,
                 idempotency_key=key,
                 payload={"text": f"{subject}\n{alert.message}"},
             )

@@ -432,8 +432,15 @@ EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "meterops@localhost")
-# The CS team's address: told when a customer's webhook endpoint is disabled. Empty: nobody.
+# The CS team's address: told when a customer's webhook endpoint is disabled, and of an alert
+# on an account without a CS owner (metadata.cs_owner_email) when its rule names no address.
+# Empty: nobody.
 NOTIFY_TEAM_EMAIL = os.environ.get("NOTIFY_TEAM_EMAIL", "")
+# The CS team's Slack-compatible incoming webhook ({"text": ...}) for every alert whose rule
+# names no team webhook of its own. Empty: none.
+NOTIFY_TEAM_WEBHOOK_URL = os.environ.get("NOTIFY_TEAM_WEBHOOK_URL", "").strip()
+if NOTIFY_TEAM_WEBHOOK_URL and not NOTIFY_TEAM_WEBHOOK_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("NOTIFY_TEAM_WEBHOOK_URL must be an http(s) URL.")
 # Webhook URLs may be http and may point at private, loopback or link-local addresses: for
 # development and tests only. Production sends https to public addresses only.
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", DEBUG)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+import re
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -14,26 +13,11 @@ from alerts.api.serializers import AlertPageSerializer, AlertSerializer
 from alerts.models import Alert, AlertRule
 from alerts.selectors import alert_list
 from metering.api.authentication import HasScope
-from metering.api.errors import ApiError
+from metering.api.paging import invalid_parameter, keyset_page, page_limit
 from metering.api.serializers import ErrorSerializer
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
-
-
-def _int(request, name: str, default: int | None) -> int | None:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 1:
-        raise ApiError(
-            status.HTTP_400_BAD_REQUEST, "invalid_parameter", f"{name} must be a positive integer."
-        )
-    return value
 
 
 class AlertListView(APIView):
@@ -70,27 +54,17 @@ class AlertListView(APIView):
         status_ = params.get("status") or None
         kind = params.get("kind") or None
         if status_ and status_ not in Alert.Status.values:
-            raise ApiError(
-                status.HTTP_400_BAD_REQUEST,
-                "invalid_parameter",
-                f"status is one of {', '.join(Alert.Status.values)}.",
-            )
+            raise invalid_parameter("status", f"status is one of {', '.join(Alert.Status.values)}.")
         if kind and kind not in AlertRule.Kind.values:
-            raise ApiError(
-                status.HTTP_400_BAD_REQUEST,
-                "invalid_parameter",
-                f"kind is one of {', '.join(AlertRule.Kind.values)}.",
-            )
-        limit = min(_int(request, "limit", PAGE_SIZE), MAX_PAGE_SIZE)
-        before = _int(request, "before", None)
+            raise invalid_parameter("kind", f"kind is one of {', '.join(AlertRule.Kind.values)}.")
+        limit = page_limit(request, default=PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         alerts = alert_list(status=status_, account=params.get("account") or None, kind=kind)
-        if before is not None:
-            alerts = alerts.filter(pk__lt=before)
-        page = list(alerts[: limit + 1])
-        next_url = None
-        if len(page) > limit:
-            page = page[:limit]
-            query = {k: v for k, v in params.items() if k != "before"}
-            query["before"] = page[-1].pk
-            next_url = request.build_absolute_uri(f"{request.path}?{urlencode(query)}")
+        before = params.get("before")
+        if before:
+            if not re.fullmatch(r"[0-9]{1,18}", before):
+                raise invalid_parameter("before", "before is the cursor from `next`.")
+            alerts = alerts.filter(pk__lt=int(before))
+        page, next_url = keyset_page(
+            request, alerts, limit=limit, cursor_param="before", cursor_of=lambda a: a.pk
+        )
         return Response({"results": [AlertSerializer(a).data for a in page], "next": next_url})

@@ -13,28 +13,18 @@ from decimal import Decimal
 from django.db.models import Prefetch, Q
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.providers.base import decimal_text
 from metering.api.authentication import HasScope
-from metering.api.errors import ApiError
+from metering.api.paging import invalid_parameter, keyset_page, page_limit
 from metering.api.serializers import ErrorSerializer
 from reconciliation.api.serializers import MismatchPageSerializer
 from reconciliation.models import Cause, Mismatch, MismatchDay
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
-
-
-def _bad(name: str, message: str) -> ApiError:
-    return ApiError(
-        status.HTTP_400_BAD_REQUEST,
-        "invalid_parameter",
-        message,
-        [{"field": name, "code": "invalid_parameter", "message": message}],
-    )
 
 
 def _text(value: Decimal | None) -> str | None:
@@ -52,7 +42,7 @@ def _decode(cursor: str) -> tuple[int, int]:
         amount, pk = base64.urlsafe_b64decode(padded.encode()).decode().split(".")
         return int(amount), int(pk)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad("cursor", "The cursor is not one this API gave.") from exc
+        raise invalid_parameter("cursor", "The cursor is not one this API gave.") from exc
 
 
 def mismatch_out(m: Mismatch) -> dict:
@@ -119,7 +109,9 @@ class MismatchListView(APIView):
         params = request.query_params
         wanted = params.get("status") or Mismatch.Status.OPEN
         if wanted not in Mismatch.Status.values:
-            raise _bad("status", f"status is one of {', '.join(Mismatch.Status.values)}.")
+            raise invalid_parameter(
+                "status", f"status is one of {', '.join(Mismatch.Status.values)}."
+            )
         mismatches = Mismatch.objects.filter(status=wanted)
         if params.get("account"):
             mismatches = mismatches.filter(account__external_id=params["account"])
@@ -128,28 +120,21 @@ class MismatchListView(APIView):
         cause = params.get("cause")
         if cause:
             if cause not in Cause.values:
-                raise _bad("cause", f"cause is one of {', '.join(Cause.values)}.")
+                raise invalid_parameter("cause", f"cause is one of {', '.join(Cause.values)}.")
             mismatches = mismatches.filter(causes__contains=[{"code": cause}])
-        try:
-            limit = int(params.get("limit") or DEFAULT_LIMIT)
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_LIMIT:
-            raise _bad("limit", f"limit is a whole number from 1 to {MAX_LIMIT}.")
+        limit = page_limit(request, default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
         if params.get("cursor"):
             amount, pk = _decode(params["cursor"])
             mismatches = mismatches.filter(
                 Q(delta_amount_minor__lt=amount) | Q(delta_amount_minor=amount, pk__lt=pk)
             )
-        page = list(
+        page, next_url = keyset_page(
+            request,
             mismatches.select_related("account", "meter")
             .prefetch_related(Prefetch("days", queryset=MismatchDay.objects.order_by("day")))
-            .order_by("-delta_amount_minor", "-pk")[: limit + 1]
+            .order_by("-delta_amount_minor", "-pk"),
+            limit=limit,
+            cursor_param="cursor",
+            cursor_of=_encode,
         )
-        next_url = None
-        if len(page) > limit:
-            page = page[:limit]
-            query = params.copy()
-            query["cursor"] = _encode(page[-1])
-            next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
         return Response({"results": [mismatch_out(m) for m in page], "next": next_url})

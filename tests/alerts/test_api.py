@@ -81,3 +81,12 @@ def test_alert_list_is_in_the_openapi_schema(reader):
     operation = schema["paths"]["/api/v1/alerts"]["get"]
     assert operation["operationId"] == "alerts_list"
     assert {p["name"] for p in operation["parameters"]} >= {"status", "account", "kind"}
+
+
+def test_alert_list_refuses_a_limit_or_cursor_it_did_not_give(reader):
+    for query in ("limit=0", "limit=201", "limit=x", "before=abc", "before=%C2%B2"):
+        response = reader.get(f"/api/v1/alerts?{query}")
+        assert response.status_code == 400, query
+        body = response.json()
+        assert body["code"] == "invalid_parameter"
+        assert body["errors"][0]["field"] == query.split("=")[0]
