@@ -34,7 +34,7 @@ from billing.models.push import (
     PushLedgerEntry,
     PushLedgerEntryQuerySet,
 )
-from billing.models.simulated import SimulatedFaultConfig, SimulatedUsageRecord
+from billing.models.simulated import SimulatedCredit, SimulatedFaultConfig, SimulatedUsageRecord
 from billing.models.subscriptions import (
     BillingPeriod,
     BillingPeriodQuerySet,
@@ -61,6 +61,7 @@ __all__ = [
     "PushLedgerEntry",
     "PushLedgerEntryQuerySet",
     "SimulatedFaultConfig",
+    "SimulatedCredit",
     "SimulatedUsageRecord",
     "Subscription",
     "SubscriptionQuerySet",

@@ -171,6 +171,58 @@ class InvoiceData:
     raw: dict
 
 
+# Our adjustment reason codes as Stripe's credit note reasons (Stripe knows only these four;
+# ours goes in the metadata as well).
+CREDIT_NOTE_REASONS = {
+    "duplicate_usage": "duplicate",
+    "metering_error": "order_change",
+    "pricing_error": "order_change",
+    "reconciliation": "order_change",
+    "outage_sla": "product_unsatisfactory",
+    "goodwill": "product_unsatisfactory",
+    "other": "order_change",
+}
+
+
+class CreditRoute(enum.StrEnum):
+    SIMULATED_CREDIT = "simulated_credit"
+    BALANCE_TRANSACTION = "balance_transaction"  # open period: the next invoice is lowered
+    CREDIT_NOTE = "credit_note"  # a finalized invoice is credited
+
+
+@dataclass(frozen=True)
+class CreditRequest:
+    """A credit in the customer's favour. `invoice_id` set: against that finalized invoice
+    (a credit note); empty: on the upcoming invoice (a customer balance transaction).
+
+    `idempotency_key` is derived from our adjustment, so a retry or a rerun after a crash
+    sends the very same request and the provider replays its first answer."""
+
+    reference: str
+    idempotency_key: str
+    customer_id: str
+    currency: str
+    amount_minor: int
+    reason_code: str
+    description: str
+    invoice_id: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    def provider_metadata(self) -> dict:
+        return {
+            **self.metadata,
+            "meterops_adjustment": self.reference,
+            "meterops_reason": self.reason_code,
+        }
+
+
+@dataclass(frozen=True)
+class CreditResult:
+    credit_id: str
+    route: CreditRoute
+    response: dict = field(default_factory=dict)
+
+
 class BillingProvider(abc.ABC):
     """One billing platform. Every method may raise ProviderUnavailable (try later) or
     ProviderMisconfigured (fix the settings)."""
@@ -213,6 +265,11 @@ class BillingProvider(abc.ABC):
         self, *, customer_id: str, created_since: datetime | None = None
     ) -> Iterator[InvoiceData]:
         """The customer's invoices with their lines, every page."""
+
+    @abc.abstractmethod
+    def create_credit(self, credit: CreditRequest) -> CreditResult:
+        """Credit the customer once per idempotency key: the same request again answers the
+        first credit. Raises ProviderUnavailable (retry later) or ProviderError (refused)."""
 
 
 def significant_digits(value: Decimal) -> int:
