@@ -237,9 +237,7 @@ def test_usage_correction_writes_correction_events_that_rollups_and_projection_s
     assert corrections.count() == 3  # two voided, one lowered from 10 to 5
     assert all(e.kind == UsageEvent.Kind.CORRECTION for e in corrections)
     rollup_drain()
-    total = usage_total(
-        account=s.account, meter=s.meter, start=day, end=day + dt.timedelta(days=1)
-    )
+    total = usage_total(account=s.account, meter=s.meter, start=day, end=day + dt.timedelta(days=1))
     assert total == Decimal(75)
     assert projected_invoice_build(account=s.account).to_date_total_minor == 75_00
 
@@ -302,3 +300,20 @@ def test_a_provider_failure_is_kept_and_the_adjustment_is_retried(support, monke
     with pytest.raises(AdjustmentError):
         adjustment_apply(adjustment=retried, actor=support)
     assert SimulatedCredit.objects.count() == 1
+
+
+@pytest.mark.parametrize(("currency", "at_limit"), [("USD", 10000), ("JPY", 100), ("KWD", 100000)])
+def test_the_service_applies_up_to_the_limit_in_each_currency_and_holds_one_unit_more(
+    support, currency, at_limit
+):
+    s = scenario(currency=currency, per_day=1000)
+    assert credit(s, support, at_limit).status == S.APPLIED
+    assert credit(s, support, at_limit + 1).status == S.REQUESTED
+
+
+def test_a_tier_policy_lowers_the_limit_for_that_tier_only(support):
+    AdjustmentPolicy.objects.create(currency="USD", tier="startup", support_limit=Decimal(10))
+    startup = scenario(tier="startup", per_day=300)
+    other = scenario(tier="enterprise", per_day=300)
+    assert credit(startup, support, 1001).status == S.REQUESTED
+    assert credit(other, support, 1001).status == S.APPLIED
