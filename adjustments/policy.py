@@ -61,9 +61,7 @@ def policy_for(*, currency: str, tier: str) -> Policy:
 
     rows = {
         (row.currency, row.tier): row
-        for row in AdjustmentPolicy.objects.filter(
-            currency__in=[currency, ""], tier__in=[tier, ""]
-        )
+        for row in AdjustmentPolicy.objects.filter(currency__in=[currency, ""], tier__in=[tier, ""])
     }
     for key in ((currency, tier), (currency, ""), ("", tier), ("", "")):
         row = rows.get(key)

@@ -133,9 +133,7 @@ class Adjustment(models.Model):
         "metering.Meter", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     day = models.DateField(null=True, blank=True, help_text="A local day in the account's zone.")
-    original_quantity = models.DecimalField(
-        max_digits=38, decimal_places=12, null=True, blank=True
-    )
+    original_quantity = models.DecimalField(max_digits=38, decimal_places=12, null=True, blank=True)
     corrected_quantity = models.DecimalField(
         max_digits=38, decimal_places=12, null=True, blank=True
     )

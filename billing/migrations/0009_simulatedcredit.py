@@ -4,31 +4,35 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('billing', '0008_period_close_hold'),
+        ("billing", "0008_period_close_hold"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='SimulatedCredit',
+            name="SimulatedCredit",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('idempotency_key', models.CharField(max_length=255, unique=True)),
-                ('credit_id', models.CharField(max_length=64, unique=True)),
-                ('reference', models.CharField(max_length=100)),
-                ('customer_id', models.CharField(max_length=255)),
-                ('currency', models.CharField(max_length=3)),
-                ('amount_minor', models.BigIntegerField()),
-                ('route', models.CharField(max_length=24)),
-                ('invoice_id', models.CharField(blank=True, max_length=255)),
-                ('reason_code', models.CharField(max_length=32)),
-                ('description', models.TextField(blank=True)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("idempotency_key", models.CharField(max_length=255, unique=True)),
+                ("credit_id", models.CharField(max_length=64, unique=True)),
+                ("reference", models.CharField(max_length=100)),
+                ("customer_id", models.CharField(max_length=255)),
+                ("currency", models.CharField(max_length=3)),
+                ("amount_minor", models.BigIntegerField()),
+                ("route", models.CharField(max_length=24)),
+                ("invoice_id", models.CharField(blank=True, max_length=255)),
+                ("reason_code", models.CharField(max_length=32)),
+                ("description", models.TextField(blank=True)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
     ]

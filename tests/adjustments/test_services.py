@@ -47,7 +47,7 @@ def manager(django_user_model):
 
 
 def credit(s, actor, amount_minor, **kw):
-    adjustment, created = adjustment_request(
+    adjustment, _created = adjustment_request(
         account=s.account,
         kind="credit",
         amount_minor=amount_minor,
