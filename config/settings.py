@@ -339,6 +339,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute="2,17,32,47"),
         "options": {"expire_seconds": 840},
     },
+    # Every hour at :53: expire adjustment requests nobody decided in the policy's days.
+    "adjustments-expire": {
+        "task": "adjustments.tasks.adjustments_expire_task",
+        "schedule": crontab(minute=53),
+        "options": {"expire_seconds": 3000},
+    },
     # Every minute: send the customer webhooks that are due (new ones are also sent at once,
     # queued when their transaction commits; this catches retries and anything missed).
     "webhook-deliveries-dispatch": {

@@ -317,3 +317,19 @@ def test_a_tier_policy_lowers_the_limit_for_that_tier_only(support):
     other = scenario(tier="enterprise", per_day=300)
     assert credit(startup, support, 1001).status == S.REQUESTED
     assert credit(other, support, 1001).status == S.APPLIED
+
+
+def test_the_hourly_task_expires_what_is_due(support, settings):
+    from adjustments.tasks import adjustments_expire_task
+
+    assert (
+        settings.CELERY_BEAT_SCHEDULE["adjustments-expire"]["task"]
+        == "adjustments.tasks.adjustments_expire_task"
+    )
+    s = scenario(per_day=300)
+    adjustment = credit(s, support, 20000)
+    Adjustment.objects.filter(pk=adjustment.pk).update(expires_at=adjustment.submitted_at)
+    assert adjustments_expire_task.delay().get() == 1
+    assert adjustments_expire_task.delay().get() == 0
+    adjustment.refresh_from_db()
+    assert adjustment.status == S.EXPIRED
