@@ -143,7 +143,23 @@ class AdjustmentAdmin(AuditedHistoryAdmin):
     search_fields = ("account__external_id", "ticket", "note")
     date_hierarchy = "created_at"
     actions = ("approve_selected", "apply_selected", "withdraw_selected")
-    readonly_fields = [f.name for f in Adjustment._meta.fields]
+    # Money and times are shown formatted (currency, UTC) in the summary above the fields.
+    readonly_fields = fields = [
+        f.name
+        for f in Adjustment._meta.fields
+        if f.name
+        not in {
+            "amount_minor",
+            "total_before_minor",
+            "total_after_minor",
+            "price_difference_minor",
+            "created_at",
+            "submitted_at",
+            "expires_at",
+            "decided_at",
+            "applied_at",
+        }
+    ]
 
     # --- permissions: one Django permission per verb ---------------------------------------
 
@@ -358,12 +374,23 @@ class AdjustmentAdmin(AuditedHistoryAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+def _invoice_label(period) -> str:
+    if period is not None and period.state == BillingPeriod.State.CLOSED:
+        return "Invoice"
+    return "Projected invoice (period end)"
+
+
+def _utc(at) -> str:
+    return f"{at:%Y-%m-%d %H:%M} UTC" if at else "–"
+
+
 def _preview_rows(preview) -> list[tuple[str, str]]:
     cur = preview.currency
+    label = _invoice_label(preview.period)
     rows = [
         ("Billing period", f"{preview.period} ({preview.period.timezone})"),
-        ("Invoice before", _money(preview.total_before_minor, cur)),
-        ("Invoice after", _money(preview.total_after_minor, cur)),
+        (f"{label} before", _money(preview.total_before_minor, cur)),
+        (f"{label} after", _money(preview.total_after_minor, cur)),
     ]
     if preview.original_quantity is not None:
         rows += [
@@ -388,14 +415,15 @@ def _preview_rows(preview) -> list[tuple[str, str]]:
 
 def _summary_rows(a: Adjustment) -> list[tuple[str, str]]:
     cur = a.currency
+    label = _invoice_label(a.period)
     rows = [
         ("Status", a.get_status_display()),
         ("Kind", a.get_kind_display()),
         ("Account", str(a.account)),
         ("Reason", f"{a.get_reason_code_display()}: {a.note}"),
-        ("Requested by", a.requester_label),
-        ("Invoice before", _money(a.total_before_minor, cur)),
-        ("Invoice after", _money(a.total_after_minor, cur)),
+        ("Requested by", f"{a.requester_label}, {_utc(a.submitted_at or a.created_at)}"),
+        (f"{label} before", _money(a.total_before_minor, cur)),
+        (f"{label} after", _money(a.total_after_minor, cur)),
     ]
     if a.kind == Adjustment.Kind.USAGE_CORRECTION and a.original_quantity is not None:
         unit = a.meter.unit if a.meter_id else ""
@@ -410,9 +438,11 @@ def _summary_rows(a: Adjustment) -> list[tuple[str, str]]:
     else:
         rows.append(("Credit", _money(a.amount_minor, cur)))
     if a.approved_by_id:
-        rows.append(("Approved by", a.approved_by.get_username()))
+        rows.append(("Approved by", f"{a.approved_by.get_username()}, {_utc(a.decided_at)}"))
     elif a.within_policy:
-        rows.append(("Approved by", "the policy (within the limit)"))
+        rows.append(("Approved by", f"the policy (within the limit), {_utc(a.decided_at)}"))
+    if a.applied_at:
+        rows.append(("Applied", _utc(a.applied_at)))
     if a.rejection_reason:
         rows.append(("Rejected because", a.rejection_reason))
     if a.provider_route:
@@ -422,7 +452,7 @@ def _summary_rows(a: Adjustment) -> list[tuple[str, str]]:
     if a.provider_error:
         rows.append(("Provider error", a.provider_error))
     if a.expires_at and a.status == S.REQUESTED:
-        rows.append(("Expires", f"{a.expires_at:%Y-%m-%d %H:%M} UTC"))
+        rows.append(("Expires", _utc(a.expires_at)))
     return rows
 
 
