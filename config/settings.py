@@ -256,6 +256,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two "kind" fields (alerts, adjustments) with different choices: name ours.
+    "ENUM_NAME_OVERRIDES": {
+        "AdjustmentKindEnum": "adjustments.models.adjustment.Adjustment.Kind",
+        "AdjustmentStatusEnum": "adjustments.models.adjustment.Adjustment.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "metering.api.schema.document_rate_limits",

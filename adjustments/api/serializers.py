@@ -10,7 +10,7 @@ MAX_MINOR = 10**15
 
 
 class AdjustmentInputSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=Adjustment.Kind.values)
+    kind = serializers.ChoiceField(choices=Adjustment.Kind.choices)
     amount_minor = serializers.IntegerField(
         required=False,
         allow_null=True,
@@ -65,8 +65,8 @@ class AdjustmentInputSerializer(serializers.Serializer):
 
 class AdjustmentSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    status = serializers.ChoiceField(choices=Adjustment.Status.values)
-    kind = serializers.ChoiceField(choices=Adjustment.Kind.values)
+    status = serializers.ChoiceField(choices=Adjustment.Status.choices)
+    kind = serializers.ChoiceField(choices=Adjustment.Kind.choices)
     account = serializers.CharField(source="account.external_id")
     currency = serializers.CharField()
     amount_minor = serializers.IntegerField()
