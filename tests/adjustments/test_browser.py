@@ -25,13 +25,13 @@ def _user(django_user_model, name: str, role: str):
     return user
 
 
-def _login(page, live_server, name: str, next_url: str) -> None:
-    page.context.clear_cookies()
-    page.goto(f"{live_server.url}/admin/login/?next={next_url}")
-    page.fill("#id_username", name)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(f"**{next_url}")
+def _login(tab, live_server, name: str, next_url: str) -> None:
+    tab.context.clear_cookies()
+    tab.goto(f"{live_server.url}/admin/login/?next={next_url}")
+    tab.fill("#id_username", name)
+    tab.fill("#id_password", PASSWORD)
+    tab.click("input[type=submit]")
+    tab.wait_for_url(f"**{next_url}")
 
 
 def test_support_requests_a_credit_a_manager_approves_it_and_the_projection_shows_it(
