@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class AdjustmentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "adjustments"
+
+    def ready(self) -> None:
+        # Billing's projection learns the credits on a period through a registry (billing
+        # never imports adjustments).
+        from adjustments.services import adjustments_credits_for_period
+        from billing.projection import period_credit_source_register
+
+        period_credit_source_register(adjustments_credits_for_period)

@@ -40,6 +40,9 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "alerts.snooze_alert",
         "alerts.label_alert",
         "alerts.resolve_alert",
+        # Adjustments: request credits and usage corrections, apply those within the policy.
+        "adjustments.request_adjustment",
+        "adjustments.apply_adjustment",
     ),
     "Manager": (
         "metering.replay_quarantinedevent",
@@ -69,6 +72,13 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         # Customer webhooks: fix or re-enable an endpoint, send a delivery again.
         "notifications.change_webhookendpoint",
         "notifications.resend_webhookdelivery",
+        # Adjustments: as Support, plus approving or rejecting other people's requests and
+        # setting the four-eyes policy.
+        "adjustments.request_adjustment",
+        "adjustments.apply_adjustment",
+        "adjustments.approve_adjustment",
+        "adjustments.add_adjustmentpolicy",
+        "adjustments.change_adjustmentpolicy",
     ),
 }
 

@@ -18,6 +18,7 @@ from billing.models import (
     ProviderMeter,
     ProviderUsageSummary,
     PushLedgerEntry,
+    SimulatedCredit,
     SimulatedFaultConfig,
     SimulatedUsageRecord,
     WebhookEvent,
@@ -260,3 +261,23 @@ class SimulatedUsageRecordAdmin(ReadOnlyModelAdmin):
         if not term:
             return queryset, False
         return queryset.filter(Q(identifier=term) | Q(customer_id=term)), False
+
+
+@admin.register(SimulatedCredit)
+class SimulatedCreditAdmin(ReadOnlyModelAdmin):
+    """Credits the simulated provider recorded (adjustments that reached it)."""
+
+    list_display = (
+        "credit_id",
+        "customer_id",
+        "amount_minor",
+        "currency",
+        "route",
+        "invoice_id",
+        "reason_code",
+        "reference",
+        "created_at",
+    )
+    list_filter = ("route", "currency")
+    search_fields = ("credit_id", "customer_id", "reference")
+    ordering = ("-id",)

@@ -232,6 +232,9 @@ def explain_line(line: ProjectedLine, *, context: ExplainContext) -> str:
         return f"The {context.plan_name} plan's fixed fee: {fee} per period."
     if line.kind is LineKind.MINIMUM_COMMITMENT:
         return _minimum_commitment(line, context)
+    if line.kind is LineKind.CREDIT:
+        credit = format_money(-line.projected_amount_minor, line.currency)
+        return line.explanation or f"A credit of {credit} on this period lowers the total."
     return f"{_so_far(line)} {_forecast(line, context)}"
 
 

@@ -77,6 +77,8 @@ class LineKind(StrEnum):
     PLAN_FEE = "plan_fee"
     USAGE = "usage"
     MINIMUM_COMMITMENT = "minimum_commitment"
+    # Projected invoices only: credits issued on the period (adjustments), never priced here.
+    CREDIT = "credit"
 
 
 def _number(

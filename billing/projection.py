@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
@@ -88,6 +88,43 @@ class NoActiveSubscription(ProjectionUnavailable):
 
 class NoOpenPeriod(ProjectionUnavailable):
     code = "no_open_period"
+
+
+# --- credits on the period (a registry: adjustments registers its source, no upward import) ----
+
+
+@dataclass(frozen=True)
+class PeriodCredit:
+    """A credit issued on a billing period (by a higher app, e.g. an adjustment)."""
+
+    title: str
+    amount_minor: int  # positive: in the customer's favour
+    explanation: str = ""
+    # The total may go below zero (the rest carried to the next invoice) only when the
+    # policy that issued the credit allows a carried balance.
+    allow_carried_balance: bool = False
+
+
+PeriodCreditSource = Callable[[BillingPeriod], Sequence[PeriodCredit]]
+_credit_sources: list[PeriodCreditSource] = []
+
+
+def period_credit_source_register(source: PeriodCreditSource) -> None:
+    """Register a function answering the credits of a billing period (idempotent)."""
+    if source not in _credit_sources:
+        _credit_sources.append(source)
+
+
+def period_credits(*, period: BillingPeriod) -> list[PeriodCredit]:
+    return [credit for source in _credit_sources for credit in source(period)]
+
+
+def credit_off(*, total_minor: int, credit_minor: int, allow_carried_balance: bool) -> int:
+    """How much of a credit comes off a total: all of it with a carried balance, otherwise
+    only down to zero."""
+    if allow_carried_balance:
+        return credit_minor
+    return max(0, min(credit_minor, total_minor))
 
 
 # --- the forecast, pure ----------------------------------------------------------------------
@@ -486,6 +523,32 @@ def projected_invoice_build(
             )
         )
 
+    to_date_total = to_date.total_minor
+    projected_total = projected.total_minor
+    for credit in period_credits(period=period):
+        off_to_date = credit_off(
+            total_minor=to_date_total,
+            credit_minor=credit.amount_minor,
+            allow_carried_balance=credit.allow_carried_balance,
+        )
+        off_projected = credit_off(
+            total_minor=projected_total,
+            credit_minor=credit.amount_minor,
+            allow_carried_balance=credit.allow_carried_balance,
+        )
+        to_date_total -= off_to_date
+        projected_total -= off_projected
+        lines.append(
+            ProjectedLine(
+                kind=LineKind.CREDIT,
+                title=credit.title,
+                currency=period.currency,
+                amount_to_date_minor=-off_to_date,
+                projected_amount_minor=-off_projected,
+                explanation=credit.explanation,
+            )
+        )
+
     previous = _previous(period)
     base = previous.total_minor if previous else None
     invoice = ProjectedInvoice(
@@ -502,12 +565,12 @@ def projected_invoice_build(
         on_complete=on_complete,
         currency=period.currency,
         lines=(),
-        to_date_total_minor=to_date.total_minor,
-        projected_total_minor=projected.total_minor,
+        to_date_total_minor=to_date_total,
+        projected_total_minor=projected_total,
         minimum_commitment_minor=plan.minimum_commitment_minor,
         previous=previous,
-        change_minor=None if base is None else projected.total_minor - base,
-        change_percent=change_percent(current_minor=projected.total_minor, base_minor=base),
+        change_minor=None if base is None else projected_total - base,
+        change_percent=change_percent(current_minor=projected_total, base_minor=base),
         generated_at=now,
     )
     context = explain.ExplainContext(

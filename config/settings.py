@@ -256,6 +256,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two "kind" fields (alerts, adjustments) with different choices: name ours.
+    "ENUM_NAME_OVERRIDES": {
+        "AdjustmentKindEnum": "adjustments.models.adjustment.Adjustment.Kind",
+        "AdjustmentStatusEnum": "adjustments.models.adjustment.Adjustment.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "metering.api.schema.document_rate_limits",
@@ -338,6 +343,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "alerts.tasks.alerts_evaluate",
         "schedule": crontab(minute="2,17,32,47"),
         "options": {"expire_seconds": 840},
+    },
+    # Every hour at :53: expire adjustment requests nobody decided in the policy's days.
+    "adjustments-expire": {
+        "task": "adjustments.tasks.adjustments_expire_task",
+        "schedule": crontab(minute=53),
+        "options": {"expire_seconds": 3000},
     },
     # Every minute: send the customer webhooks that are due (new ones are also sent at once,
     # queued when their transaction commits; this catches retries and anything missed).

@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/v1/", include("billing.api.urls")),
     path("api/v1/", include("reconciliation.api.urls")),
     path("api/v1/", include("alerts.api.urls")),
+    path("api/v1/", include("adjustments.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

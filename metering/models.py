@@ -164,6 +164,7 @@ class ApiKey(models.Model):
         INGEST = "ingest", "Send usage events"
         READ = "read", "Read accounts, meters and usage"
         MANAGE = "manage", "Create and change accounts and meters"
+        ADJUST = "adjust", "Request credits and usage corrections"
 
     name = models.CharField(max_length=255)
     # The first characters of the key, shown in the admin to tell keys apart.

@@ -36,7 +36,7 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
 
 @pytest.fixture
 def all_scopes_key(db):
-    _, raw = api_key_create(name="fuzz", scopes=["ingest", "read", "manage"])
+    _, raw = api_key_create(name="fuzz", scopes=["ingest", "read", "manage", "adjust"])
     return raw
 
 

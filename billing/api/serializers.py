@@ -47,7 +47,7 @@ class ProjectionTopDimensionSerializer(serializers.Serializer):
 
 
 class ProjectedLineSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=["plan_fee", "usage", "minimum_commitment"])
+    kind = serializers.ChoiceField(choices=["plan_fee", "usage", "minimum_commitment", "credit"])
     title = serializers.CharField()
     meter = serializers.CharField(source="meter_code", allow_null=True)
     aggregation = serializers.CharField(allow_null=True)

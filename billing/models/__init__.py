@@ -35,7 +35,7 @@ from billing.models.push import (
     PushLedgerEntry,
     PushLedgerEntryQuerySet,
 )
-from billing.models.simulated import SimulatedFaultConfig, SimulatedUsageRecord
+from billing.models.simulated import SimulatedCredit, SimulatedFaultConfig, SimulatedUsageRecord
 from billing.models.subscriptions import (
     BillingPeriod,
     BillingPeriodQuerySet,
@@ -62,6 +62,7 @@ __all__ = [
     "PushLedgerChange",
     "PushLedgerEntry",
     "PushLedgerEntryQuerySet",
+    "SimulatedCredit",
     "SimulatedFaultConfig",
     "SimulatedUsageRecord",
     "Subscription",

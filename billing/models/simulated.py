@@ -81,3 +81,27 @@ class SimulatedUsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.identifier}#{self.copy}"
+
+
+class SimulatedCredit(models.Model):
+    """A credit the simulated provider recorded (an adjustment that reached it): once per
+    idempotency key, as a real provider would."""
+
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    credit_id = models.CharField(max_length=64, unique=True)
+    reference = models.CharField(max_length=100)
+    customer_id = models.CharField(max_length=255)
+    currency = models.CharField(max_length=3)
+    amount_minor = models.BigIntegerField()
+    route = models.CharField(max_length=24)
+    invoice_id = models.CharField(max_length=255, blank=True)
+    reason_code = models.CharField(max_length=32)
+    description = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.credit_id

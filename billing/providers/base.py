@@ -220,19 +220,61 @@ STRIPE_RULES = PlatformRules(
 )
 
 
+# Our adjustment reason codes as Stripe's credit note reasons (Stripe knows only these four;
+# ours goes in the metadata as well).
+CREDIT_NOTE_REASONS = {
+    "duplicate_usage": "duplicate",
+    "metering_error": "order_change",
+    "pricing_error": "order_change",
+    "reconciliation": "order_change",
+    "outage_sla": "product_unsatisfactory",
+    "goodwill": "product_unsatisfactory",
+    "other": "order_change",
+}
+
+
+class CreditRoute(enum.StrEnum):
+    SIMULATED_CREDIT = "simulated_credit"
+    BALANCE_TRANSACTION = "balance_transaction"  # open period: the next invoice is lowered
+    CREDIT_NOTE = "credit_note"  # a finalized invoice is credited
+    BALANCE_INCREMENT = "balance_increment"  # Orb: the balance applies to the next invoice
+
+
+@dataclass(frozen=True)
+class CreditRequest:
+    """A credit in the customer's favour. `invoice_id` set: against that finalized invoice
+    (a credit note); empty: on the upcoming invoice (a customer balance transaction).
+
+    `idempotency_key` is derived from our adjustment, so a retry or a rerun after a crash
+    sends the very same request and the provider replays its first answer."""
+
+    reference: str
+    idempotency_key: str
+    customer_id: str
+    currency: str
+    amount_minor: int
+    reason_code: str
+    description: str
+    invoice_id: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    def provider_metadata(self) -> dict:
+        return {
+            **self.metadata,
+            "meterops_adjustment": self.reference,
+            "meterops_reason": self.reason_code,
+        }
+
+
 @dataclass(frozen=True)
 class CreditResult:
-    """A credit the platform recorded for a customer (the answer to `apply_credit`)."""
-
     credit_id: str
-    customer_id: str
-    amount_minor: int
-    currency: str
-    raw: dict = field(default_factory=dict)
+    route: CreditRoute
+    response: dict = field(default_factory=dict)
 
 
 class PlatformReads:
-    """The generalised reads and the credit, mixed into every adapter (BillingProvider
+    """The generalised reads, mixed into every adapter (BillingProvider
     inherits them). Defaults answer "the platform has none"; an adapter overrides what its
     platform offers. Read-back of recorded usage stays `list_meter_event_summaries`, at the
     window the adapter's `rules.read_window` declares."""
@@ -261,18 +303,6 @@ class PlatformReads:
         """The platform's own preview of the customer's next invoice, or None where the
         platform has no preview (or the customer nothing upcoming)."""
         return None
-
-    def apply_credit(
-        self,
-        *,
-        customer_id: str,
-        amount_minor: int,
-        currency: str,
-        reason: str,
-        idempotency_key: str,
-    ) -> CreditResult:
-        """Credit the customer `amount_minor` at the platform (once per idempotency key)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot apply credits.")
 
 
 class BillingProvider(PlatformReads, abc.ABC):
@@ -317,6 +347,11 @@ class BillingProvider(PlatformReads, abc.ABC):
         self, *, customer_id: str, created_since: datetime | None = None
     ) -> Iterator[InvoiceData]:
         """The customer's invoices with their lines, every page."""
+
+    @abc.abstractmethod
+    def create_credit(self, credit: CreditRequest) -> CreditResult:
+        """Credit the customer once per idempotency key: the same request again answers the
+        first credit. Raises ProviderUnavailable (retry later) or ProviderError (refused)."""
 
 
 def significant_digits(value: Decimal) -> int:

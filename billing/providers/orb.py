@@ -49,7 +49,9 @@ import orb
 from billing.money import to_minor_units
 from billing.providers.base import (
     BillingProvider,
+    CreditRequest,
     CreditResult,
+    CreditRoute,
     InvoiceData,
     InvoiceLineData,
     ItemResult,
@@ -444,37 +446,28 @@ class OrbProvider(BillingProvider):
             return self._invoice(body, customer_id)
         return None
 
-    def apply_credit(
-        self,
-        *,
-        customer_id: str,
-        amount_minor: int,
-        currency: str,
-        reason: str,
-        idempotency_key: str,
-    ) -> CreditResult:
-        """An `increment` balance transaction (Orb applies the balance to the next invoice)."""
+    def create_credit(self, credit: CreditRequest) -> CreditResult:
+        """An `increment` balance transaction (Orb applies the balance to the next invoice,
+        finalized invoices included: Orb has no credit note for usage), once per key."""
         from billing.money import from_minor_units
 
         customer = _body(
-            self._call(self.client.customers.with_raw_response.fetch_by_external_id, customer_id)
+            self._call(
+                self.client.customers.with_raw_response.fetch_by_external_id, credit.customer_id
+            )
         )
         body = _body(
             self._call(
                 self.client.customers.balance_transactions.with_raw_response.create,
                 customer["id"],
-                amount=format(from_minor_units(amount_minor, currency), "f"),
+                amount=format(from_minor_units(credit.amount_minor, credit.currency), "f"),
                 type="increment",
-                description=reason[:255],
-                idempotency_key=idempotency_key,
+                description=credit.description[:255],
+                idempotency_key=credit.idempotency_key,
             )
         )
         return CreditResult(
-            credit_id=body.get("id", ""),
-            customer_id=customer_id,
-            amount_minor=amount_minor,
-            currency=currency.upper(),
-            raw=body,
+            credit_id=body.get("id", ""), route=CreditRoute.BALANCE_INCREMENT, response=body
         )
 
     def _meter_code(self, metric_id: str) -> str:

@@ -33,12 +33,16 @@ from billing.providers.base import (
     IDENTIFIER_WINDOW,
     PUSH_WINDOW,
     BillingProvider,
+    CreditRequest,
+    CreditResult,
+    CreditRoute,
     InvoiceData,
     InvoiceLineData,
     ItemResult,
     ItemStatus,
     MeterSpec,
     MeterSummary,
+    ProviderError,
     ProviderMeterInfo,
     UsageItem,
 )
@@ -253,6 +257,33 @@ class SimulatedProvider(BillingProvider):
                 value=Decimal(value),
             )
 
+    def create_credit(self, credit: CreditRequest) -> CreditResult:
+        """Recorded once per idempotency key (SimulatedCredit). The same key again answers the
+        first credit; the same key with other values is refused, as Stripe refuses it."""
+        from billing.models import SimulatedCredit
+
+        if credit.amount_minor <= 0:
+            raise ProviderError("A credit is a positive amount.")
+        fields = _credit_fields(credit)
+        with transaction.atomic():
+            row, created = SimulatedCredit.objects.get_or_create(
+                idempotency_key=credit.idempotency_key,
+                defaults={
+                    **fields,
+                    "credit_id": f"sim_cr_{hashlib.sha256(credit.idempotency_key.encode()).hexdigest()[:16]}",
+                    "route": CreditRoute.SIMULATED_CREDIT,
+                },
+            )
+        if not created and any(getattr(row, k) != v for k, v in fields.items()):
+            raise ProviderError(
+                "Keys for idempotent requests can only be used with the same parameters."
+            )
+        return CreditResult(
+            credit_id=row.credit_id,
+            route=CreditRoute.SIMULATED_CREDIT,
+            response={"id": row.credit_id, "replayed": not created, **fields},
+        )
+
     def list_invoices(
         self, *, customer_id: str, created_since: datetime | None = None
     ) -> Iterator[InvoiceData]:
@@ -331,6 +362,19 @@ class SimulatedProvider(BillingProvider):
                 lines=lines,
                 raw={"billing_period": period.pk},
             )
+
+
+def _credit_fields(credit: CreditRequest) -> dict:
+    return {
+        "reference": credit.reference,
+        "customer_id": credit.customer_id,
+        "currency": credit.currency.upper(),
+        "amount_minor": credit.amount_minor,
+        "invoice_id": credit.invoice_id,
+        "reason_code": credit.reason_code,
+        "description": credit.description,
+        "metadata": credit.provider_metadata(),
+    }
 
 
 def simulated_faults_configure(

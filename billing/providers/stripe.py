@@ -45,16 +45,21 @@ from decimal import Decimal
 import stripe
 
 from billing.providers.base import (
+    CREDIT_NOTE_REASONS,
     FUTURE_TOLERANCE,
     MAX_VALUE_DIGITS,
     PUSH_WINDOW,
     BillingProvider,
+    CreditRequest,
+    CreditResult,
+    CreditRoute,
     InvoiceData,
     InvoiceLineData,
     ItemResult,
     ItemStatus,
     MeterSpec,
     MeterSummary,
+    ProviderError,
     ProviderMeterInfo,
     ProviderMisconfigured,
     ProviderUnavailable,
@@ -518,6 +523,55 @@ class StripeProvider(BillingProvider):
             if not page.get("has_more") or not page.get("data"):
                 return
             params["starting_after"] = page["data"][-1]["id"]
+
+    # --- credits -------------------------------------------------------------------------------
+
+    def create_credit(self, credit: CreditRequest) -> CreditResult:
+        """Open period: a customer balance transaction (a negative amount is a credit Stripe
+        applies to the next invoice when it is finalized). A finalized invoice: a credit note
+        (`amount`, our reason mapped to Stripe's four, ours in the metadata). The idempotency
+        key comes with the request, so a retry, or a rerun after we crashed before storing
+        the answer, gets Stripe's first answer back instead of a second credit."""
+        if credit.amount_minor <= 0:
+            raise ProviderError("A credit is a positive amount.")
+        metadata = credit.provider_metadata()
+        options = {"idempotency_key": credit.idempotency_key}
+        try:
+            if credit.invoice_id:
+                note = self._call(
+                    self.client.v1.credit_notes.create,
+                    {
+                        "invoice": credit.invoice_id,
+                        "amount": credit.amount_minor,
+                        "reason": CREDIT_NOTE_REASONS.get(credit.reason_code, "order_change"),
+                        "memo": credit.description[:500],
+                        "metadata": metadata,
+                    },
+                    options,
+                )
+                return CreditResult(
+                    credit_id=note.id, route=CreditRoute.CREDIT_NOTE, response=_exact(note)
+                )
+            transaction = self._call(
+                self.client.v1.customers.balance_transactions.create,
+                credit.customer_id,
+                {
+                    "amount": -credit.amount_minor,
+                    "currency": credit.currency.lower(),
+                    "description": credit.description[:350],
+                    "metadata": metadata,
+                },
+                options,
+            )
+        except stripe.StripeError as exc:
+            # Refused (a 400: an invoice not finalized, an amount over what is left, the key
+            # reused with other values): kept on the adjustment, which can be retried.
+            raise ProviderError(f"Stripe: {exc.user_message or exc}") from exc
+        return CreditResult(
+            credit_id=transaction.id,
+            route=CreditRoute.BALANCE_TRANSACTION,
+            response=_exact(transaction),
+        )
 
     def _invoice(self, invoice: dict) -> InvoiceData:
         embedded = invoice.get("lines") or {}

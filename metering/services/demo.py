@@ -39,7 +39,7 @@ SEED = "meterops-demo-1"
 DEMO_PASSWORD = "meterops-demo"  # noqa: S105
 # A fixed key so a second run can print it again; only ever created with DEBUG on (or --force).
 DEMO_API_KEY = "mo_demo_local-development-only-key"
-DEMO_API_KEY_SCOPES = ["ingest", "manage", "read"]
+DEMO_API_KEY_SCOPES = ["adjust", "ingest", "manage", "read"]
 BATCH_SIZE = 1000
 
 # (username, group or None for the superuser)

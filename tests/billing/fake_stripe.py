@@ -31,7 +31,12 @@ our adapter must cope with:
 - meter event summaries aggregated per UTC day (sum, count or last), paged with
   `starting_after`; start and end must be UTC midnights for the `day` window;
 - invoices (made by tests with `create_invoice`) listed per customer, newest first, paged,
-  with their lines (the first `embedded_lines` embedded, the rest under /lines).
+  with their lines (the first `embedded_lines` embedded, the rest under /lines);
+- customer balance transactions (`POST /v1/customers/{id}/balance_transactions`: integer
+  `amount`, negative for a credit, and `currency` required; the customer's `balance` moves by
+  the amount, `ending_balance` answered) and credit notes (`POST /v1/credit_notes`: `invoice`
+  required and finalized, i.e. open or paid; `amount` at most what is left after earlier
+  credit notes; `reason` one of duplicate, fraudulent, order_change, product_unsatisfactory).
 
 Numbers in answers are written as JSON numbers from exact decimals, as Stripe does.
 """
@@ -155,6 +160,8 @@ class FakeStripe:
         self.idempotency: dict[str, tuple[str, Answer, float]] = {}
         self.sessions: dict[str, float] = {}
         self.invoices: list[dict] = []
+        self.balance_transactions: list[dict] = []
+        self.credit_notes: list[dict] = []
         self.requests: list[dict] = []
         # Meter event summary requests: (meter, customer, start, end, grouping window or None).
         self.summary_requests: list[tuple[str, str, int, int, str | None]] = []
@@ -443,6 +450,11 @@ class FakeStripe:
                 return self._create_meter(form)
             if path == "/v1/billing/meter_events":
                 return self._meter_event_v1(form)
+            match = re.fullmatch(r"/v1/customers/([^/]+)/balance_transactions", path)
+            if match:
+                return self._balance_transaction(match.group(1), form)
+            if path == "/v1/credit_notes":
+                return self._credit_note(form)
         if method == "GET":
             if path == "/v1/billing/meters":
                 return self._list(list(self.meters.values()), query, "/v1/billing/meters")
@@ -458,6 +470,97 @@ class FakeStripe:
             if match and match.group(1) in self.customers:
                 return Answer(200, self.customers[match.group(1)])
         raise StripeError(404, "resource_missing", f"Unrecognized request URL ({method} {path}).")
+
+    # --- credits -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _integer(form: dict, name: str) -> int:
+        raw = form.get(name)
+        if raw in (None, ""):
+            raise StripeError(400, "parameter_missing", f"Missing required param: {name}.")
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise StripeError(400, "parameter_invalid_integer", f"Invalid integer: {raw}") from exc
+
+    def _balance_transaction(self, customer_id: str, form: dict) -> Answer:
+        customer = self.customers.get(customer_id)
+        if customer is None:
+            raise StripeError(404, "resource_missing", f"No such customer: '{customer_id}'")
+        amount = self._integer(form, "amount")
+        currency = form.get("currency", "")
+        if not currency:
+            raise StripeError(400, "parameter_missing", "Missing required param: currency.")
+        balance = customer.get("balance", 0) + amount
+        customer["balance"] = balance
+        customer["currency"] = currency
+        transaction = {
+            "id": f"cbtxn_{secrets.token_hex(8)}",
+            "object": "customer_balance_transaction",
+            "amount": amount,
+            "created": int(self.now()),
+            "credit_note": None,
+            "currency": currency,
+            "customer": customer_id,
+            "description": form.get("description"),
+            "ending_balance": balance,
+            "invoice": None,
+            "livemode": False,
+            "metadata": form.get("metadata", {}),
+            "type": "adjustment",
+        }
+        self.balance_transactions.append(transaction)
+        return Answer(200, transaction)
+
+    def _credit_note(self, form: dict) -> Answer:
+        invoice_id = form.get("invoice", "")
+        if not invoice_id:
+            raise StripeError(400, "parameter_missing", "Missing required param: invoice.")
+        invoice = next((i for i in self.invoices if i["id"] == invoice_id), None)
+        if invoice is None:
+            raise StripeError(404, "resource_missing", f"No such invoice: '{invoice_id}'")
+        if invoice["status"] not in ("open", "paid"):
+            raise StripeError(
+                400,
+                "invoice_not_finalized",
+                "Credit notes can only be issued for finalized (open or paid) invoices.",
+            )
+        reason = form.get("reason")
+        if reason is not None and reason not in (
+            "duplicate",
+            "fraudulent",
+            "order_change",
+            "product_unsatisfactory",
+        ):
+            raise StripeError(400, "parameter_invalid_enum", f"Invalid reason: {reason}")
+        amount = self._integer(form, "amount")
+        credited = sum(n["amount"] for n in self.credit_notes if n["invoice"] == invoice_id)
+        if amount <= 0 or amount > invoice["total"] - credited:
+            raise StripeError(
+                400,
+                "credit_note_amount_too_large",
+                "The credit note's amount must be positive and at most the invoice's "
+                "remaining amount.",
+            )
+        note = {
+            "id": f"cn_{secrets.token_hex(8)}",
+            "object": "credit_note",
+            "amount": amount,
+            "total": amount,
+            "subtotal": amount,
+            "created": int(self.now()),
+            "currency": invoice["currency"],
+            "customer": invoice["customer"],
+            "invoice": invoice_id,
+            "memo": form.get("memo"),
+            "metadata": form.get("metadata", {}),
+            "number": f"{invoice['number']}-CN-{len(self.credit_notes) + 1:02d}",
+            "reason": reason,
+            "status": "issued",
+            "type": "pre_payment" if invoice["status"] == "open" else "post_payment",
+        }
+        self.credit_notes.append(note)
+        return Answer(200, note)
 
     # --- meters and meter events ---------------------------------------------------------------
 

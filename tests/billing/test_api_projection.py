@@ -40,8 +40,9 @@ def test_projected_invoice_answers_lines_totals_previous_period_and_explanations
     client = _client(api_client)
 
     # The key and the account (2-3), the period and the plan's prices (2), usage so far and the
-    # run-rate history (3 + 3), the top endpoint (4), the previous period priced (6).
-    with django_assert_max_num_queries(20):
+    # run-rate history (3 + 3), the top endpoint (4), the previous period priced (6), the
+    # period's credits (1, from the credit sources registered by higher apps: adjustments).
+    with django_assert_max_num_queries(21):
         response = client.get(URL.format(scenario.account.external_id))
 
     assert response.status_code == 200

@@ -18,7 +18,13 @@ from django.db import connection
 
 from billing.models import ProviderInvoice, ProviderMeter, ProviderUsageSummary, PushLedgerEntry
 from billing.providers import get_provider, platform_rules
-from billing.providers.base import MeterSpec, ProviderMisconfigured, UsageItem
+from billing.providers.base import (
+    CreditRequest,
+    CreditRoute,
+    MeterSpec,
+    ProviderMisconfigured,
+    UsageItem,
+)
 from billing.providers.orb import OrbProvider, json_number
 from billing.services.pull import provider_pull
 from billing.services.push import usage_push
@@ -338,24 +344,21 @@ def test_upcoming_invoice_preview_and_a_credit(orb_fake, account, storage):
     adapter = get_provider()
 
     preview = adapter.upcoming_invoice(customer_id="orb-acme")
-    credit = adapter.apply_credit(
-        customer_id="orb-acme",
-        amount_minor=1234,
-        currency="USD",
-        reason="Outage credit",
+    request = CreditRequest(
+        reference="adjustment-1",
         idempotency_key="mo-credit-1",
-    )
-    again = adapter.apply_credit(
         customer_id="orb-acme",
-        amount_minor=1234,
         currency="USD",
-        reason="Outage credit",
-        idempotency_key="mo-credit-1",
+        amount_minor=1234,
+        reason_code="outage_sla",
+        description="Outage credit",
     )
+    credit = adapter.create_credit(request)
+    again = adapter.create_credit(request)
 
     assert preview.total_minor == 250 and preview.status == "draft"
     assert [(li.meter_code, li.quantity) for li in preview.lines] == [("storage", Decimal("10"))]
-    assert credit.credit_id == again.credit_id and credit.amount_minor == 1234
+    assert credit.credit_id == again.credit_id and credit.route == CreditRoute.BALANCE_INCREMENT
     assert len(orb_fake.balance_transactions) == 1  # the same key, once
     assert orb_fake.balance_transactions[0]["amount"] == "12.34"
 
