@@ -7,6 +7,8 @@ same reason as the drain's claim: one DELETE ... RETURNING claims and removes a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db import connection
 
 # Claim a batch in key order (account, event), so a backlog is taken an account at a time along
@@ -22,6 +24,7 @@ from django.db import connection
 CLAIM = """
 WITH picked AS MATERIALIZED (
     SELECT account_id, event_id FROM metering_rolledupevent
+    WHERE account_id <> ALL(%(skip)s::bigint[])
     ORDER BY account_id, event_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -36,12 +39,15 @@ RETURNING f.event_id
 """
 
 
-def rolled_up_events_claim(*, limit: int) -> list[int]:
+def rolled_up_events_claim(*, limit: int, skip_accounts: Iterable[int] = ()) -> list[int]:
     """Remove up to `limit` events from the rolled-up feed and return their ids, in the
     caller's transaction: if it rolls back, the events are back in the feed for the next
-    claim. Call it inside `transaction.atomic()` with whatever records the events' use."""
+    claim. Call it inside `transaction.atomic()` with whatever records the events' use.
+
+    Events of `skip_accounts` stay in the feed, untouched, for a later claim (the push leaves
+    the usage of accounts whose billing is held there until the hold is released)."""
     with connection.cursor() as cursor:
-        cursor.execute(CLAIM, {"limit": limit})
+        cursor.execute(CLAIM, {"limit": limit, "skip": sorted(skip_accounts)})
         return sorted(row[0] for row in cursor.fetchall())
 
 
