@@ -92,7 +92,8 @@ class HoldWindow:
     oldest: dt.datetime | None
     age_days: int | None
     warn_after_days: int
-    days_left: int | None  # before the oldest held usage can no longer be pushed
+    days_left: int | None  # whole days before the oldest held usage can no longer be pushed
+    deadline: dt.datetime | None  # when the oldest held usage leaves the provider's window
     warning: bool
 
 
@@ -101,7 +102,7 @@ def hold_window(hold: BillingHold, *, at: dt.datetime | None = None) -> HoldWind
     oldest = held_usage_oldest_by_account([hold.account_id]).get(hold.account_id)
     warn_after = settings.BILLING_HOLD_WARN_DAYS
     if oldest is None:
-        return HoldWindow(None, None, warn_after, None, False)
+        return HoldWindow(None, None, warn_after, None, None, False)
     age = at - oldest
     left = PUSH_WINDOW - age
     return HoldWindow(
@@ -109,6 +110,7 @@ def hold_window(hold: BillingHold, *, at: dt.datetime | None = None) -> HoldWind
         age_days=age.days,
         warn_after_days=warn_after,
         days_left=max(0, left.days),
+        deadline=oldest + PUSH_WINDOW,
         warning=age >= dt.timedelta(days=warn_after),
     )
 
