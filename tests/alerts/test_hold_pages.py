@@ -88,7 +88,7 @@ def test_the_account_api_reads_the_hold_in_bounded_queries(
 ):
     _key, raw = api_key_for(["read"])
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    with django_assert_max_num_queries(6):
+    with django_assert_max_num_queries(4):
         response = api_client.get(f"/api/v1/accounts/{account.external_id}")
     assert response.status_code == 200 and response.json()["billing_hold"]["status"] == "active"
 
