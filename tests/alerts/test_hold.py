@@ -176,3 +176,15 @@ def test_the_window_task_is_scheduled_hourly(settings, account, calls, the_hold)
     assert alerts_billing_holds_window.apply().get() == [the_hold.pk]
     entry = settings.CELERY_BEAT_SCHEDULE["alerts-billing-holds-window"]
     assert entry["task"] == "alerts.tasks.alerts_billing_holds_window"
+
+
+def test_the_status_push_backlog_leaves_held_usage_aside(settings, account, calls, the_hold):
+    from backoffice.status import OK, push_backlog_check
+
+    settings.STATUS_PUSH_LAG_CRITICAL = 3600
+    event(account, calls, NOW - timedelta(hours=1), 1)  # received NOW
+
+    check = push_backlog_check(NOW + timedelta(hours=5))
+
+    assert check["status"] == OK and check["held_accounts"] == 1
+    assert check["inbox_rows"] == 0 and check["inbox_oldest_age_seconds"] is None
