@@ -2,7 +2,7 @@
 
 Alerts owns billing holds (alerts.models.BillingHold), but the push to the billing provider
 (billing), the projected-invoice page (billing) and `GET /api/v1/accounts/{external_id}`
-(metering) must know about them, and none of these may import alerts (DESIGN: imports flow
+(metering) must know about them, and none of these may depend on alerts (DESIGN: imports flow
 upwards). So alerts registers a source here from its AppConfig.ready, the way billing registers
 its billing periods with metering's usage page (metering.dashboard_selectors).
 

@@ -311,7 +311,7 @@ class AccountDetailView(_ScopedByMethod):
         account = selectors.account_get(external_id=external_id)
         if account is None:
             raise exceptions.NotFound(f"No account {external_id!r}.")
-        # The hold comes from alerts, through metering's registry (metering.account_holds).
+        # Alerts' billing hold, read through metering.account_holds.
         account.billing_hold = account_hold(account.pk)
         return Response(s.AccountDetailOutputSerializer(account).data)
 

@@ -27,7 +27,7 @@ never push at the same time (the second returns at once, `busy`), then:
    *after* it. A crash in between leaves an entry pending with first_sent_at set.
 
 Billing holds (alerts.models.BillingHold, seen here through metering.account_holds, since
-billing may not import alerts): the events of an account whose billing is held stay in the
+billing may not depend on alerts): the events of an account whose billing is held stay in the
 rolled-up feed, and its pending entries (enqueued before the hold opened) stay pending; both
 go on the first run after the hold is released, exactly once like everything else. The held
 accounts are read once per enqueue batch and once per send chunk.
