@@ -192,3 +192,26 @@ def test_with_no_hold_source_nothing_is_held(monkeypatch, held):
     assert held_account_ids() == {held.pk}
     monkeypatch.setattr(account_holds, "_sources", [])
     assert held_account_ids() == set()
+
+
+def test_the_claim_steps_around_skipped_accounts_and_leaves_their_rows(db):
+    from django.db import transaction
+
+    from metering.services.rolled_up_feed import _ranges_between, rolled_up_events_claim
+
+    RolledUpEvent.objects.bulk_create(
+        RolledUpEvent(account_id=account_id, event_id=account_id * 100 + n)
+        for account_id in (3, 5, 7, 9)
+        for n in range(4)
+    )
+    assert _ranges_between([7, 5, 5])[1:] == [(6, 6), (8, 2**63 - 1)]
+
+    with transaction.atomic():
+        first = rolled_up_events_claim(limit=6, skip_accounts=[5, 7])
+        rest = rolled_up_events_claim(limit=6, skip_accounts=[5, 7])
+        none = rolled_up_events_claim(limit=6, skip_accounts=[3, 5, 7, 9])
+
+    assert first == [300, 301, 302, 303, 900, 901]
+    assert rest == [902, 903] and none == []
+    left = sorted(RolledUpEvent.objects.values_list("account_id", flat=True).distinct())
+    assert left == [5, 7] and RolledUpEvent.objects.count() == 8
