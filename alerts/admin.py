@@ -1,5 +1,5 @@
 """The alert queue, the alert page (context and chart), rules (with how their alerts were
-labelled), billing holds and the notifications asked for.
+labelled), and the notifications asked for (billing holds: alerts.admin_holds).
 
 Every action declares its permission (alerts.acknowledge_alert, snooze_alert, resolve_alert,
 label_alert; alerts.release_billinghold), and a POSTed action the user may not run is a 403
@@ -26,9 +26,11 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+# The billing hold admin lives in its own module (registered on import).
+import alerts.admin_holds  # noqa: F401
 from alerts import services
 from alerts.charts import alert_band_figure
-from alerts.models import DEFAULT_PARAMS, Alert, AlertNotification, AlertRule, BillingHold
+from alerts.models import DEFAULT_PARAMS, Alert, AlertNotification, AlertRule
 from alerts.selectors import alert_series, rule_label_counts
 from billing.money import format_money
 from metering.admin import AuditedHistoryAdmin, ReadOnlyModelAdmin
@@ -524,57 +526,6 @@ class AlertRuleAdmin(AuditedHistoryAdmin):
         if not rule.kind:
             return "–"
         return format_html("<code>{}</code>", DEFAULT_PARAMS[rule.kind])
-
-
-class HoldActionForm(ActionForm):
-    reason = forms.CharField(required=False, max_length=255, label="Reason")
-    mode = forms.ChoiceField(
-        required=False, choices=BillingHold.ReleaseMode.choices, label="Release"
-    )
-
-
-@admin.register(BillingHold)
-class BillingHoldAdmin(AuditedHistoryAdmin):
-    list_display = ("account", "status", "opened_at", "alert", "released_at", "released_by")
-    list_filter = ("status",)
-    list_select_related = ("account", "alert", "released_by")
-    action_form = HoldActionForm
-    actions = ("release_selected",)
-    readonly_fields = (
-        "account",
-        "alert",
-        "status",
-        "reason",
-        "opened_at",
-        "released_at",
-        "released_by",
-        "release_mode",
-        "release_reason",
-    )
-    fields = readonly_fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_release_permission(self, request) -> bool:
-        return request.user.has_perm("alerts.release_billinghold")
-
-    @admin.action(permissions=["release"], description="Release (push what was held)")
-    def release_selected(self, request, queryset):
-        reason = (request.POST.get("reason") or "").strip()
-        if not reason:
-            self.message_user(request, "Releasing a hold needs a reason.", messages.ERROR)
-            return
-        mode = request.POST.get("mode") or BillingHold.ReleaseMode.PUSH
-        for hold in queryset:
-            services.billing_hold_release(hold=hold, actor=request.user, reason=reason, mode=mode)
-        self.message_user(request, "Released.", messages.SUCCESS)
 
 
 @admin.register(AlertNotification)

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from alerts.models import Alert, AlertNotification, AlertRule, BillingHold
+from billing.providers.base import PUSH_WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ EVENT_TYPES = {
 HOLD_EVENT = "account.billing_hold"
 # Every event type a customer's endpoint may subscribe to (the webhook-endpoints API checks).
 WEBHOOK_EVENT_TYPES = (*EVENT_TYPES.values(), HOLD_EVENT)
+# The CS team's warning that held usage nears the provider's 35-day window (not a customer
+# webhook).
+HOLD_WINDOW_EVENT = "billing_hold.window"
 
 
 def transports():
@@ -199,3 +203,52 @@ def billing_hold_notify(hold: BillingHold, *, what: str) -> AlertNotification | 
             "alert_id": hold.alert_id,
         },
     )
+
+
+def billing_hold_window_notify(hold: BillingHold, *, oldest, at) -> list[AlertNotification]:
+    """Tell the CS team (e-mail to NOTIFY_TEAM_EMAIL, the rule's addresses or the account's
+    CS owner; the rule's team webhook) that a hold keeps back usage nearing the provider's
+    35-day window. Once per hold and channel (the idempotency key)."""
+    account = hold.account
+    rule = hold.alert.rule if hold.alert_id else None
+    age_days = (at - oldest).days
+    deadline = oldest + PUSH_WINDOW
+    subject = f"[Billing hold] usage held {age_days} days: {account.name or account.external_id}"
+    text = (
+        f"The billing hold on {account.external_id} (since {hold.opened_at:%Y-%m-%d %H:%M} UTC) "
+        f"keeps back usage from {oldest:%Y-%m-%d %H:%M} UTC, {age_days} days ago. The billing "
+        f"provider refuses usage older than 35 days: release the hold before "
+        f"{deadline:%Y-%m-%d %H:%M} UTC or that usage is never billed."
+    )
+    key = f"hold:{hold.pk}:window"
+    emails = [e.strip() for e in (rule.email_to if rule else "").split(",") if e.strip()]
+    cs_owner = (account.metadata or {}).get("cs_owner_email")
+    if not emails and isinstance(cs_owner, str) and cs_owner:
+        emails = [cs_owner]
+    team = getattr(settings, "NOTIFY_TEAM_EMAIL", "")
+    if team and team not in emails:
+        emails.append(team)
+    rows = []
+    if emails:
+        rows.append(
+            _ask(
+                alert=hold.alert,
+                channel=AlertNotification.Channel.EMAIL,
+                event_type=HOLD_WINDOW_EVENT,
+                recipient=",".join(emails),
+                idempotency_key=key,
+                payload={"subject": subject, "body": text},
+            )
+        )
+    if rule and rule.team_webhook_url:
+        rows.append(
+            _ask(
+                alert=hold.alert,
+                channel=AlertNotification.Channel.TEAM_WEBHOOK,
+                event_type=HOLD_WINDOW_EVENT,
+                recipient=rule.team_webhook_url,
+                idempotency_key=key,
+                payload={"text": f"{subject}\n{text}"},
+            )
+        )
+    return [row for row in rows if row is not None]

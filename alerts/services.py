@@ -14,6 +14,8 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -24,7 +26,9 @@ from alerts.evaluation import (
     findings_for_accounts,
 )
 from alerts.models import Alert, AlertRule, BillingHold
-from alerts.notify import alert_notify, billing_hold_notify
+from alerts.notify import alert_notify, billing_hold_notify, billing_hold_window_notify
+from alerts.selectors import held_usage_oldest_by_account
+from alerts.signals import billing_hold_released
 from metering.models import Account, Meter
 
 logger = logging.getLogger(__name__)
@@ -333,23 +337,65 @@ def billing_hold_open(
     return hold
 
 
+RELEASE_PERMISSION = "alerts.release_billinghold"
+
+
 @transaction.atomic
 def billing_hold_release(
     *, hold: BillingHold, actor, reason: str, mode: str = BillingHold.ReleaseMode.PUSH
 ) -> BillingHold:
-    """Release the hold (a Manager, with a reason): the push then sends everything held."""
+    """Release the hold: the next push sends everything that was held, once.
+
+    Only a user with alerts.release_billinghold (the Manager role) may release, with a reason,
+    whatever the caller (admin, shell, task). Mode "push_and_credit" also asks, through the
+    `alerts.signals.billing_hold_released` signal (sent for every release, after commit), for a
+    credit request that the adjustments app opens. Releasing a released hold changes nothing.
+    """
+    if actor is None or not actor.has_perm(RELEASE_PERMISSION):
+        raise PermissionDenied(
+            "Releasing a billing hold needs the alerts.release_billinghold permission."
+        )
     if not reason.strip():
         raise ValueError("Releasing a hold needs a reason.")
+    mode = BillingHold.ReleaseMode(mode)
     hold = BillingHold.objects.select_for_update().select_related("account").get(pk=hold.pk)
     if hold.status == BillingHold.Status.RELEASED:
         return hold
     hold.status = BillingHold.Status.RELEASED
     hold.released_at = timezone.now()
     hold.released_by = actor
-    hold.release_mode = BillingHold.ReleaseMode(mode)
+    hold.release_mode = mode
     hold.release_reason = reason[:255]
-    hold._change_reason = reason[:100]
+    hold._change_reason = f"Released ({mode.label.lower()}): {reason}"[:100]
     hold._history_user = actor
     hold.save()
     billing_hold_notify(hold, what="released")
+    transaction.on_commit(
+        lambda: billing_hold_released.send(
+            sender=BillingHold, hold=hold, mode=str(mode), actor=actor, reason=reason
+        )
+    )
     return hold
+
+
+def billing_holds_window_warn(*, at: dt.datetime | None = None) -> list[int]:
+    """Tell the CS team, once per hold, when the oldest usage an active hold keeps back is
+    older than BILLING_HOLD_WARN_DAYS: the provider refuses usage older than 35 days, so it
+    must be released before then or that usage is never billed. Returns the holds warned."""
+    at = at or timezone.now()
+    days = settings.BILLING_HOLD_WARN_DAYS
+    holds = list(
+        BillingHold.objects.filter(status=BillingHold.Status.ACTIVE).select_related(
+            "account", "alert__rule"
+        )
+    )
+    oldest = held_usage_oldest_by_account([h.account_id for h in holds])
+    warned = []
+    for hold in holds:
+        first = oldest.get(hold.account_id)
+        if first is None or at - first < dt.timedelta(days=days):
+            continue
+        with transaction.atomic():
+            if billing_hold_window_notify(hold, oldest=first, at=at):
+                warned.append(hold.pk)
+    return warned

@@ -37,3 +37,10 @@ def alerts_evaluate_slice(self, account_ids: list[int], at: str | None = None) -
         "escalated": len(run.escalated),
         "resolved": len(run.resolved),
     }
+
+
+@shared_task(**TRANSIENT)
+def alerts_billing_holds_window(self) -> list[int]:
+    """Warn the CS team of holds whose held usage nears the provider's 35-day window (hourly;
+    once per hold). Returns the holds warned."""
+    return services.billing_holds_window_warn()

@@ -5,7 +5,8 @@ Three checks, each ok / warning / critical against thresholds in settings (STATU
 - rollup inbox: events not yet rolled up; its age is that of the oldest (lowest id) entry's
   event, received_at. Normally under a minute: the drain runs every minute.
 - push backlog: events rolled up but not yet entered in the push ledger (the rolled-up feed), ledger entries still
-  pending, and failed entries (which need a person).
+  pending, and failed entries (which need a person); accounts whose billing is held aside (their
+  usage waits on purpose, and billing holds warn of their own 35-day window).
 - scheduled tasks: each entry of settings.CELERY_BEAT_SCHEDULE by its last recorded success
   (backoffice.TaskRun), late after STATUS_TASK_LATE_WARNING / _CRITICAL of its intervals.
 
@@ -27,6 +28,7 @@ from django.utils import timezone
 
 from backoffice.models import TaskRun
 from billing.models import PushLedgerEntry
+from metering.account_holds import held_account_ids
 from metering.models import RolledUpEvent, RollupInbox, UsageEvent
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
@@ -73,9 +75,10 @@ def _capped_count(queryset) -> tuple[int, bool]:
     return rows, rows >= COUNT_CAP
 
 
-def _oldest_received_at(inbox_model) -> datetime | None:
+def _oldest_received_at(inbox_model, rows=None) -> datetime | None:
     """received_at of the event behind the inbox's lowest id: two primary-key lookups."""
-    lowest = inbox_model.objects.order_by("event_id").values("event_id")[:1]
+    rows = inbox_model.objects.all() if rows is None else rows
+    lowest = rows.order_by("event_id").values("event_id")[:1]
     return (
         UsageEvent.objects.filter(pk=Subquery(lowest)).values_list("received_at", flat=True).first()
     )
@@ -99,10 +102,18 @@ def push_backlog_check(now: datetime) -> dict[str, Any]:
     warning, critical = settings.STATUS_PUSH_LAG_WARNING, settings.STATUS_PUSH_LAG_CRITICAL
     failed_warning = settings.STATUS_PUSH_FAILED_WARNING
     failed_critical = settings.STATUS_PUSH_FAILED_CRITICAL
-    rows, capped = _capped_count(RolledUpEvent.objects.all())
-    inbox_age = _age(now, _oldest_received_at(RolledUpEvent)) if rows else None
+    # Usage of accounts whose billing is held waits on purpose (alerts' billing holds, with
+    # their own 35-day warning): it is not backlog.
+    held = sorted(held_account_ids())
+    feed = RolledUpEvent.objects.exclude(account_id__in=held)
+    rows, capped = _capped_count(feed)
+    inbox_age = _age(now, _oldest_received_at(RolledUpEvent, feed)) if rows else None
     pending, failed = PushLedgerEntry.Status.PENDING, PushLedgerEntry.Status.FAILED
-    ledger = PushLedgerEntry.objects.filter(status__in=[pending, failed]).aggregate(
+    ledger = (
+        PushLedgerEntry.objects.filter(status__in=[pending, failed]).exclude(
+            status=pending, account_id__in=held
+        )
+    ).aggregate(
         pending=Count("id", filter=Q(status=pending)),
         pending_oldest=Min("created_at", filter=Q(status=pending)),
         failed=Count("id", filter=Q(status=failed)),
@@ -127,6 +138,7 @@ def push_backlog_check(now: datetime) -> dict[str, Any]:
         "critical_after_seconds": critical,
         "failed_warning_at": failed_warning,
         "failed_critical_at": failed_critical,
+        "held_accounts": len(held),
     }
 
 

@@ -27,6 +27,7 @@ from billing.models import ProjectionSnapshot
 from billing.money import format_amount, format_money
 from billing.pricing import format_quantity
 from billing.projection import ProjectedInvoice, ProjectionUnavailable, projected_invoice_build
+from metering.account_holds import account_hold
 from metering.admin import ReadOnlyModelAdmin
 from metering.models import Account
 
@@ -126,10 +127,18 @@ def _line_rows(invoice: ProjectedInvoice) -> list[dict]:
 
 def projection_panel_context(*, account: Account) -> dict:
     """Everything the panel template shows (the chart as HTML)."""
+    # A billing hold (alerts', through metering's registry): the usage below is counted but
+    # not pushed to the provider until a Manager releases it.
+    hold = account_hold(account.pk)
     try:
         invoice = projected_invoice_build(account=account)
     except ProjectionUnavailable as exc:
-        return {"account": account, "unavailable": exc.message, "unavailable_code": exc.code}
+        return {
+            "account": account,
+            "unavailable": exc.message,
+            "unavailable_code": exc.code,
+            "billing_hold": hold,
+        }
     cur = invoice.currency
     snapshots = projection_snapshots(account=account, period_id=invoice.period_id)
     previous = invoice.previous
@@ -142,6 +151,7 @@ def projection_panel_context(*, account: Account) -> dict:
     snapshot_list = reverse("admin:billing_projectionsnapshot_changelist")
     return {
         "account": account,
+        "billing_hold": hold,
         "invoice": invoice,
         "rows": _line_rows(invoice),
         "to_date_total": format_money(invoice.to_date_total_minor, cur),

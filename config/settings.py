@@ -350,6 +350,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute=53),
         "options": {"expire_seconds": 3000},
     },
+    # Every hour at minute 12: tell the CS team of billing holds whose held usage nears the
+    # provider's 35-day window (once per hold).
+    "alerts-billing-holds-window": {
+        "task": "alerts.tasks.alerts_billing_holds_window",
+        "schedule": crontab(minute=12),
+        "options": {"expire_seconds": 3300},
+    },
     # Every minute: send the customer webhooks that are due (new ones are also sent at once,
     # queued when their transaction commits; this catches retries and anything missed).
     "webhook-deliveries-dispatch": {
@@ -452,6 +459,14 @@ NOTIFY_TEAM_EMAIL = os.environ.get("NOTIFY_TEAM_EMAIL", "")
 NOTIFY_TEAM_WEBHOOK_URL = os.environ.get("NOTIFY_TEAM_WEBHOOK_URL", "").strip()
 if NOTIFY_TEAM_WEBHOOK_URL and not NOTIFY_TEAM_WEBHOOK_URL.startswith(("https://", "http://")):
     raise ImproperlyConfigured("NOTIFY_TEAM_WEBHOOK_URL must be an http(s) URL.")
+# Days after which usage kept back by a billing hold is reported to the CS team (once per
+# hold): the provider refuses usage older than 35 days, so the hold must be released before.
+BILLING_HOLD_WARN_DAYS = env_int("BILLING_HOLD_WARN_DAYS", 30)
+if not 1 <= BILLING_HOLD_WARN_DAYS <= 34:
+    raise ImproperlyConfigured(
+        f"BILLING_HOLD_WARN_DAYS must be 1 to 34 (the provider's window is 35 days), "
+        f"got {BILLING_HOLD_WARN_DAYS}."
+    )
 # Webhook URLs may be http and may point at private, loopback or link-local addresses: for
 # development and tests only. Production sends https to public addresses only.
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", DEBUG)

@@ -53,6 +53,25 @@ class AccountOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+class BillingHoldOutputSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=["active"],
+        help_text="Always `active` (a released hold is no hold: the field is null).",
+    )
+    since = serializers.DateTimeField(help_text="When the hold started (RFC 3339, UTC).")
+    reason = serializers.CharField(help_text="Why billing is held (e.g. the alert that held it).")
+
+
+class AccountDetailOutputSerializer(AccountOutputSerializer):
+    billing_hold = BillingHoldOutputSerializer(
+        allow_null=True,
+        help_text="null, or the active billing hold: the account's usage is still ingested, "
+        "stored and shown, but not pushed to the billing provider until staff release the "
+        "hold (the `account.billing_hold` webhook tells of both). A product may throttle "
+        "while it is set, if its contract says so.",
+    )
+
+
 class _ReplayFields(serializers.Serializer):
     """What an upsert set going in the background (only in PUT answers)."""
 

@@ -25,6 +25,7 @@ from rest_framework.serializers import as_serializer_error
 from rest_framework.views import APIView
 
 from metering import exact_json, selectors
+from metering.account_holds import account_hold
 from metering.api import serializers as s
 from metering.api.authentication import HasScope
 from metering.api.errors import ApiError, body_too_large
@@ -303,14 +304,16 @@ class AccountDetailView(_ScopedByMethod):
     @extend_schema(
         operation_id="accounts_retrieve",
         summary="Read an account",
-        responses={200: s.AccountOutputSerializer, 404: _NOT_FOUND, **_ERRORS},
+        responses={200: s.AccountDetailOutputSerializer, 404: _NOT_FOUND, **_ERRORS},
         tags=["accounts"],
     )
     def get(self, request, external_id: str):
         account = selectors.account_get(external_id=external_id)
         if account is None:
             raise exceptions.NotFound(f"No account {external_id!r}.")
-        return Response(_account_out(account))
+        # Alerts' billing hold, read through metering.account_holds.
+        account.billing_hold = account_hold(account.pk)
+        return Response(s.AccountDetailOutputSerializer(account).data)
 
     @extend_schema(
         operation_id="accounts_upsert",

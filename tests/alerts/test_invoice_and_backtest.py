@@ -6,6 +6,7 @@ import datetime as dt
 from io import StringIO
 
 import pytest
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 
 from alerts import notify
@@ -95,6 +96,7 @@ def test_a_hold_rule_holds_billing_until_a_manager_releases_it(django_user_model
     alerts_evaluate_all(at=at(TODAY, 21))
     assert BillingHold.objects.count() == 1
     manager = django_user_model.objects.create_user("manager")
+    manager.groups.add(Group.objects.get(name="Manager"))
     billing_hold_release(hold=hold, actor=manager, reason="Customer confirmed the batch")
     assert not account_on_hold(scenario.account.pk)
 

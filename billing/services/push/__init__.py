@@ -26,6 +26,12 @@ never push at the same time (the second returns at once, `busy`), then:
    first_sent_at, the exact payload) is committed *before* the provider call, the answer
    *after* it. A crash in between leaves an entry pending with first_sent_at set.
 
+Billing holds (alerts.models.BillingHold, seen here through metering.account_holds, since
+billing may not depend on alerts): the events of an account whose billing is held stay in the
+rolled-up feed, and its pending entries (enqueued before the hold opened) stay pending; both
+go on the first run after the hold is released, exactly once like everything else. The held
+accounts are read once per enqueue batch and once per send chunk.
+
 The rules, in the order a run applies them:
 
 - sent / acknowledged / too_old / rejected / superseded / failed entries are never sent again

@@ -15,6 +15,7 @@ from billing import periods as billing_periods
 from billing.models import BillingPeriod, PushLedgerEntry, Subscription
 from billing.services.installation import installation_id
 from billing.services.push.common import ENQUEUE_BATCH, SUM_METERS, Kind, Status, too_old_cutoff
+from metering.account_holds import held_account_ids
 from metering.models import Account, Meter, UsageEvent
 from metering.rollup_selectors import usage_gauge_from_events
 from metering.services.rolled_up_feed import rolled_up_events_claim
@@ -166,8 +167,9 @@ def _gauge_entry(
 def push_ledger_enqueue(
     *, provider_name: str, now: datetime | None = None, batch_size: int = ENQUEUE_BATCH
 ) -> tuple[int, int, int]:
-    """Drain the rolled-up feed into ledger entries. Returns (events drained, entries created,
-    of which too old to send)."""
+    """Drain the rolled-up feed into ledger entries, leaving the events of accounts whose
+    billing is held in the feed. Returns (events drained, entries created, of which too old
+    to send)."""
     drained = created = too_old = 0
     installation = installation_id()
     while True:
@@ -175,7 +177,9 @@ def push_ledger_enqueue(
         with transaction.atomic():
             # Claimed from metering's rolled-up feed (DELETE ... RETURNING, in this
             # transaction): events reach the ledger once, and only once they are in the rollups.
-            ids = rolled_up_events_claim(limit=batch_size)
+            # Held accounts' events stay in the feed until their hold is released (the held
+            # ids: one query per batch).
+            ids = rolled_up_events_claim(limit=batch_size, skip_accounts=held_account_ids())
             if not ids:
                 return drained, created, too_old
             with connection.cursor() as cursor:

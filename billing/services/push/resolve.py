@@ -20,6 +20,7 @@ from billing.services.push.common import (
     provider_customer_ensure,
     provider_meter_ensure,
 )
+from metering.account_holds import held_account_ids
 from metering.models import Account, Meter
 
 # --- stale entries: past the provider's 24-hour dedupe window -----------------------------------
@@ -40,7 +41,8 @@ def push_ledger_resolve_stale(
         status=Status.PENDING,
         kind=Kind.EVENT,
         first_sent_at__lte=now - window,
-    )
+        # A held account's entries are decided (and perhaps resent) once its hold is released.
+    ).exclude(account_id__in=sorted(held_account_ids()))
     groups = stale.values_list("account_id", "meter_id", "day").distinct()
     for account_id, meter_id, day in groups:
         same_day = PushLedgerEntry.objects.filter(

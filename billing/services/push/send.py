@@ -42,6 +42,7 @@ from billing.services.push.common import (
 from billing.services.push.corrections import UNSETTLED, push_corrections_settle
 from billing.services.push.enqueue import push_ledger_enqueue
 from billing.services.push.resolve import push_ledger_resolve_stale
+from metering.account_holds import held_account_ids
 from metering.models import Account, Meter
 
 # --- 2. send -------------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ _SEND_FIELDS = (
 )
 
 
-def _sendable(provider_name: str, now: datetime):
+def _sendable(provider_name: str, now: datetime, held: set[int] = frozenset()):
     from billing.providers import platform_rules
 
     retention = platform_rules(provider_name).key_retention
@@ -265,12 +266,15 @@ def _sendable(provider_name: str, now: datetime):
         # The platform keeps keys for good: a resend, however late, is counted once.
         return (
             PushLedgerEntry.objects.filter(provider=provider_name, status=Status.PENDING)
+            .exclude(account_id__in=sorted(held))
             .exclude(UNSETTLED)
             .only(*_SEND_FIELDS)
             .order_by("pk")
         )
     return (
         PushLedgerEntry.objects.filter(provider=provider_name, status=Status.PENDING)
+        # Entries of held accounts (enqueued before the hold opened) wait, pending.
+        .exclude(account_id__in=sorted(held))
         # A correction goes once its value is settled against what the provider holds.
         .exclude(UNSETTLED)
         .filter(
@@ -305,7 +309,9 @@ def push_ledger_send(
     while max_entries is None or done < max_entries:
         now_ = now or timezone.now()
         size = chunk if max_entries is None else min(chunk, max_entries - done)
-        entries = list(_sendable(provider.name, now_).filter(pk__gt=last_pk)[:size])
+        # The held accounts, once per chunk (a hold may open or be released during a run).
+        held = held_account_ids()
+        entries = list(_sendable(provider.name, now_, held).filter(pk__gt=last_pk)[:size])
         if not entries:
             break
         last_pk = entries[-1].pk
