@@ -51,6 +51,19 @@ PRICES = {
     },
 }
 
+# Included units per period by tier, above what an ordinary account of the tier uses, so the
+# default quota rule (80% of the included units) stays quiet for ordinary demo accounts; the
+# near-quota story has a limit of its own (account metadata `limits`).
+INCLUDED_BY_TIER = {
+    "tokens": {
+        "free": 1_000_000,
+        "starter": 3_000_000,
+        "growth": 6_000_000,
+        "enterprise": 15_000_000,
+    },
+    "storage_gb": {"free": 50, "starter": 150, "growth": 400, "enterprise": 1000},
+}
+
 # Faults for the simulated provider, so reconciliation has real mismatches to find.
 DEMO_FAULTS = {
     "name": "demo faults (seed 42)",
@@ -93,6 +106,8 @@ def _plan_ensure(*, tier: str, currency: str, meters: dict[str, Meter], actor) -
     )
     for meter_code, spec in PRICES.items():
         if meter_code in meters:
+            if meter_code in INCLUDED_BY_TIER:
+                spec = {**spec, "included_units": str(INCLUDED_BY_TIER[meter_code][tier])}
             price_add(plan=plan, meter=meters[meter_code], actor=actor, **spec)
     return plan, True
 
