@@ -17,7 +17,13 @@ from django.utils.safestring import SafeString, mark_safe
 
 from alerts.models import Alert, BillingHold
 from billing.bill_change import bill_change_build
-from billing.explain import bill_change_sentence, sentence_html, short_date
+from billing.explain import (
+    bill_change_driver,
+    bill_change_sentence,
+    percent_text,
+    sentence_html,
+    short_date,
+)
 from billing.money import format_money
 from billing.projection import ProjectedInvoice, ProjectionUnavailable, projected_invoice_build
 from billing.selectors import subscription_current
@@ -48,7 +54,6 @@ class AccountHub:
     unavailable: str = ""
     plan_name: str = ""
     plan_code: str = ""
-    subscription_id: int | None = None
     sentence: str = ""
     sentence_html: SafeString | str = ""
     projected_text: str = ""
@@ -68,6 +73,8 @@ class AccountHub:
     # each with what the include shows (kind, amount, status, reason); empty until then.
     adjustments: list = field(default_factory=list)
     actions: list[HubAction] = field(default_factory=list)
+    # "meter:dimension" of the sentence's driver: the charts tab opens on that breakdown.
+    breakdown: str = ""
 
 
 def _change_text(invoice: ProjectedInvoice) -> tuple[str, str]:
@@ -77,8 +84,8 @@ def _change_text(invoice: ProjectedInvoice) -> tuple[str, str]:
         return "no change", ""
     sign = "+" if invoice.change_minor > 0 else "-"
     text = f"{sign}{format_money(abs(invoice.change_minor), invoice.currency)}"
-    if invoice.change_percent is not None:
-        text += f" ({sign}{abs(invoice.change_percent)}%)"
+    if invoice.previous is not None and invoice.previous.total_minor:
+        text += f" ({percent_text(invoice.projected_total_minor, invoice.previous.total_minor)})"
     return text, "up" if invoice.change_minor > 0 else "down"
 
 
@@ -134,12 +141,14 @@ def account_hub(*, account: Account, user, now: dt.datetime | None = None) -> Ac
         subscription = subscription_current(account=account, at=now)
         if subscription is not None:
             hub.plan_name, hub.plan_code = subscription.plan.name, subscription.plan.code
-            hub.subscription_id = subscription.pk
     else:
         hub.invoice = invoice
         hub.plan_name, hub.plan_code = invoice.plan_name, invoice.plan_code
         cur = invoice.currency
-        hub.sentence = bill_change_sentence(bill_change_build(account=account, invoice=invoice))
+        change = bill_change_build(account=account, invoice=invoice)
+        hub.sentence = bill_change_sentence(change)
+        driver = bill_change_driver(change)
+        hub.breakdown = f"{driver[0]}:{driver[1]}" if driver else ""
         hub.sentence_html = mark_safe(sentence_html(hub.sentence))  # noqa: S308 - escaped there
         hub.projected_text = format_money(invoice.projected_total_minor, cur)
         hub.to_date_text = format_money(invoice.to_date_total_minor, cur)
@@ -153,8 +162,6 @@ def account_hub(*, account: Account, user, now: dt.datetime | None = None) -> Ac
             f"{short_date(invoice.period_start)} – {short_date(invoice.last_day)} "
             f"{invoice.last_day.year}"
         )
-        subscription = subscription_current(account=account, at=now)
-        hub.subscription_id = subscription.pk if subscription else None
 
     alerts = (
         Alert.objects.filter(account=account, status__in=OPEN_ALERT_STATUSES)

@@ -13,10 +13,9 @@ import decimal
 from decimal import ROUND_HALF_UP, Decimal
 
 from billing.explain import BillChange, DimensionShift, LineChange, bill_change_sentence
-from billing.models import BillingPeriod
+from billing.models import Plan, Price
 from billing.pricing import LineAmount, LineKind, PriceModel, price_invoice
 from billing.projection import ProjectedInvoice
-from billing.selectors import period_previous, period_usage, plan_prices
 from metering.models import Account
 from metering.rollup_selectors import usage_by_dimension_values
 
@@ -30,14 +29,6 @@ def _rate(usage: LineAmount | None) -> Decimal | None:
     return usage.tiers[-1].unit_price if usage.tiers else None
 
 
-def _closed_quantities(period: BillingPeriod) -> dict[str, Decimal]:
-    return {
-        line["meter"]: Decimal(line["quantity"])
-        for line in period.invoice_lines or []
-        if line.get("meter") and line.get("quantity") is not None
-    }
-
-
 def _scaled(values: dict[tuple[str, str], Decimal], factor: Decimal) -> dict:
     with decimal.localcontext(_SCALE):
         return {key: value * factor for key, value in values.items()}
@@ -45,28 +36,30 @@ def _scaled(values: dict[tuple[str, str], Decimal], factor: Decimal) -> dict:
 
 def bill_change_build(*, account: Account, invoice: ProjectedInvoice) -> BillChange:
     """The projected invoice (at period end) against the previous period's."""
-    period = BillingPeriod.objects.select_related("subscription__plan").get(pk=invoice.period_id)
-    previous = period_previous(period=period)
+    previous = invoice.previous
     current_usage = {line.meter_code: line for line in invoice.usage_lines}
-    meters = {
-        price.meter.code: price.meter for price, _ in plan_prices(plan=period.subscription.plan)
-    }
+    # The plans' prices (current and previous, usually the same plan) in one query.
+    plan_ids = {pid for pid in (invoice.plan_id, previous.plan_id if previous else None) if pid}
+    prices_by_plan: dict[int, list] = {pid: [] for pid in plan_ids}
+    for price in (
+        Price.objects.filter(plan_id__in=plan_ids)
+        .select_related("meter", "plan")
+        .order_by("meter__code")
+    ):
+        prices_by_plan[price.plan_id].append((price, price.to_spec()))
+    meters = {price.meter.code: price.meter for price, _ in prices_by_plan[invoice.plan_id]}
 
     previous_lines: dict[tuple[str, str], tuple[int, LineAmount | None, str]] = {}
     previous_dims: dict[int, dict] = {}
-    if previous is not None:
-        plan = previous.subscription.plan
-        prices = plan_prices(plan=plan)
+    if previous is not None and previous.plan_id in prices_by_plan:
+        prices = prices_by_plan[previous.plan_id]
+        plan = prices[0][0].plan if prices else Plan.objects.get(pk=previous.plan_id)
         for price, _ in prices:
             meters.setdefault(price.meter.code, price.meter)
-        quantities = (
-            _closed_quantities(previous)
-            if previous.state == BillingPeriod.State.CLOSED
-            else period_usage(period=previous)
-        )
+        quantities = previous.quantities or {}
         priced = price_invoice(
             lines=[(spec, quantities.get(price.meter.code, Decimal(0))) for price, spec in prices],
-            currency=previous.currency,
+            currency=invoice.currency,
             flat_fee_minor=plan.flat_fee_minor,
             minimum_commitment_minor=plan.minimum_commitment_minor,
         )
@@ -136,6 +129,7 @@ def bill_change_build(*, account: Account, invoice: ProjectedInvoice) -> BillCha
                 previous_rate=_rate(before_usage),
                 current_rate=_rate(usage),
                 shifts=shifts,
+                meter_code=line.meter_code,
             )
         )
     # Lines only the previous bill had (a meter since dropped from the plan, a true-up).

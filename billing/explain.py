@@ -309,6 +309,7 @@ class LineChange:
     previous_rate: Decimal | None = None
     current_rate: Decimal | None = None
     shifts: tuple[DimensionShift, ...] = ()
+    meter_code: str = ""
 
     @property
     def change_minor(self) -> int:
@@ -362,6 +363,10 @@ def _mid_sentence(title: str) -> str:
 
 
 def _drivers(line: LineChange, direction: int) -> str:
+    return _top_shifts(line, direction)[0]
+
+
+def _top_shifts(line: LineChange, direction: int) -> tuple[str, DimensionShift | None]:
     """', mostly `instance_type=large`' (or two values), or '' when nothing stands out.
 
     Only shifts in the line's direction count; a dimension with a single value in both periods
@@ -377,16 +382,17 @@ def _drivers(line: LineChange, direction: int) -> str:
         and s.change * direction > 0
     ]
     if not moving:
-        return ""
+        return "", None
     total = abs((line.current_units or Decimal(0)) - (line.previous_units or Decimal(0)))
     moving.sort(key=lambda s: (-abs(s.change), s.dimension, s.value))
     top = moving[0]
     if not total or abs(top.change) >= total * MOSTLY_SHARE:
-        return f", mostly `{top.dimension}={top.value}`"
+        return f", mostly `{top.dimension}={top.value}`", top
     pair = [s for s in moving[1:] if s.dimension == top.dimension][:1]
     if pair and abs(top.change) + abs(pair[0].change) >= total * MOSTLY_SHARE:
-        return f", mostly `{top.dimension}={top.value}` and `{pair[0].dimension}={pair[0].value}`"
-    return f", led by `{top.dimension}={top.value}`"
+        second = f"`{pair[0].dimension}={pair[0].value}`"
+        return f", mostly `{top.dimension}={top.value}` and {second}", top
+    return f", led by `{top.dimension}={top.value}`", top
 
 
 def _pricing_detail(line: LineChange, currency: str) -> str:
@@ -521,3 +527,19 @@ def sentence_html(sentence: str) -> str:
     return "".join(
         f"<code>{part}</code>" if position % 2 else part for position, part in enumerate(parts)
     )
+
+
+def bill_change_driver(change: BillChange) -> tuple[str, str] | None:
+    """(meter code, dimension) of the first line the sentence names with a driver, so a page can
+    open that breakdown first; None when the sentence names none."""
+    delta = change.change_minor
+    if not delta:
+        return None
+    direction = 1 if delta > 0 else -1
+    for line in _changed_lines(change, direction):
+        if line.kind != LineKind.USAGE or not line.meter_code:
+            continue
+        _text, top = _top_shifts(line, direction)
+        if top is not None:
+            return line.meter_code, top.dimension
+    return None

@@ -209,6 +209,11 @@ class PreviousPeriod:
     total_minor: int
     # "invoiced": the closed period's billed total; "usage": priced now from its rollups.
     source: str
+    # What it was priced on, for a line-by-line comparison (billing.bill_change) without
+    # reading it again: its plan and its usage per meter code (a closed period's invoiced
+    # quantities, else the rollups').
+    plan_id: int | None = None
+    quantities: Mapping[str, Decimal] | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,7 @@ class ProjectedInvoice:
     change_percent: Decimal | None  # one decimal place, half up; None without a base
     generated_at: dt.datetime
     summary: str = ""
+    plan_id: int | None = None
 
     @property
     def last_day(self) -> dt.date:
@@ -286,10 +292,15 @@ def _previous(period: BillingPeriod) -> PreviousPeriod | None:
     previous = period_previous(period=period)
     if previous is None:
         return None
+    plan = previous.subscription.plan
     if previous.state == BillingPeriod.State.CLOSED:
         total, source = previous.total_minor, "invoiced"
+        quantities = {
+            line["meter"]: Decimal(line["quantity"])
+            for line in previous.invoice_lines or []
+            if line.get("meter") and line.get("quantity") is not None
+        }
     else:
-        plan = previous.subscription.plan
         quantities = period_usage(period=previous)
         invoice = price_invoice(
             lines=[
@@ -307,6 +318,8 @@ def _previous(period: BillingPeriod) -> PreviousPeriod | None:
         state=previous.state,
         total_minor=total,
         source=source,
+        plan_id=plan.pk,
+        quantities=quantities,
     )
 
 
@@ -494,6 +507,7 @@ def projected_invoice_build(
         timezone=tz,
         plan_code=plan.code,
         plan_name=plan.name,
+        plan_id=plan.pk,
         period_id=period.pk,
         period_start=first_day,
         period_end=end_day,

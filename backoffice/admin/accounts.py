@@ -17,6 +17,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.http import urlencode
 
 from backoffice.hub import account_hub
 from billing.admin_projection import may_view_projection, projection_panel_context
@@ -62,9 +63,16 @@ class AccountHubAdmin(AccountAdmin):
         extra_context = dict(extra_context or {})
         account = self.get_object(request, object_id)
         if account is not None and self.has_view_permission(request, account):
-            extra_context["hub"] = account_hub(account=account, user=request.user)
+            hub = account_hub(account=account, user=request.user)
+            extra_context["hub"] = hub
+            charts_query = f"?{urlencode({'breakdown': hub.breakdown})}" if hub.breakdown else ""
             extra_context["sections"] = [
-                (key, title, reverse("admin:metering_account_hub_section", args=[account.pk, key]))
+                (
+                    key,
+                    title,
+                    reverse("admin:metering_account_hub_section", args=[account.pk, key])
+                    + (charts_query if key == "charts" else ""),
+                )
                 for key, title in (
                     ("charts", "Usage per day and breakdowns"),
                     ("invoice", "Projected invoice, line by line"),
@@ -88,6 +96,11 @@ class AccountHubAdmin(AccountAdmin):
             return TemplateResponse(request, SECTIONS[section], context)
         response = account_usage_view(request, account_id=account_id, model_admin=self)
         response.template_name = SECTIONS[section]
+        # Every value with its unit: the recent events' meters.
+        data = response.context_data["data"]
+        units = {panel.meter.code: panel.meter.unit for panel in [*data.panels, *data.other_meters]}
+        for row in response.context_data["recent"]:
+            row["unit"] = units.get(row["event"].meter_code, "")
         response.context_data["usage_url"] = reverse(
             "admin:metering_account_usage", args=[account_id]
         )
