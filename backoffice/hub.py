@@ -135,7 +135,8 @@ def account_hub(*, account: Account, user, now: dt.datetime | None = None) -> Ac
     now = now or timezone.now()
     hub = AccountHub(account=account, today=periods.local_date(now, account.timezone))
     try:
-        invoice = projected_invoice_build(account=account, now=now)
+        # Without each line's top dimension value: the sentence names its own drivers.
+        invoice = projected_invoice_build(account=account, now=now, with_top=False)
     except ProjectionUnavailable as exc:
         hub.unavailable = exc.message
         subscription = subscription_current(account=account, at=now)

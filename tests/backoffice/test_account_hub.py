@@ -4,13 +4,16 @@ account it finds, the tabs' fragments, and a bounded number of queries."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.db import transaction
 from django.test import Client
+from django.test.utils import override_settings
 from django.urls import reverse
 
 from alerts.models import Alert, BillingHold
@@ -42,16 +45,24 @@ def _evaluation_time() -> dt.datetime:
     return now
 
 
-def _demo_loaded(settings) -> dt.datetime:
-    """What `make run` does (scripts/run.sh), on a smaller demo."""
-    settings.DEBUG = True
-    at = _evaluation_time()
-    demo_seed(days=42, accounts=DEMO_ACCOUNTS, end=at.date(), now=at)
-    call_command("demo_billing", verbosity=0)
-    call_command("rollup", verbosity=0)
-    call_command("demo_stories", verbosity=0)
-    call_command("evaluate_alerts", "--at", at.isoformat(), verbosity=0)
-    return at
+@pytest.fixture(scope="module")
+def demo_loaded(django_db_setup, django_db_blocker) -> Iterator[dt.datetime]:
+    """What `make run` does (scripts/run.sh), on a smaller demo, once for the module, in a
+    transaction rolled back when the module is done (each test runs in a savepoint of it)."""
+    with django_db_blocker.unblock(), override_settings(DEBUG=True):
+        atomic = transaction.atomic()
+        atomic.__enter__()
+        try:
+            at = _evaluation_time()
+            demo_seed(days=42, accounts=DEMO_ACCOUNTS, end=at.date(), now=at)
+            call_command("demo_billing", verbosity=0)
+            call_command("rollup", verbosity=0)
+            call_command("demo_stories", verbosity=0)
+            call_command("evaluate_alerts", "--at", at.isoformat(), verbosity=0)
+            yield at
+        finally:
+            transaction.set_rollback(True)
+            atomic.__exit__(None, None, None)
 
 
 def _story(name: str) -> Account:
@@ -70,10 +81,8 @@ def _staff(role: str | None = None, superuser: bool = False):
 
 
 def test_after_the_demo_the_alert_queue_holds_the_alerting_stories_and_no_ordinary_account(
-    settings,
+    demo_loaded,
 ):
-    _demo_loaded(settings)
-
     alerting = set(
         Alert.objects.exclude(status=Alert.Status.RESOLVED).values_list(
             "account__external_id", flat=True
@@ -95,8 +104,7 @@ def test_after_the_demo_the_alert_queue_holds_the_alerting_stories_and_no_ordina
     ) == {_story(STORY_HOLD).external_id}
 
 
-def test_the_spike_account_page_says_the_bill_is_up_and_names_the_seeded_driver(settings):
-    _demo_loaded(settings)
+def test_the_spike_account_page_says_the_bill_is_up_and_names_the_seeded_driver(demo_loaded):
     spike = _story(STORY_SPIKE)
     client = _staff("Support")
 
@@ -119,19 +127,18 @@ def test_the_spike_account_page_says_the_bill_is_up_and_names_the_seeded_driver(
     assert "Acknowledge alert #" in body  # Support may acknowledge
 
 
-def test_a_search_with_several_results_stays_on_the_list(settings):
-    settings.DEBUG = True
-    demo_seed(days=1, accounts=3, end=dt.date(2026, 11, 20))
+def test_a_search_with_several_results_stays_on_the_list(demo_loaded):
     client = _staff("Support")
     response = client.get(reverse("admin:metering_account_changelist"), {"q": "-"})
     assert response.status_code == 200
-    assert response.context["cl"].result_count == 3
+    assert response.context["cl"].result_count == DEMO_ACCOUNTS
     response = client.get(reverse("admin:metering_account_changelist"))
     assert response.status_code == 200  # no search: the list, even with one account
 
 
-def test_hub_shows_the_hold_and_the_tabs_load_as_fragments(settings, django_assert_max_num_queries):
-    _demo_loaded(settings)
+def test_hub_shows_the_hold_and_the_tabs_load_as_fragments(
+    demo_loaded, django_assert_max_num_queries
+):
     held = _story(STORY_HOLD)
     client = _staff("Auditor")
     url = reverse("admin:metering_account_change", args=[held.pk])
@@ -158,10 +165,8 @@ def test_hub_shows_the_hold_and_the_tabs_load_as_fragments(settings, django_asse
     assert missing.status_code == 404
 
 
-def test_a_staff_user_without_a_role_cannot_read_the_hub_or_its_fragments(settings):
-    settings.DEBUG = True
-    demo_seed(days=1, accounts=1, end=dt.date(2026, 11, 20))
-    account = Account.objects.get()
+def test_a_staff_user_without_a_role_cannot_read_the_hub_or_its_fragments(demo_loaded):
+    account = _story(STORY_SPIKE)
     client = _staff(None)
     assert client.get(reverse("admin:metering_account_change", args=[account.pk])).status_code in (
         302,
