@@ -15,10 +15,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Plan, Subscription
-from billing.providers.simulated import simulated_faults_configure
+from billing.providers.simulated import CUSTOMER_PREFIX, simulated_faults_configure
 from billing.services.plans import plan_create, price_add
 from billing.services.subscriptions import subscription_create
 from metering.models import Account, Meter
+from metering.services.demo import STORY_MISMATCH
 
 # tier -> (flat fee in major units, minimum commitment in major units)
 PLAN_FEES = {
@@ -64,11 +65,12 @@ INCLUDED_BY_TIER = {
     "storage_gb": {"free": 50, "starter": 150, "growth": 400, "enterprise": 1000},
 }
 
-# Faults for the simulated provider, so reconciliation has real mismatches to find.
+# Faults for the simulated provider, so reconciliation has real mismatches to find: on the
+# mismatch story's account only (metadata demo_story), so every other account reconciles clean.
 DEMO_FAULTS = {
-    "name": "demo faults (seed 42)",
+    "name": "demo faults (seed 42, one account)",
     "seed": 42,
-    "drop_rate": Decimal("0.02"),
+    "drop_rate": Decimal("0.05"),
     "duplicate_rate": Decimal("0.01"),
     "delay_rate": Decimal("0.02"),
     "delay_seconds": 3 * 3600,
@@ -143,8 +145,19 @@ def billing_demo_seed(*, today: dt.date | None = None, with_faults: bool = True,
     if with_faults:
         from billing.models import SimulatedFaultConfig
 
+        # Without the story's account (a demo of fewer than 8 accounts), every account.
+        customers = sorted(
+            f"{CUSTOMER_PREFIX}{external_id}"
+            for external_id in Account.objects.filter(
+                metadata__demo=True, metadata__demo_story=STORY_MISMATCH
+            ).values_list("external_id", flat=True)
+        )
         current = SimulatedFaultConfig.objects.filter(active=True).first()
-        if current is None or current.name != DEMO_FAULTS["name"]:
-            simulated_faults_configure(**DEMO_FAULTS, actor=actor)
+        if (
+            current is None
+            or current.name != DEMO_FAULTS["name"]
+            or sorted(current.customers or []) != customers
+        ):
+            simulated_faults_configure(**DEMO_FAULTS, customers=customers, actor=actor)
             summary.faults_configured = True
     return summary

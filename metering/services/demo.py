@@ -148,12 +148,14 @@ STORY_SILENT = "silent"  # the integration stopped sending three days ago: drop 
 STORY_NEAR_QUOTA = "near_quota"  # an account limit (metadata.limits) it is close to
 STORY_HOLD = "hold"  # a billing hold (opened by the back office's demo step)
 STORY_CREDIT = "credit"  # a credit waiting for approval (slot: adjustments)
+STORY_MISMATCH = "mismatch"  # the simulated provider's seeded faults hit this account only
 STORIES = {
     2: (STORY_SPIKE, "starter"),
     3: (STORY_SILENT, "growth"),
     4: (STORY_NEAR_QUOTA, None),
     5: (STORY_HOLD, None),
     6: (STORY_CREDIT, None),
+    7: (STORY_MISMATCH, None),
 }
 # The runaway job: one GPU run every RUNAWAY_EVERY, each RUNAWAY_SECONDS long.
 RUNAWAY_EVERY = timedelta(minutes=4)

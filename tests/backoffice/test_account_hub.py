@@ -21,12 +21,14 @@ from metering.models import Account
 from metering.services.demo import (
     RUNAWAY_INSTANCE,
     STORY_HOLD,
+    STORY_MISMATCH,
     STORY_NEAR_QUOTA,
     STORY_SILENT,
     STORY_SPIKE,
     demo_accounts,
     demo_seed,
 )
+from reconciliation.models import Mismatch
 
 pytestmark = pytest.mark.django_db
 
@@ -59,6 +61,10 @@ def demo_loaded(django_db_setup, django_db_blocker) -> Iterator[dt.datetime]:
             call_command("rollup", verbosity=0)
             call_command("demo_stories", verbosity=0)
             call_command("evaluate_alerts", "--at", at.isoformat(), verbosity=0)
+            # What the worker does next: push to the simulated provider (its seeded faults hit
+            # the mismatch story's account only), pull its summaries, reconcile.
+            call_command("push_usage", verbosity=0)
+            call_command("reconcile", verbosity=0)
             yield at
         finally:
             transaction.set_rollback(True)
@@ -104,6 +110,25 @@ def test_after_the_demo_the_alert_queue_holds_the_alerting_stories_and_no_ordina
     ) == {_story(STORY_HOLD).external_id}
 
 
+def test_after_the_demo_only_the_faulted_account_has_mismatches(demo_loaded):
+    # Every account's backfilled history older than 35 days cannot be pushed (the provider's
+    # limit): "too old" mismatches, a property of the 90-day backfill. Any other cause is a
+    # provider fault, and only the faulted account has one.
+    faulted = {
+        m.account.external_id
+        for m in Mismatch.objects.filter(status__in=("open", "acknowledged")).select_related(
+            "account"
+        )
+        if {cause["code"] for cause in m.causes} - {"too_old"}
+    }
+    assert faulted == {_story(STORY_MISMATCH).external_id}
+    client = _staff("Manager")
+    account = _story(STORY_MISMATCH)
+    body = client.get(reverse("admin:metering_account_change", args=[account.pk])).content
+    assert b'id="badge-mismatches"' in body
+    assert b"Work mismatch #" in body  # a Manager works the queue
+
+
 def test_the_spike_account_page_says_the_bill_is_up_and_names_the_seeded_driver(demo_loaded):
     spike = _story(STORY_SPIKE)
     client = _staff("Support")
@@ -143,7 +168,7 @@ def test_hub_shows_the_hold_and_the_tabs_load_as_fragments(
     client = _staff("Auditor")
     url = reverse("admin:metering_account_change", args=[held.pk])
     client.get(url)  # warm the session and content types
-    with django_assert_max_num_queries(60):
+    with django_assert_max_num_queries(40):
         response = client.get(url)
     body = response.content.decode()
     assert 'id="badge-hold"' in body
