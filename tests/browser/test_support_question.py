@@ -137,11 +137,14 @@ def test_support_agent_answers_why_the_bill_is_higher_from_the_admin_index(
     cold_page.goto(f"{live_server.url}/admin/metering/account/{spike.pk}/change/")
     cold_page.wait_for_load_state("load")
     cold_page.wait_for_function("performance.getEntriesByType('navigation')[0].loadEventEnd > 0")
+    # The paint entry can land a moment after the load event on a busy machine.
+    cold_page.wait_for_function(
+        "performance.getEntriesByName('first-contentful-paint').length > 0", timeout=10_000
+    )
     timing = cold_page.evaluate(TIMING_JS)
     print(
         f"Account page, cold cache: first contentful paint {timing['fcp']:.0f} ms, "
         f"load complete {timing['load']:.0f} ms (first byte {timing['ttfb']:.0f} ms, "
         f"DOM ready {timing['dom']:.0f} ms, {timing['bytes']} bytes transferred)"
     )
-    assert timing["fcp"] is not None
     cold.close()
