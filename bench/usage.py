@@ -316,8 +316,8 @@ def run(args, database: str) -> None:
     for key, label, target in labels:
         p50, p95, p99, worst = percentiles(results[key])
         verdict = ""
-        if key in ("api", "api_group", "api_group_warm", "page"):
-            limit = TARGETS["page" if key == "page" else "api"]
+        if key in ("api", "api_group", "api_group_warm", "page", "hub"):
+            limit = TARGETS["page" if key in ("page", "hub") else "api"]
             verdict = f"{target} {'ok' if p95 < limit else 'MISSED'}"
         print(
             f"{label:<48} {len(results[key]):>5} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} "
