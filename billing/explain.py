@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from billing.money import format_amount, format_money
 from billing.pricing import LineKind, PriceModel, TierLine, format_quantity
-from metering.models import Meter
+from metering.models import ROLLUP_OTHER, Meter
 
 if TYPE_CHECKING:
     from billing.projection import ProjectedInvoice, ProjectedLine
@@ -261,3 +261,288 @@ def explain_summary(invoice: ProjectedInvoice) -> str:
         percent = f" ({'+' if invoice.change_percent > 0 else ''}"
         percent += f"{invoice.change_percent}%)"
     return f"{text}, {direction} {change}{percent} on the previous period's {base} ({what})."
+
+
+# --- why the bill changed: one sentence for the top of the account page ------------------------
+#
+#   "Up $0.91 (+13%) on last period: compute time rose from 3,092 to 4,574 seconds (+$0.90, now
+#   2 packages instead of 1), mostly `instance_type=large`."
+#
+# Pure: billing.bill_change assembles a BillChange from the projection, the previous period's
+# lines and metering's usage per dimension value; this part only words it.
+
+MAX_CHANGE_LINES = 3
+# A dimension value is "mostly" the driver when it carries at least this share of the change.
+MOSTLY_SHARE = Decimal("0.5")
+
+
+@dataclass(frozen=True)
+class DimensionShift:
+    """One dimension value's usage in the previous period and in this one."""
+
+    dimension: str
+    value: str
+    previous: Decimal
+    current: Decimal
+
+    @property
+    def change(self) -> Decimal:
+        return self.current - self.previous
+
+
+@dataclass(frozen=True)
+class LineChange:
+    """One invoice line in the previous period and in this one (projected to its end).
+
+    `kind` is a billing.pricing.LineKind value. For usage lines: units, the price model, the
+    packages (package model) and the unit price of the highest tier reached (tiered models), and
+    the shifts of the meter's dimension values, scaled to the same basis as `current_units`.
+    `previous_units` is None when the line was not on the previous bill at all."""
+
+    kind: str
+    title: str
+    previous_minor: int
+    current_minor: int
+    unit: str = ""
+    previous_units: Decimal | None = None
+    current_units: Decimal = Decimal(0)
+    model: str = ""
+    previous_packages: int | None = None
+    current_packages: int | None = None
+    previous_rate: Decimal | None = None
+    current_rate: Decimal | None = None
+    shifts: tuple[DimensionShift, ...] = ()
+    meter_code: str = ""
+
+    @property
+    def change_minor(self) -> int:
+        return self.current_minor - self.previous_minor
+
+
+@dataclass(frozen=True)
+class BillChange:
+    currency: str
+    current_total_minor: int
+    previous_total_minor: int | None  # None: no previous period
+    lines: tuple[LineChange, ...]
+    minimum_commitment_minor: int = 0
+
+    @property
+    def change_minor(self) -> int | None:
+        if self.previous_total_minor is None:
+            return None
+        return self.current_total_minor - self.previous_total_minor
+
+
+def percent_text(current_minor: int, base_minor: int) -> str:
+    """'+13%', '-4.5%', '+2,402%': whole percent from 10% on, one decimal below (half up)."""
+    with decimal.localcontext(_WIDE):
+        percent = Decimal(current_minor - base_minor) * 100 / Decimal(base_minor)
+    places = Decimal(1) if abs(percent) >= 10 else Decimal("0.1")
+    rounded = percent.quantize(places, rounding=ROUND_HALF_UP)
+    text = f"{abs(rounded):,f}".removesuffix(".0")
+    sign = "+" if rounded > 0 else "-" if rounded < 0 else ""
+    return f"{sign}{text}%"
+
+
+def signed_money(minor: int, currency: str) -> str:
+    """'+$0.90', '-¥1,200', '+KWD 1.235'."""
+    return ("+" if minor >= 0 else "-") + format_money(abs(minor), currency)
+
+
+def sentence_quantity(value: Decimal) -> str:
+    """Whole units from 100 on (3,092.4 -> '3,092'), shortened past 10,000 (12.4M)."""
+    if abs(value) >= 100:
+        with decimal.localcontext(_WIDE):
+            value = value.quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    return humanize_quantity(value)
+
+
+def _mid_sentence(title: str) -> str:
+    """'Compute time' -> 'compute time'; 'API calls' and 'LLM tokens' stay as they are."""
+    if len(title) > 1 and title[0].isupper() and not title[1].isupper():
+        return title[0].lower() + title[1:]
+    return title
+
+
+def _drivers(line: LineChange, direction: int) -> str:
+    return _top_shifts(line, direction)[0]
+
+
+def _top_shifts(line: LineChange, direction: int) -> tuple[str, DimensionShift | None]:
+    """', mostly `instance_type=large`' (or two values), or '' when nothing stands out.
+
+    Only shifts in the line's direction count; a dimension with a single value in both periods
+    says nothing (every event has it), and "(none)"/"other" name nothing a customer knows."""
+    by_dimension: dict[str, int] = {}
+    for shift in line.shifts:
+        by_dimension[shift.dimension] = by_dimension.get(shift.dimension, 0) + 1
+    moving = [
+        s
+        for s in line.shifts
+        if by_dimension[s.dimension] > 1
+        and s.value not in ("", ROLLUP_OTHER)
+        and s.change * direction > 0
+    ]
+    if not moving:
+        return "", None
+    total = abs((line.current_units or Decimal(0)) - (line.previous_units or Decimal(0)))
+    moving.sort(key=lambda s: (-abs(s.change), s.dimension, s.value))
+    top = moving[0]
+    if not total or abs(top.change) >= total * MOSTLY_SHARE:
+        return f", mostly `{top.dimension}={top.value}`", top
+    pair = [s for s in moving[1:] if s.dimension == top.dimension][:1]
+    if pair and abs(top.change) + abs(pair[0].change) >= total * MOSTLY_SHARE:
+        second = f"`{pair[0].dimension}={pair[0].value}`"
+        return f", mostly `{top.dimension}={top.value}` and {second}", top
+    return f", led by `{top.dimension}={top.value}`", top
+
+
+def _pricing_detail(line: LineChange, currency: str) -> str:
+    """', now 2 packages instead of 1' / ', now reaching the $0.0002 tier' / ''."""
+    if line.model == PriceModel.PACKAGE and line.previous_packages != line.current_packages:
+        if line.previous_packages is None or line.current_packages is None:
+            return ""
+        plural = "s" if line.current_packages != 1 else ""
+        return f", now {line.current_packages} package{plural} instead of {line.previous_packages}"
+    if line.previous_rate is None or line.current_rate is None:
+        return ""
+    if line.previous_rate == line.current_rate:
+        return ""
+    now = format_amount(line.current_rate, currency)
+    before = format_amount(line.previous_rate, currency)
+    if line.model == PriceModel.VOLUME:
+        return f", now all at {now} each instead of {before}"
+    if line.model == PriceModel.GRADUATED:
+        return f", now reaching the {now} tier instead of the {before} one"
+    return ""
+
+
+def _line_clause(line: LineChange, currency: str, direction: int) -> str:
+    money = signed_money(line.change_minor, currency)
+    title = _mid_sentence(line.title)
+    if line.kind == LineKind.PLAN_FEE:
+        verb = "rose" if line.change_minor > 0 else "fell"
+        return (
+            f"the plan's fixed fee {verb} from {format_money(line.previous_minor, currency)} "
+            f"to {format_money(line.current_minor, currency)}"
+        )
+    if line.kind == LineKind.MINIMUM_COMMITMENT:
+        if not line.previous_minor:
+            return (
+                f"a minimum-commitment true-up of {format_money(line.current_minor, currency)} "
+                "tops usage up to the plan's minimum"
+            )
+        if not line.current_minor:
+            return (
+                f"no minimum-commitment true-up is needed any more "
+                f"({format_money(line.previous_minor, currency)} last period)"
+            )
+        verb = "rose" if line.change_minor > 0 else "fell"
+        return (
+            f"the minimum-commitment true-up {verb} from "
+            f"{format_money(line.previous_minor, currency)} to "
+            f"{format_money(line.current_minor, currency)}"
+        )
+    unit = f" {line.unit}" if line.unit else ""
+    current = line.current_units or Decimal(0)
+    previous = line.previous_units
+    detail = _pricing_detail(line, currency)
+    drivers = _drivers(line, direction if direction else (1 if line.change_minor > 0 else -1))
+    if not previous:
+        return f"new this period, {title} at {sentence_quantity(current)}{unit} ({money}){drivers}"
+    if not current:
+        return (
+            f"no {title} this period against {sentence_quantity(previous)}{unit} last period "
+            f"({money})"
+        )
+    if current == previous:
+        return f"{title} stayed at {sentence_quantity(current)}{unit} ({money}{detail})"
+    verb = "rose" if current > previous else "fell"
+    return (
+        f"{title} {verb} from {sentence_quantity(previous)} to {sentence_quantity(current)}"
+        f"{unit} ({money}{detail}){drivers}"
+    )
+
+
+def _changed_lines(change: BillChange, direction: int) -> list[LineChange]:
+    lines = [line for line in change.lines if line.change_minor * direction > 0]
+    lines.sort(key=lambda line: -abs(line.change_minor))
+    return lines[:MAX_CHANGE_LINES]
+
+
+def bill_change_sentence(change: BillChange) -> str:
+    """Why the bill changed, in one sentence: the invoice-level change against the previous
+    period and the one to three lines that drove it (see the examples in the tests)."""
+    cur = change.currency
+    total = format_money(change.current_total_minor, cur)
+    if change.previous_total_minor is None:
+        usage = [line for line in change.lines if line.current_minor > 0]
+        usage.sort(key=lambda line: -line.current_minor)
+        text = f"No previous period to compare with: {total} projected for this period"
+        if usage and change.current_total_minor:
+            biggest = usage[0]
+            amount = format_money(biggest.current_minor, cur)
+            if biggest.kind == LineKind.USAGE:
+                units = f"{sentence_quantity(biggest.current_units)} {biggest.unit}".rstrip()
+                text += f", the largest part {_mid_sentence(biggest.title)} ({units}, {amount})"
+            else:
+                text += f", the largest part {_mid_sentence(biggest.title)} ({amount})"
+        return text + "."
+    delta = change.change_minor
+    base = change.previous_total_minor
+    at_minimum = bool(change.minimum_commitment_minor) and (
+        change.current_total_minor == change.minimum_commitment_minor
+    )
+    if delta == 0:
+        text = f"Unchanged on last period at {total}"
+        if at_minimum:
+            text += ", the plan's minimum commitment"
+        # Usage can still move underneath a minimum commitment: say which way, so a support
+        # agent does not tell a customer nothing happened.
+        moved = [line for line in change.lines if line.kind == LineKind.USAGE and line.change_minor]
+        moved.sort(key=lambda line: -abs(line.change_minor))
+        if not moved:
+            return text + "."
+        clauses = [
+            _line_clause(line, cur, 1 if line.change_minor > 0 else -1)
+            for line in moved[:MAX_CHANGE_LINES]
+        ]
+        tail = "; all within the minimum" if at_minimum else ""
+        return f"{text}: " + "; ".join(clauses) + tail + "."
+    direction = 1 if delta > 0 else -1
+    head = "Up" if delta > 0 else "Down"
+    percent = f" ({percent_text(change.current_total_minor, base)})" if base else ""
+    text = f"{head} {format_money(abs(delta), cur)}{percent} on last period"
+    if not base:
+        text += f"'s {format_money(0, cur)}"
+    lines = _changed_lines(change, direction)
+    if not lines:
+        return text + "."
+    return f"{text}: " + "; ".join(_line_clause(line, cur, direction) for line in lines) + "."
+
+
+def sentence_html(sentence: str) -> str:
+    """The sentence for a page: HTML-escaped, `dimension=value` in <code>."""
+    from django.utils.html import escape
+
+    parts = escape(sentence).split("`")
+    return "".join(
+        f"<code>{part}</code>" if position % 2 else part for position, part in enumerate(parts)
+    )
+
+
+def bill_change_driver(change: BillChange) -> tuple[str, str] | None:
+    """(meter code, dimension) of the first line the sentence names with a driver, so a page can
+    open that breakdown first; None when the sentence names none."""
+    delta = change.change_minor
+    if not delta:
+        return None
+    direction = 1 if delta > 0 else -1
+    for line in _changed_lines(change, direction):
+        if line.kind != LineKind.USAGE or not line.meter_code:
+            continue
+        _text, top = _top_shifts(line, direction)
+        if top is not None:
+            return line.meter_code, top.dimension
+    return None

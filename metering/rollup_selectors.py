@@ -757,3 +757,35 @@ def rollup_stored_rows(
             )
         )
     return result
+
+
+def usage_by_dimension_values(
+    *, account: Account, meters: list[Meter], first: date, end: date
+) -> dict[int, dict[tuple[str, str], Decimal]]:
+    """Usage of the count and sum meters among `meters` over local days `[first, end)` per
+    (dimension, value), by meter id: what each dimension value contributed, e.g.
+    `{7: {("instance_type", "large"): Decimal("2310.5"), ...}}`. Values the rollup folded
+    into "other" are kept under that name. One query whatever the number of meters (other
+    aggregations do not add up across values and are left out)."""
+    additive = [m for m in meters if m.aggregation in (A.COUNT, A.SUM) and m.dimensions]
+    if not additive:
+        return {}
+    by_id = {m.pk: m for m in additive}
+    rows = _fetch(
+        """
+        SELECT r.meter_id, r.dim_key, r.dim_value, sum(r.count), sum(r.sum)
+        FROM metering_rollupdaily r
+        WHERE r.account_id = %(a)s AND r.meter_id = ANY(%(ids)s) AND r.dim_key <> ''
+          AND r.day >= %(lo)s AND r.day < %(hi)s
+        GROUP BY r.meter_id, r.dim_key, r.dim_value
+        """,
+        {"a": account.pk, "ids": list(by_id), "lo": first, "hi": end},
+    )
+    result: dict[int, dict[tuple[str, str], Decimal]] = {pk: {} for pk in by_id}
+    for meter_id, dim_key, dim_value, count, total in rows:
+        meter = by_id[meter_id]
+        if dim_key not in (meter.dimensions or []):
+            continue
+        value = count if meter.aggregation == A.COUNT else total
+        result[meter_id][(dim_key, dim_value)] = Decimal(value or 0)
+    return result

@@ -25,6 +25,10 @@ PORT="${PORT:-8000}"
 # Fold the demo history into the rollups now, so the dashboards are full on first load
 # (the worker keeps them current every minute after this).
 "$UV" run --frozen python manage.py rollup
+# The stories that span apps (a near-quota limit, a billing hold), then one alert evaluation so
+# the alert queue shows the alerting demo accounts at once (beat keeps evaluating after this).
+"$UV" run --frozen python manage.py demo_stories
+"$UV" run --frozen python manage.py evaluate_alerts
 
 pids=()
 cleanup() {

@@ -21,6 +21,12 @@ class SimulatedFaultConfig(models.Model):
     delay_seconds = models.PositiveIntegerField(default=0)
     skew_rate = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal(0))
     skew_seconds = models.IntegerField(default=0, help_text="May be negative.")
+    # The demo seeds one account's fault this way, so the other accounts reconcile clean.
+    customers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Provider customer ids the faults hit (sim_<account external id>); empty: all.",
+    )
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

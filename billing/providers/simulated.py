@@ -64,6 +64,8 @@ class FaultSettings:
     skew_rate: Decimal = Decimal(0)
     skew_seconds: int = 0
     config_id: int | None = None
+    # Only these provider customers' usage is hit; empty: everyone's.
+    customers: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config) -> FaultSettings:
@@ -76,12 +78,15 @@ class FaultSettings:
             skew_rate=config.skew_rate,
             skew_seconds=config.skew_seconds,
             config_id=config.pk,
+            customers=frozenset(config.customers or ()),
         )
 
     def rate(self, fault: str) -> Decimal:
         return getattr(self, f"{fault}_rate")
 
-    def hits(self, fault: str, identifier: str) -> bool:
+    def hits(self, fault: str, identifier: str, customer_id: str = "") -> bool:
+        if self.customers and customer_id not in self.customers:
+            return False
         rate = self.rate(fault)
         return bool(rate) and fault_fraction(self.seed, fault, identifier) < rate
 
@@ -158,7 +163,7 @@ class SimulatedProvider(BillingProvider):
                 results.append(ItemResult(item.identifier, status, code=code))
                 continue
             seen.add(item.identifier)
-            hit = {fault: faults.hits(fault, item.identifier) for fault in FAULTS}
+            hit = {fault: faults.hits(fault, item.identifier, item.customer_id) for fault in FAULTS}
             recorded_at = item.timestamp + timedelta(
                 seconds=faults.skew_seconds if hit["skew"] else 0
             )
@@ -387,6 +392,7 @@ def simulated_faults_configure(
     delay_seconds: int = 0,
     skew_rate: Decimal = Decimal(0),
     skew_seconds: int = 0,
+    customers: Sequence[str] = (),
     actor=None,
 ):
     """Make a new fault configuration the active one (the previous one stays, inactive, as the
@@ -409,6 +415,7 @@ def simulated_faults_configure(
             delay_seconds=delay_seconds,
             skew_rate=skew_rate,
             skew_seconds=skew_seconds,
+            customers=list(customers),
             active=True,
         )
         if actor is not None:

@@ -15,10 +15,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Plan, Subscription
-from billing.providers.simulated import simulated_faults_configure
+from billing.providers.simulated import CUSTOMER_PREFIX, simulated_faults_configure
 from billing.services.plans import plan_create, price_add
 from billing.services.subscriptions import subscription_create
 from metering.models import Account, Meter
+from metering.services.demo import STORY_MISMATCH
 
 # tier -> (flat fee in major units, minimum commitment in major units)
 PLAN_FEES = {
@@ -51,11 +52,25 @@ PRICES = {
     },
 }
 
-# Faults for the simulated provider, so reconciliation has real mismatches to find.
+# Included units per period by tier, above what an ordinary account of the tier uses, so the
+# default quota rule (80% of the included units) stays quiet for ordinary demo accounts; the
+# near-quota story has a limit of its own (account metadata `limits`).
+INCLUDED_BY_TIER = {
+    "tokens": {
+        "free": 1_000_000,
+        "starter": 3_000_000,
+        "growth": 6_000_000,
+        "enterprise": 15_000_000,
+    },
+    "storage_gb": {"free": 50, "starter": 150, "growth": 400, "enterprise": 1000},
+}
+
+# Faults for the simulated provider, so reconciliation has real mismatches to find: on the
+# mismatch story's account only (metadata demo_story), so every other account reconciles clean.
 DEMO_FAULTS = {
-    "name": "demo faults (seed 42)",
+    "name": "demo faults (seed 42, one account)",
     "seed": 42,
-    "drop_rate": Decimal("0.02"),
+    "drop_rate": Decimal("0.05"),
     "duplicate_rate": Decimal("0.01"),
     "delay_rate": Decimal("0.02"),
     "delay_seconds": 3 * 3600,
@@ -93,6 +108,8 @@ def _plan_ensure(*, tier: str, currency: str, meters: dict[str, Meter], actor) -
     )
     for meter_code, spec in PRICES.items():
         if meter_code in meters:
+            if meter_code in INCLUDED_BY_TIER:
+                spec = {**spec, "included_units": str(INCLUDED_BY_TIER[meter_code][tier])}
             price_add(plan=plan, meter=meters[meter_code], actor=actor, **spec)
     return plan, True
 
@@ -128,8 +145,19 @@ def billing_demo_seed(*, today: dt.date | None = None, with_faults: bool = True,
     if with_faults:
         from billing.models import SimulatedFaultConfig
 
+        # Without the story's account (a demo of fewer than 8 accounts), every account.
+        customers = sorted(
+            f"{CUSTOMER_PREFIX}{external_id}"
+            for external_id in Account.objects.filter(
+                metadata__demo=True, metadata__demo_story=STORY_MISMATCH
+            ).values_list("external_id", flat=True)
+        )
         current = SimulatedFaultConfig.objects.filter(active=True).first()
-        if current is None or current.name != DEMO_FAULTS["name"]:
-            simulated_faults_configure(**DEMO_FAULTS, actor=actor)
+        if (
+            current is None
+            or current.name != DEMO_FAULTS["name"]
+            or sorted(current.customers or []) != customers
+        ):
+            simulated_faults_configure(**DEMO_FAULTS, customers=customers, actor=actor)
             summary.faults_configured = True
     return summary

@@ -133,6 +133,34 @@ MODELS = (("mini", 6), ("standard", 3), ("large", 1))
 # Local weekday (Mon=0) -> share of a weekday's usage.
 WEEKDAY_FACTOR = (1.0, 1.05, 1.05, 1.0, 0.9, 0.35, 0.25)
 SPIKE_DAYS = 3
+# Daily events per unit of level, per meter: high enough that an ordinary account never goes
+# 48 hours without a call (the default drop rule), even a free one over a weekend.
+EVENTS_PER_LEVEL = {"api_calls": 25, "compute_seconds": 12, "tokens": 12}
+# ... and never fewer than this a day on average, weekends included, so a small account's quiet
+# Sunday is not 48 hours of silence nor a day a single long job makes look like a spike.
+MIN_EVENTS_PER_DAY = 8
+
+# The accounts that tell a story (README, "admin tour"), by position in the demo's account list;
+# every other account is ordinary and should raise nothing. Tiers are fixed for the stories
+# whose bill matters: a starter plan has no minimum commitment that would hide a spike.
+STORY_SPIKE = "spike"  # a runaway GPU job since yesterday noon: spike alert, invoice shock
+STORY_SILENT = "silent"  # the integration stopped sending three days ago: drop alerts
+STORY_NEAR_QUOTA = "near_quota"  # an account limit (metadata.limits) it is close to
+STORY_HOLD = "hold"  # a billing hold (opened by the back office's demo step)
+STORY_CREDIT = "credit"  # a credit waiting for approval (slot: adjustments)
+STORY_MISMATCH = "mismatch"  # the simulated provider's seeded faults hit this account only
+STORIES = {
+    2: (STORY_SPIKE, "starter"),
+    3: (STORY_SILENT, "growth"),
+    4: (STORY_NEAR_QUOTA, None),
+    5: (STORY_HOLD, None),
+    6: (STORY_CREDIT, None),
+    7: (STORY_MISMATCH, None),
+}
+# The runaway job: one GPU run every RUNAWAY_EVERY, each RUNAWAY_SECONDS long.
+RUNAWAY_EVERY = timedelta(minutes=4)
+RUNAWAY_SECONDS = 600
+RUNAWAY_INSTANCE = "gpu"
 
 
 @dataclass(frozen=True)
@@ -147,6 +175,7 @@ class DemoAccount:
     growth: float
     spikes: bool
     metadata: dict
+    story: str = ""
 
 
 @dataclass
@@ -179,6 +208,9 @@ def demo_accounts(count: int) -> list[DemoAccount]:
         )
         tier = rng.choices(tier_names, weights=tier_weights)[0]
         size = TIERS[tier][1] * rng.lognormvariate(0, 0.35)
+        story, story_tier = STORIES.get(index, ("", None))
+        if story_tier:
+            tier = story_tier
         accounts.append(
             DemoAccount(
                 external_id=name.lower().replace(" ", "-"),
@@ -189,9 +221,11 @@ def demo_accounts(count: int) -> list[DemoAccount]:
                 tier=tier,
                 size=size,
                 growth=rng.uniform(-0.1, 0.6),
-                # Every thirteenth account (from the third on) spikes, so a small demo has one.
-                spikes=index % 13 == 2,
-                metadata={"industry": rng.choice(INDUSTRIES), "demo": True},
+                # Only the spike story's account spikes: every other one should raise nothing.
+                spikes=story == STORY_SPIKE,
+                metadata={"industry": rng.choice(INDUSTRIES), "demo": True}
+                | ({"demo_story": story} if story else {}),
+                story=story,
             )
         )
     return accounts
@@ -227,6 +261,8 @@ def demo_day_events(
     spike = 1.0
     if account.spikes and day_index >= days - SPIKE_DAYS:
         spike = 6.0
+    if account.story == STORY_SILENT and day_index >= days - SPIKE_DAYS:
+        return
     stamp = day.strftime("%Y%m%d")
 
     def at(fraction: float) -> datetime:
@@ -237,7 +273,9 @@ def demo_day_events(
         rng = random.Random(f"{SEED}:{account.external_id}:{code}:{day.isoformat()}")
         readings: list[tuple[datetime, dict]] = []
         if code == "api_calls":
-            for _ in range(_count(rng, 10 * level * spike)):
+            for _ in range(
+                _count(rng, max(MIN_EVENTS_PER_DAY, EVENTS_PER_LEVEL[code] * level) * spike)
+            ):
                 props = {"endpoint": _weighted(rng, ENDPOINTS), "region": account.region}
                 readings.append((at(_business_hours_offset(rng)), props))
         elif code == "storage_gb":
@@ -247,8 +285,10 @@ def demo_day_events(
                 gb = base * rng.uniform(0.97, 1.03)
                 readings.append((at(quarter / 4), {"gb": f"{gb:.3f}", "region": account.region}))
         elif code == "compute_seconds":
-            for _ in range(_count(rng, 6 * level * spike)):
-                seconds = rng.lognormvariate(4.5, 1.0)
+            for _ in range(
+                _count(rng, max(MIN_EVENTS_PER_DAY, EVENTS_PER_LEVEL[code] * level) * spike)
+            ):
+                seconds = rng.lognormvariate(4.5, 0.5)
                 props = {
                     "seconds": f"{seconds:.1f}",
                     "instance_type": _weighted(rng, INSTANCE_TYPES),
@@ -262,9 +302,11 @@ def demo_day_events(
                 props = {"user_id": f"{account.external_id}-user-{user}"}
                 readings.append((at(_business_hours_offset(rng)), props))
         elif code == "tokens":
-            for _ in range(_count(rng, 5 * level * spike)):
+            for _ in range(
+                _count(rng, max(MIN_EVENTS_PER_DAY, EVENTS_PER_LEVEL[code] * level) * spike)
+            ):
                 props = {
-                    "tokens": int(rng.lognormvariate(7.5, 0.8)),
+                    "tokens": int(rng.lognormvariate(7.5, 0.5)),
                     "model": _weighted(rng, MODELS),
                 }
                 readings.append((at(_business_hours_offset(rng)), props))
@@ -278,6 +320,27 @@ def demo_day_events(
                 "timestamp": occurred_at.isoformat(),
                 "properties": props,
             }
+
+
+def demo_runaway_events(account: DemoAccount, *, end: date, now: datetime) -> Iterator[dict]:
+    """The spike story: a GPU job that has run away since noon (local) of the day before `end`,
+    one run every RUNAWAY_EVERY up to `now`. Timestamps and ids depend only on the account and
+    `end`, so a later run adds the newer runs and stores nothing twice."""
+    if account.story != STORY_SPIKE:
+        return
+    zone = ZoneInfo(account.timezone)
+    origin = datetime.combine(end - timedelta(days=1), time(12), zone).astimezone(UTC)
+    n = 0
+    while origin + n * RUNAWAY_EVERY < now - timedelta(minutes=1):
+        occurred_at = origin + n * RUNAWAY_EVERY
+        yield {
+            "transaction_id": f"demo-{account.external_id}-runaway-{end:%Y%m%d}-{n}",
+            "external_customer_id": account.external_id,
+            "code": "compute_seconds",
+            "timestamp": occurred_at.isoformat(),
+            "properties": {"seconds": str(RUNAWAY_SECONDS), "instance_type": RUNAWAY_INSTANCE},
+        }
+        n += 1
 
 
 def demo_quarantine_events(end: date) -> list[dict]:
@@ -351,6 +414,7 @@ def demo_seed(
     end: date | None = None,
     on_day: Callable[[date, Counter], None] | None = None,
     actor=None,
+    now: datetime | None = None,
 ) -> DemoSummary:
     """Seed accounts, meters, `days` days of events before `end` (default: today, UTC), users.
 
@@ -396,6 +460,11 @@ def demo_seed(
         if on_day is not None:
             on_day(day, day_counts)
     summary.events.update(_ingest(demo_quarantine_events(end)))
+    # Up to the present only when the history ends today (a past --end-date stays in the past).
+    now = now or datetime.now(UTC)
+    now = now if end >= now.date() else cutoff
+    runaway = [item for account in plan for item in demo_runaway_events(account, end=end, now=now)]
+    summary.events.update(_ingest(runaway))
     # Fresh statistics, so the admin's estimated counts and the query plans fit the new rows.
     event_tables_analyze()
     return summary

@@ -1,0 +1,190 @@
+"""The account hub's data: everything the account page shows above the fold, from every app.
+
+One call (`account_hub`) per page: the projected invoice and why it changed (billing), open
+alerts and an active billing hold (alerts), open mismatches (reconciliation), adjustments (slot)
+and the actions the user's role allows. A fixed number of queries whatever the account holds
+(the lists are bounded and select their relations).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
+
+from alerts.models import Alert, BillingHold
+from billing.bill_change import bill_change_build
+from billing.explain import (
+    bill_change_driver,
+    bill_change_sentence,
+    percent_text,
+    sentence_html,
+    short_date,
+)
+from billing.money import format_money
+from billing.projection import ProjectedInvoice, ProjectionUnavailable, projected_invoice_build
+from billing.selectors import subscription_current
+from metering import periods
+from metering.models import Account
+from reconciliation.models import Mismatch
+
+# Bounded lists: the badges count everything, the page lists the first few.
+LIST_LIMIT = 10
+OPEN_ALERT_STATUSES = (Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED, Alert.Status.SNOOZED)
+OPEN_MISMATCH_STATUSES = (Mismatch.Status.OPEN, Mismatch.Status.ACKNOWLEDGED)
+# Where "request a credit" will point once adjustments ([7]) exist; until then the page says so.
+CREDIT_REQUEST_URL_NAME = "admin:adjustments_credit_request"
+
+
+@dataclass
+class HubAction:
+    label: str
+    url: str | None  # None: not available yet (the page says why in `note`)
+    note: str = ""
+
+
+@dataclass
+class AccountHub:
+    account: Account
+    today: dt.date
+    invoice: ProjectedInvoice | None = None
+    unavailable: str = ""
+    plan_name: str = ""
+    plan_code: str = ""
+    sentence: str = ""
+    sentence_html: SafeString | str = ""
+    projected_text: str = ""
+    to_date_text: str = ""
+    previous_text: str = ""
+    previous_source: str = ""
+    change_text: str = ""
+    change_direction: str = ""  # "up", "down" or ""
+    period_text: str = ""
+    alerts: list[Alert] = field(default_factory=list)
+    alert_count: int = 0
+    critical_count: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    mismatch_count: int = 0
+    hold: BillingHold | None = None
+    # SLOT (adjustments, [7]): the account's pending and applied adjustments, newest first,
+    # each with what the include shows (kind, amount, status, reason); empty until then.
+    adjustments: list = field(default_factory=list)
+    actions: list[HubAction] = field(default_factory=list)
+    # "meter:dimension" of the sentence's driver: the charts tab opens on that breakdown.
+    breakdown: str = ""
+
+
+def _change_text(invoice: ProjectedInvoice) -> tuple[str, str]:
+    if invoice.change_minor is None:
+        return "", ""
+    if not invoice.change_minor:
+        return "no change", ""
+    sign = "+" if invoice.change_minor > 0 else "-"
+    text = f"{sign}{format_money(abs(invoice.change_minor), invoice.currency)}"
+    if invoice.previous is not None and invoice.previous.total_minor:
+        text += f" ({percent_text(invoice.projected_total_minor, invoice.previous.total_minor)})"
+    return text, "up" if invoice.change_minor > 0 else "down"
+
+
+def _actions(hub: AccountHub, user) -> list[HubAction]:
+    account = hub.account
+    actions: list[HubAction] = []
+    if user.has_perm("alerts.acknowledge_alert"):
+        for alert in hub.alerts:
+            if alert.status == Alert.Status.OPEN:
+                actions.append(
+                    HubAction(
+                        f"Acknowledge alert #{alert.pk} ({alert.get_kind_display().lower()})",
+                        reverse("admin:alerts_alert_change", args=[alert.pk]),
+                    )
+                )
+    if hub.mismatches and user.has_perm("reconciliation.acknowledge_mismatch"):
+        first = hub.mismatches[0]
+        actions.append(
+            HubAction(
+                f"Work mismatch #{first.pk}",
+                reverse("admin:reconciliation_mismatch_change", args=[first.pk]),
+            )
+        )
+    if hub.hold is not None and user.has_perm("alerts.release_billinghold"):
+        actions.append(
+            HubAction(
+                "Release the billing hold",
+                reverse("admin:alerts_billinghold_change", args=[hub.hold.pk]),
+            )
+        )
+    try:
+        credit_url = reverse(CREDIT_REQUEST_URL_NAME, args=[account.pk])
+    except NoReverseMatch:
+        credit_url = None
+    if credit_url and user.has_perm("adjustments.add_adjustment"):
+        actions.append(HubAction("Request a credit", credit_url))
+    elif credit_url is None:
+        actions.append(
+            HubAction("Request a credit", None, note="available once adjustments are installed")
+        )
+    if user.has_perm("metering.change_account"):
+        actions.append(HubAction("Edit account settings", "#account-settings"))
+    return actions
+
+
+def account_hub(*, account: Account, user, now: dt.datetime | None = None) -> AccountHub:
+    now = now or timezone.now()
+    hub = AccountHub(account=account, today=periods.local_date(now, account.timezone))
+    try:
+        # Without each line's top dimension value: the sentence names its own drivers.
+        invoice = projected_invoice_build(account=account, now=now, with_top=False)
+    except ProjectionUnavailable as exc:
+        hub.unavailable = exc.message
+        subscription = subscription_current(account=account, at=now)
+        if subscription is not None:
+            hub.plan_name, hub.plan_code = subscription.plan.name, subscription.plan.code
+    else:
+        hub.invoice = invoice
+        hub.plan_name, hub.plan_code = invoice.plan_name, invoice.plan_code
+        cur = invoice.currency
+        change = bill_change_build(account=account, invoice=invoice)
+        hub.sentence = bill_change_sentence(change)
+        driver = bill_change_driver(change)
+        hub.breakdown = f"{driver[0]}:{driver[1]}" if driver else ""
+        hub.sentence_html = mark_safe(sentence_html(hub.sentence))  # noqa: S308 - escaped there
+        hub.projected_text = format_money(invoice.projected_total_minor, cur)
+        hub.to_date_text = format_money(invoice.to_date_total_minor, cur)
+        if invoice.previous is not None:
+            hub.previous_text = format_money(invoice.previous.total_minor, cur)
+            hub.previous_source = (
+                "invoiced" if invoice.previous.source == "invoiced" else "not invoiced yet"
+            )
+        hub.change_text, hub.change_direction = _change_text(invoice)
+        hub.period_text = (
+            f"{short_date(invoice.period_start)} – {short_date(invoice.last_day)} "
+            f"{invoice.last_day.year}"
+        )
+
+    alerts = (
+        Alert.objects.filter(account=account, status__in=OPEN_ALERT_STATUSES)
+        .select_related("meter")
+        .order_by("-level", "-opened_at")
+    )
+    hub.alerts = list(alerts[:LIST_LIMIT])
+    hub.alert_count = len(hub.alerts) if len(hub.alerts) < LIST_LIMIT else alerts.count()
+    hub.critical_count = sum(1 for a in hub.alerts if a.level == Alert.Level.CRITICAL)
+    mismatches = (
+        Mismatch.objects.filter(account=account, status__in=OPEN_MISMATCH_STATUSES)
+        .select_related("meter")
+        .order_by("-id")
+    )
+    hub.mismatches = list(mismatches[:LIST_LIMIT])
+    hub.mismatch_count = (
+        len(hub.mismatches) if len(hub.mismatches) < LIST_LIMIT else mismatches.count()
+    )
+    hub.hold = (
+        BillingHold.objects.filter(account=account, status=BillingHold.Status.ACTIVE)
+        .select_related("alert")
+        .first()
+    )
+    hub.actions = _actions(hub, user)
+    return hub
