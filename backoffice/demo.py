@@ -17,12 +17,16 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from adjustments.models import Adjustment
+from adjustments.services import Actor, adjustment_request
 from alerts.models import BillingHold
 from alerts.services import billing_hold_open
 from billing.selectors import period_open
+from metering.currencies import currency_minor_unit
 from metering.models import Account, Meter
 from metering.rollup_selectors import usage_totals_between
 from metering.services.accounts import account_upsert
@@ -81,10 +85,29 @@ def demo_hold_seed(*, account: Account, now: dt.datetime) -> BillingHold | None:
 
 
 def demo_credit_waiting_seed(*, account: Account, now: dt.datetime, actor=None):
-    """SLOT (adjustments, [7]): a credit above the approval limit, requested by `support` and
-    waiting for a Manager. The lead wires it once adjustments' services exist; until then it
-    does nothing and says so."""
-    return None
+    """A goodwill credit above the approval limit (250.00 in the account's currency against
+    the default 100.00), requested by the demo's `support` user and waiting for a Manager.
+    None when the `support` user is missing; an existing open credit is kept (reruns)."""
+    support = get_user_model().objects.filter(username="support").first()
+    if support is None:
+        return None
+    existing = Adjustment.objects.filter(
+        account=account, kind=Adjustment.Kind.CREDIT, status=Adjustment.Status.REQUESTED
+    ).first()
+    if existing is not None:
+        return existing
+    adjustment, _created = adjustment_request(
+        account=account,
+        kind=Adjustment.Kind.CREDIT,
+        reason_code="outage_sla",
+        note="Search API down for 6 hours on the 3rd; the SLA credit agreed with the customer.",
+        ticket="ZD-2048",
+        amount_minor=250 * 10 ** currency_minor_unit(account.currency),
+        currency=account.currency,
+        actor=Actor(user=support),
+        now=now,
+    )
+    return adjustment
 
 
 def demo_stories_seed(*, now: dt.datetime | None = None, actor=None) -> DemoStories:

@@ -15,6 +15,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
+from adjustments.models import Adjustment
 from alerts.models import Alert, BillingHold
 from billing.bill_change import bill_change_build
 from billing.explain import (
@@ -35,8 +36,8 @@ from reconciliation.models import Mismatch
 LIST_LIMIT = 10
 OPEN_ALERT_STATUSES = (Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED, Alert.Status.SNOOZED)
 OPEN_MISMATCH_STATUSES = (Mismatch.Status.OPEN, Mismatch.Status.ACKNOWLEDGED)
-# Where "request a credit" will point once adjustments ([7]) exist; until then the page says so.
-CREDIT_REQUEST_URL_NAME = "admin:adjustments_credit_request"
+# The adjustments' request page (a credit or a usage correction, with its preview).
+CREDIT_REQUEST_URL_NAME = "admin:adjustments_adjustment_request"
 
 
 @dataclass
@@ -69,9 +70,8 @@ class AccountHub:
     mismatches: list[Mismatch] = field(default_factory=list)
     mismatch_count: int = 0
     hold: BillingHold | None = None
-    # SLOT (adjustments, [7]): the account's pending and applied adjustments, newest first,
-    # each with what the include shows (kind, amount, status, reason); empty until then.
-    adjustments: list = field(default_factory=list)
+    # The account's most recent adjustments (open ones first), newest first.
+    adjustments: list[Adjustment] = field(default_factory=list)
     actions: list[HubAction] = field(default_factory=list)
     # "meter:dimension" of the sentence's driver: the charts tab opens on that breakdown.
     breakdown: str = ""
@@ -120,7 +120,7 @@ def _actions(hub: AccountHub, user) -> list[HubAction]:
         credit_url = reverse(CREDIT_REQUEST_URL_NAME, args=[account.pk])
     except NoReverseMatch:
         credit_url = None
-    if credit_url and user.has_perm("adjustments.add_adjustment"):
+    if credit_url and user.has_perm("adjustments.request_adjustment"):
         actions.append(HubAction("Request a credit", credit_url))
     elif credit_url is None:
         actions.append(
@@ -185,6 +185,10 @@ def account_hub(*, account: Account, user, now: dt.datetime | None = None) -> Ac
         BillingHold.objects.filter(account=account, status=BillingHold.Status.ACTIVE)
         .select_related("alert")
         .first()
+    )
+    hub.adjustments = sorted(
+        Adjustment.objects.filter(account=account).order_by("-created_at")[:LIST_LIMIT],
+        key=lambda adjustment: not adjustment.is_open,
     )
     hub.actions = _actions(hub, user)
     return hub

@@ -5,7 +5,8 @@ handed over) and `reported − provider` (what the provider did with what it too
 explains part of one of them, in a fixed order, and what no cause explains is `unexplained`:
 
 - ours − reported: `not_pushed` (ledger entries pending, failed or rejected), `too_old`
-  (outside the provider's 35-day window, never sent);
+  (outside the provider's 35-day window, never sent), `billing_hold` (the account is held: its
+  usage waits in our feed until a Manager releases the hold);
 - reported − provider: `customer_mapping` (usage sent to another provider customer than the
   one the account maps to now, or no customer at all), `meter_config` (no provider meter, or
   one that aggregates differently from ours), `day_shift` (usage the provider put on the other
@@ -34,6 +35,7 @@ ORDER = (
     "meter_config",
     "not_pushed",
     "too_old",
+    "billing_hold",
     "late_after_close",
     "day_shift",
     "provider_extra",
@@ -73,6 +75,7 @@ class CellInput:
     provider_meter_aggregation: str | None = None  # None: no provider meter
     expected_aggregation: str = "sum"
     ledger_counts: dict[str, int] = field(default_factory=dict)
+    held: bool = False  # a billing hold keeps the account's usage back from the provider
 
 
 def _q(value: Decimal, unit: str) -> str:
@@ -171,6 +174,16 @@ def analyse(cell: CellInput) -> list[dict]:
             {"too_old": str(cell.too_old)},
         )
         to_report -= amount
+    if to_report and cell.held:
+        add(
+            "billing_hold",
+            to_report,
+            gap,
+            f"The account is on a billing hold: {_q(to_report, unit)} of this period are kept "
+            f"back from the provider until a Manager releases the hold (nothing is lost).",
+            {"held": str(to_report)},
+        )
+        to_report = ZERO
     unexplained = to_report
 
     # --- reported − provider: what the provider did with what it took ------------------------

@@ -30,6 +30,7 @@ QUANTITY = {"max_digits": 38, "decimal_places": 12}
 class Cause(models.TextChoices):
     NOT_PUSHED = "not_pushed", "Not pushed (ledger pending or failed)"
     TOO_OLD = "too_old", "Too old for the provider (outside its 35-day window)"
+    BILLING_HOLD = "billing_hold", "Kept back by a billing hold"
     PROVIDER_MISSING = "provider_missing", "Missing at the provider"
     PROVIDER_EXTRA = "provider_extra", "Extra at the provider (duplicates)"
     DAY_SHIFT = "day_shift", "Usage moved across the period boundary"

@@ -40,6 +40,7 @@ from billing.providers import get_provider
 from billing.providers.base import BillingProvider, ProviderError
 from billing.services.pull import provider_customer_lookup, provider_summaries_pull
 from billing.services.push import ledger_retry_failed, meter_spec
+from metering.account_holds import held_account_ids
 from metering.models import Account, Meter
 from reconciliation import selectors as sel
 from reconciliation.causes import CellInput, DayNumbers, analyse
@@ -285,6 +286,7 @@ class _Context:
     mappings: dict
     thresholds: dict[int | None, Threshold]
     unique: bool  # any unique_count meter (else the distinct tables are not read)
+    held: set[int] = field(default_factory=set)  # accounts whose push a billing hold keeps back
     prices: dict[int, dict[int, PriceSpec]] = field(default_factory=dict)
 
     @classmethod
@@ -294,6 +296,7 @@ class _Context:
             mappings=sel.provider_meters(provider=provider_name),
             thresholds=thresholds if thresholds is not None else thresholds_load(),
             unique=sel.has_unique_meters(),
+            held=held_account_ids(),
         )
 
     def prices_for(self, periods: list[BillingPeriod]) -> None:
@@ -453,6 +456,7 @@ def _cells_for_period(
                 provider_meter_aggregation=mapping.aggregation if mapping else None,
                 expected_aggregation=meter_spec(meter).aggregation,
                 ledger_counts=cell_ledger.counts,
+                held=period.account_id in ctx.held,
             )
         )
         spec = prices.get(meter_id)

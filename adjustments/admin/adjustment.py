@@ -176,15 +176,7 @@ class AdjustmentAdmin(AuditedHistoryAdmin):
 
     @admin.display(description="Amount")
     def amount_display(self, obj: Adjustment) -> str:
-        if obj.kind == Adjustment.Kind.USAGE_CORRECTION:
-            unit = obj.meter.unit if obj.meter_id else ""
-            return (
-                f"{obj.original_quantity.normalize():f} → {obj.corrected_quantity.normalize():f}"
-                f" {unit} ({_money(obj.price_difference_minor, obj.currency)})"
-                if obj.original_quantity is not None
-                else ""
-            )
-        return _money(obj.amount_minor, obj.currency)
+        return obj.amount_text
 
     @admin.display(description="Requested by")
     def requester(self, obj: Adjustment) -> str:

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from billing.money import format_money
 from metering.currencies import validate_currency
 
 __all__ = ["Adjustment", "AdjustmentPolicy", "ReasonCode"]
@@ -232,6 +233,23 @@ class Adjustment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+
+    @property
+    def amount_text(self) -> str:
+        """The credit with its currency, or the usage change with its unit and its price."""
+
+        def money(minor: int | None) -> str:
+            return "–" if minor is None else format_money(minor, self.currency)
+
+        if self.kind == self.Kind.USAGE_CORRECTION:
+            if self.original_quantity is None:
+                return ""
+            unit = self.meter.unit if self.meter_id else ""
+            return (
+                f"{self.original_quantity.normalize():f} → {self.corrected_quantity.normalize():f}"
+                f" {unit} ({money(self.price_difference_minor)})"
+            )
+        return money(self.amount_minor)
 
     @property
     def requester_label(self) -> str:

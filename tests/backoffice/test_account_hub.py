@@ -16,10 +16,13 @@ from django.test import Client
 from django.test.utils import override_settings
 from django.urls import reverse
 
+from adjustments.models import Adjustment
 from alerts.models import Alert, BillingHold
+from metering.currencies import currency_minor_unit
 from metering.models import Account
 from metering.services.demo import (
     RUNAWAY_INSTANCE,
+    STORY_CREDIT,
     STORY_HOLD,
     STORY_MISMATCH,
     STORY_NEAR_QUOTA,
@@ -110,6 +113,21 @@ def test_after_the_demo_the_alert_queue_holds_the_alerting_stories_and_no_ordina
     ) == {_story(STORY_HOLD).external_id}
 
 
+def test_after_the_demo_a_credit_waits_for_a_manager_and_the_hub_shows_it(demo_loaded):
+    account = _story(STORY_CREDIT)
+    waiting = Adjustment.objects.get(account=account)
+    assert (waiting.kind, waiting.status) == ("credit", "requested")
+    assert waiting.requested_by.username == "support"
+    assert waiting.amount_minor > 100 * 10 ** currency_minor_unit(
+        account.currency
+    )  # above the limit
+    assert set(Adjustment.objects.values_list("account_id", flat=True)) == {account.pk}
+    body = _staff("Manager").get(reverse("admin:metering_account_change", args=[account.pk]))
+    panel = body.content.decode().split('id="hub-adjustments"')[1].split("</div>")[0]
+    assert f"Credit #{waiting.pk}" in panel and "Requested" in panel
+    assert waiting.amount_text in panel
+
+
 def test_after_the_demo_only_the_faulted_account_has_mismatches(demo_loaded):
     # Every account's backfilled history older than 35 days cannot be pushed (the provider's
     # limit): "too old" mismatches, a property of the 90-day backfill. Any other cause is a
@@ -119,9 +137,12 @@ def test_after_the_demo_only_the_faulted_account_has_mismatches(demo_loaded):
         for m in Mismatch.objects.filter(status__in=("open", "acknowledged")).select_related(
             "account"
         )
-        if {cause["code"] for cause in m.causes} - {"too_old"}
+        if {cause["code"] for cause in m.causes} - {"too_old", "billing_hold"}
     }
     assert faulted == {_story(STORY_MISMATCH).external_id}
+    # The held account's usage waits in our feed: its gap is put down to the hold, not a fault.
+    held = Mismatch.objects.filter(account=_story(STORY_HOLD)).exclude(top_cause="too_old")
+    assert held and {m.top_cause for m in held} == {"billing_hold"}
     client = _staff("Manager")
     account = _story(STORY_MISMATCH)
     body = client.get(reverse("admin:metering_account_change", args=[account.pk])).content

@@ -50,6 +50,19 @@ def test_usage_too_old_to_send_is_too_old_and_what_is_left_is_unexplained():
     assert "35-day window" in causes[0]["sentence"]
 
 
+def test_usage_a_billing_hold_keeps_back_is_put_down_to_the_hold_after_the_ledger_causes():
+    causes = analyse(cell(ours=D(100), reported=D(60), provider=D(60), pending=D(10), held=True))
+
+    assert codes(causes) == ["billing_hold", "not_pushed"]
+    assert [c["amount"] for c in causes] == ["30", "10"]
+    assert "billing hold" in causes[0]["sentence"]
+    # Not held: the same gap is unexplained.
+    assert codes(analyse(cell(ours=D(100), reported=D(60), provider=D(60), pending=D(10)))) == [
+        "unexplained",
+        "not_pushed",
+    ]
+
+
 def test_causes_are_ranked_by_the_share_of_the_gap_they_explain():
     days = [
         DayNumbers(date(2026, 11, 1), D(5), D(5), D(0), D(3)),

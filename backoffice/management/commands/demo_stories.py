@@ -9,7 +9,7 @@ from backoffice.demo import demo_stories_seed
 
 
 class Command(BaseCommand):
-    help = "Seed the demo's near-quota limit, billing hold and (later) credit waiting for approval."
+    help = "Seed the demo's near-quota limit, billing hold and credit waiting for approval."
 
     def add_arguments(self, parser):
         parser.add_argument("--force", action="store_true", help="Run even with DEBUG off.")
