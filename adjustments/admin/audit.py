@@ -143,8 +143,7 @@ class AuditEntryAdmin(ReadOnlyModelAdmin):
     list_display = (
         "seq",
         "when",
-        "actor_label",
-        "origin",
+        "who",
         "record",
         "action",
         "reason",
@@ -203,6 +202,10 @@ class AuditEntryAdmin(ReadOnlyModelAdmin):
     @admin.display(description="when (UTC)", ordering="seq")
     def when(self, obj: AuditEntry) -> str:
         return obj.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    @admin.display(description="who (from where)")
+    def who(self, obj: AuditEntry) -> str:
+        return f"{obj.actor_label} ({obj.get_origin_display()})"
 
     @admin.display(description="record")
     def record(self, obj: AuditEntry) -> str:
