@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.apps import apps
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, StreamingHttpResponse
@@ -140,16 +141,7 @@ class RecordTypeFilter(admin.SimpleListFilter):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyModelAdmin):
-    list_display = (
-        "seq",
-        "when",
-        "who",
-        "record",
-        "action",
-        "reason",
-        "account_link",
-        "changes",
-    )
+    list_display = ("seq", "when", "who", "what", "reason", "changes")
     list_display_links = ("seq",)
     list_filter = (
         ActorFilter,
@@ -163,6 +155,8 @@ class AuditEntryAdmin(ReadOnlyModelAdmin):
     sortable_by = ("seq",)
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+    # Facet counts would count the whole log once per filter choice.
+    show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
     # No actions: nothing to do to an audit entry.
     actions = None
@@ -200,23 +194,26 @@ class AuditEntryAdmin(ReadOnlyModelAdmin):
     # --- columns ----------------------------------------------------------------------------
 
     @admin.display(description="when (UTC)", ordering="seq")
-    def when(self, obj: AuditEntry) -> str:
-        return obj.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    def when(self, obj: AuditEntry):
+        at = obj.created_at.astimezone(dt.UTC)
+        return format_html("{}<br>{} UTC", at.strftime("%Y-%m-%d"), at.strftime("%H:%M:%S"))
 
     @admin.display(description="who (from where)")
     def who(self, obj: AuditEntry) -> str:
         return f"{obj.actor_label} ({obj.get_origin_display()})"
 
-    @admin.display(description="record")
-    def record(self, obj: AuditEntry) -> str:
-        return f"{obj.app_label}.{obj.model} {obj.object_pk}"
-
-    @admin.display(description="account")
-    def account_link(self, obj: AuditEntry):
+    @admin.display(description="what")
+    def what(self, obj: AuditEntry):
+        try:
+            noun = apps.get_model(obj.app_label, obj.model)._meta.verbose_name
+        except LookupError:  # a model since removed: its stored name will do
+            noun = f"{obj.app_label}.{obj.model}"
+        record = f"{obj.action} {noun} {obj.object_pk}"
         if obj.account_id is None:
-            return "-"
+            return record
         return format_html(
-            '<a href="{}">timeline of {}</a>',
+            '{}<br><a href="{}">timeline of account {}</a>',
+            record,
             reverse("admin:adjustments_auditentry_timeline", args=[obj.account_id]),
             obj.account_id,
         )

@@ -77,8 +77,8 @@ def test_an_auditor_filters_the_log_opens_a_timeline_and_exports(
     # Read-only: nothing to add, no actions, no checkboxes.
     assert page.locator("a.addlink").count() == 0
     assert page.locator("#changelist-form select[name=action]").count() == 0
-    _fits(page)
     page.screenshot(path=str(output_dir / "audit_log.png"), full_page=True)
+    _fits(page)
 
     reason_box = page.locator("details[data-filter-title=reason] input[type=search]")
     reason_box.fill("SUP-42")
@@ -87,18 +87,18 @@ def test_an_auditor_filters_the_log_opens_a_timeline_and_exports(
     assert rows.count() == 1
     row = rows.first.inner_text()
     assert "maya" in row and "name: Acme → Acme GmbH" in row
-    _fits(page)
     page.screenshot(path=str(output_dir / "audit_log_filtered.png"), full_page=True)
+    _fits(page)
 
-    rows.first.get_by_text(f"timeline of {account.pk}").click()
+    rows.first.get_by_text(f"timeline of account {account.pk}").click()
     page.wait_for_url(f"**/admin/adjustments/auditentry/timeline/{account.pk}/")
     timeline = page.inner_text("#audit-timeline")
     assert "maya changed account" in timeline and "maya changed alert" in timeline
     assert "Why: customer confirmed a launch" in timeline
     assert "Asia/Kathmandu" in timeline and "UTC" in timeline
     assert "Other" not in timeline
-    _fits(page)
     page.screenshot(path=str(output_dir / "audit_timeline.png"), full_page=True)
+    _fits(page)
 
     page.goto(f"{live_server.url}/admin/adjustments/auditentry/")
     page.select_option("#export-format", "csv")
