@@ -105,7 +105,5 @@ def roles_sync(**_kwargs) -> None:
                 Permission.objects.filter(content_type__app_label=app_label, codename=codename)
             )
         withheld = {tuple(d.split(".", 1)) for d in WITHHELD_PERMISSIONS.get(role, ())}
-        viewable = [
-            p for p in view_perms if (p.content_type.app_label, p.codename) not in withheld
-        ]
+        viewable = [p for p in view_perms if (p.content_type.app_label, p.codename) not in withheld]
         group.permissions.set(viewable + extra)
