@@ -35,6 +35,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, transaction
 from django.utils import timezone
 
@@ -428,8 +429,38 @@ def _field_label(model, name: str) -> str:
         return name
     try:
         return str(model._meta.get_field(name).verbose_name)
-    except Exception:  # a field since removed from the model: its stored name will do
+    except FieldDoesNotExist:  # a field since removed from the model: its stored name will do
         return name
+
+
+def _foreign_key(model, name: str):
+    """The model a foreign key column (by attname) points at, or None."""
+    if model is None:
+        return None
+    try:
+        field = model._meta.get_field(name)
+    except FieldDoesNotExist:  # a field since removed
+        return None
+    if getattr(field, "many_to_one", False) and field.attname == name:
+        return field.related_model
+    return None
+
+
+def _related_names(entries, models) -> dict:
+    """{(related model, id): str(row)} for every foreign key value the entries show: one query
+    per related model, so "assignee: #7" reads "assignee: maya (#7)"."""
+    wanted: dict = {}
+    for entry in entries:
+        for values in (entry.before, entry.after):
+            for name, value in values.items():
+                related = _foreign_key(models[entry], name)
+                if related is not None and isinstance(value, int):
+                    wanted.setdefault(related, set()).add(value)
+    names = {}
+    for related, ids in wanted.items():
+        for pk, row in related._default_manager.in_bulk(list(ids)).items():
+            names[(related, pk)] = str(row)
+    return names
 
 
 def audit_account_timeline(
@@ -455,12 +486,24 @@ def audit_account_timeline(
         queryset = queryset.filter(created_at__lt=end)
     entries = list(queryset.order_by("-seq")[:limit])
     entries.reverse()
-    items = []
+    models = {}
     for entry in entries:
         try:
-            model = apps.get_model(entry.app_label, entry.model)
-        except LookupError:
-            model = None
+            models[entry] = apps.get_model(entry.app_label, entry.model)
+        except LookupError:  # a model since removed: its stored names will do
+            models[entry] = None
+    names = _related_names(entries, models)
+
+    def plain(model, name, value) -> str:
+        related = _foreign_key(model, name)
+        if related is not None and value is not None:
+            label = names.get((related, value))
+            return f"{label} (#{value})" if label else f"#{value}"
+        return _plain(value)
+
+    items = []
+    for entry in entries:
+        model = models[entry]
         noun = str(model._meta.verbose_name) if model else entry.model
         what = f"{noun} {entry.object_pk}"
         changes: list[TimelineChange] = []
@@ -469,8 +512,8 @@ def audit_account_timeline(
                 changes.append(
                     TimelineChange(
                         _field_label(model, name),
-                        _plain(entry.before.get(name)),
-                        _plain(entry.after.get(name)),
+                        plain(model, name, entry.before.get(name)),
+                        plain(model, name, entry.after.get(name)),
                     )
                 )
             sentence = f"{entry.actor_label} changed {what}"
@@ -479,13 +522,13 @@ def audit_account_timeline(
         elif entry.action == AuditEntry.Action.CREATED:
             sentence = f"{entry.actor_label} created {what}"
             changes = [
-                TimelineChange(_field_label(model, name), "", _plain(value))
+                TimelineChange(_field_label(model, name), "", plain(model, name, value))
                 for name, value in entry.after.items()
             ]
         else:
             sentence = f"{entry.actor_label} deleted {what}"
             changes = [
-                TimelineChange(_field_label(model, name), _plain(value), "")
+                TimelineChange(_field_label(model, name), plain(model, name, value), "")
                 for name, value in entry.before.items()
             ]
         created = entry.created_at.astimezone(dt.UTC)

@@ -190,7 +190,11 @@ def test_the_timeline_says_who_did_what_why_and_before_after_in_time_order(
     assert [(c.field, c.before, c.after) for c in rename.changes] == [("name", "Acme", "Acme GmbH")]
     assert rename.at_utc.endswith(" UTC") and rename.at_local.endswith(" Asia/Kolkata")
     assert "customer confirmed the launch" in text
-    assert "open" in text and "acknowledged" in text
+    ack = items[sentences.index(f"maya changed alert {history['alert'].pk}")]
+    changes = {c.field: (c.before, c.after) for c in ack.changes}
+    assert changes["status"] == ("open", "acknowledged")
+    # A foreign key reads as its row, not a bare id.
+    assert changes["assignee"] == ("(empty)", f"maya (#{history['maya'].pk})")
 
 
 # --- the export --------------------------------------------------------------------------------
