@@ -12,3 +12,8 @@ class AdjustmentsConfig(AppConfig):
         from billing.projection import period_credit_source_register
 
         period_credit_source_register(adjustments_credits_for_period)
+
+        from adjustments.audit import audit_capture_connect
+
+        # Every history-tracked model of every app feeds the audit log.
+        audit_capture_connect()

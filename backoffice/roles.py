@@ -8,7 +8,8 @@ hand-written migration.
 
 - Auditor: views everything, history included, and who holds which role (users and groups,
   for access reviews); changes nothing.
-- Support: views everything; the few changes a support agent makes (listed below).
+- Support: views everything but the whole audit log (an account's audit timeline only); the
+  few changes a support agent makes (listed below).
 - Manager: what Support can, plus the queues and approvals (listed below).
 """
 
@@ -32,7 +33,12 @@ VIEWABLE_APPS = (
 EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
     # Access reviews: who is staff, who holds which role (users and groups stay superuser-only
     # to change, see backoffice.admin).
-    "Auditor": ("auth.view_user", "auth.view_group"),
+    "Auditor": (
+        "auth.view_user",
+        "auth.view_group",
+        # The audit log: a streamed CSV / JSON Lines export of a date range (reads only).
+        "adjustments.export_auditentry",
+    ),
     "Support": (
         "metering.replay_quarantinedevent",
         # Alerts: work the alert queue (acknowledge, snooze, label, resolve with a reason).
@@ -79,7 +85,15 @@ EXTRA_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "adjustments.approve_adjustment",
         "adjustments.add_adjustmentpolicy",
         "adjustments.change_adjustmentpolicy",
+        # The audit log: export a date range.
+        "adjustments.export_auditentry",
     ),
+}
+
+# View permissions a role does NOT get from VIEWABLE_APPS. Support sees an account's audit
+# timeline (adjustments.view_timeline_auditentry), not the whole audit log.
+WITHHELD_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "Support": ("adjustments.view_auditentry",),
 }
 
 
@@ -90,7 +104,7 @@ def roles_sync(**_kwargs) -> None:
     view_perms = list(
         Permission.objects.filter(
             content_type__app_label__in=VIEWABLE_APPS, codename__startswith="view_"
-        )
+        ).select_related("content_type")
     )
     for role in ROLE_NAMES:
         group, _ = Group.objects.get_or_create(name=role)
@@ -100,4 +114,6 @@ def roles_sync(**_kwargs) -> None:
             extra.extend(
                 Permission.objects.filter(content_type__app_label=app_label, codename=codename)
             )
-        group.permissions.set(view_perms + extra)
+        withheld = {tuple(d.split(".", 1)) for d in WITHHELD_PERMISSIONS.get(role, ())}
+        viewable = [p for p in view_perms if (p.content_type.app_label, p.codename) not in withheld]
+        group.permissions.set(viewable + extra)

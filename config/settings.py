@@ -113,6 +113,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "simple_history",
+    # Database triggers declared on models (the audit log refuses UPDATE and DELETE).
+    "pgtrigger",
     "notifications",
     "metering",
     "billing",
@@ -133,6 +135,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    # Says where a change came from (admin or API, path and IP) for the audit log.
+    "adjustments.audit.AuditOriginMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
