@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import plotly.io as pio
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
@@ -22,7 +21,6 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
 
 from alerts import services
 from alerts.charts import alert_band_figure
@@ -30,7 +28,7 @@ from alerts.models import DEFAULT_PARAMS, Alert, AlertNotification, AlertRule, B
 from alerts.selectors import alert_series, rule_label_counts
 from billing.money import format_money
 from metering.admin import AuditedHistoryAdmin, ReadOnlyModelAdmin
-from metering.admin_dashboard import PLOT_CONFIG, plotly_js_url, usage_link
+from metering.admin_dashboard import figure_html, usage_link
 from metering.decimals import decimal_text
 
 SNOOZE_CHOICES = [("1", "1 day"), ("3", "3 days"), ("7", "7 days")]
@@ -325,16 +323,7 @@ class AlertAdmin(AuditedHistoryAdmin):
                 "expected band",
                 unit=unit,
             )
-            chart = mark_safe(  # noqa: S308 - plotly's own HTML for a figure we built
-                pio.to_html(
-                    fig,
-                    full_html=False,
-                    include_plotlyjs=plotly_js_url(),
-                    div_id="alert-chart",
-                    config=PLOT_CONFIG,
-                    validate=False,
-                )
-            )
+            chart = figure_html(fig, div_id="alert-chart")
         return {
             "alert": alert,
             "chart": chart,

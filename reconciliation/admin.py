@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import plotly.io as pio
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
@@ -22,13 +21,12 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.safestring import mark_safe
 from django.utils.timesince import timesince
 
 from billing.money import format_money
 from billing.pricing import format_quantity
 from metering.admin import AuditedHistoryAdmin, ReadOnlyModelAdmin
-from metering.admin_dashboard import PLOT_CONFIG, events_url, plotly_js_url
+from metering.admin_dashboard import events_url, figure_html
 from reconciliation import charts
 from reconciliation import selectors as sel
 from reconciliation.models import (
@@ -426,16 +424,7 @@ class MismatchAdmin(AuditedHistoryAdmin):
             mismatch.period_ends_at.isoformat(),
         ]
         figure = charts.mismatch_days_figure(days, unit=unit, boundaries=boundaries)
-        chart = mark_safe(  # noqa: S308 - plotly's own HTML for a figure we built
-            pio.to_html(
-                figure,
-                full_html=False,
-                include_plotlyjs=plotly_js_url(),
-                div_id="mismatch-days",
-                config=PLOT_CONFIG,
-                validate=False,
-            )
-        )
+        chart = figure_html(figure, div_id="mismatch-days")
         numbers = [
             ("Ours (our events)", _qty(mismatch.ours, unit)),
             ("Reported (provider took it)", _qty(mismatch.reported, unit)),
