@@ -123,9 +123,6 @@ class AlertAdmin(AuditedHistoryAdmin):
         "status",
         "multiple",
         "observed_text",
-        "baseline_text",
-        "assignee",
-        "label",
         "opened_at",
     )
     list_display_links = ("id", "account")
@@ -479,7 +476,7 @@ class HoldActionForm(ActionForm):
 
 @admin.register(BillingHold)
 class BillingHoldAdmin(AuditedHistoryAdmin):
-    list_display = ("account", "status", "opened_at", "alert", "released_at", "released_by")
+    list_display = ("account", "status", "opened_at", "alert", "released_at")
     list_filter = ("status",)
     list_select_related = ("account", "alert", "released_by")
     action_form = HoldActionForm

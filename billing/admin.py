@@ -37,6 +37,7 @@ from billing.services.subscriptions import (
     subscription_create,
 )
 from metering.admin import AuditedHistoryAdmin, pretty_json
+from metering.admin.display import period_range
 
 # --- plans and prices ------------------------------------------------------------------------
 
@@ -172,15 +173,7 @@ class SubscriptionAddForm(forms.ModelForm):
 
 @admin.register(Subscription)
 class SubscriptionAdmin(AuditedHistoryAdmin):
-    list_display = (
-        "account",
-        "plan",
-        "status",
-        "started_at",
-        "ended_at",
-        "billing_anchor_day",
-        "provider_subscription_id",
-    )
+    list_display = ("account", "plan", "status", "started_at", "provider_subscription_id")
     list_select_related = ("account", "plan")
     list_filter = ("status", "plan")
     search_fields = ("account__external_id", "account__name", "provider_subscription_id")
@@ -282,9 +275,7 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
     list_display = (
         "account",
         "plan_code",
-        "start_date",
-        "end_date",
-        "timezone",
+        "period_text",
         "state",
         "hold_display",
         "total_display",
@@ -348,6 +339,10 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Period (last day included)", ordering="start_date")
+    def period_text(self, obj: BillingPeriod) -> str:
+        return f"{period_range(obj.start_date, obj.end_date)} ({obj.timezone})"
 
     @admin.display(description="Hold")
     def hold_display(self, obj: BillingPeriod) -> str:

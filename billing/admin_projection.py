@@ -153,14 +153,7 @@ def projection_panel_context(*, account: Account) -> dict:
 class ProjectionSnapshotAdmin(ReadOnlyModelAdmin):
     """Daily snapshots, read-only (written by the daily task), and the panel's URL."""
 
-    list_display = (
-        "account",
-        "taken_on",
-        "period",
-        "to_date_total",
-        "projected_total",
-        "computed_at",
-    )
+    list_display = ("account", "taken_on", "to_date_total", "projected_total", "computed_at")
     list_select_related = ("account", "period")
     list_filter = ("taken_on",)
     search_fields = ("account__external_id", "account__name")

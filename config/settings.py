@@ -430,11 +430,21 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"refused": {"()": "config.log_filters.RefusedRequestWithoutTraceback"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["refused"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # The stripe SDK and httpx log every request at INFO; the push ledger and the webhook
     # attempt log keep what matters.
     "loggers": {
+        # Django's own console handler (DEBUG only) would print every django.* record a
+        # second time next to the root's: one handler, the root's.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         "stripe": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},

@@ -10,9 +10,12 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core import checks
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.db import models
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
+
+from metering.admin import display
 
 # --- the admin bases: every admin in the project is one of these -----------------------------
 
@@ -81,6 +84,22 @@ class AuditedModelAdmin(admin.ModelAdmin):
                     )
                 )
         return errors
+
+    # --- how columns look (metering/admin/display.py), the same in every changelist ---------
+
+    def get_list_display(self, request):
+        return [display_column(self.model, name) for name in super().get_list_display(request)]
+
+    def get_list_display_links(self, request, list_display):
+        links = super().get_list_display_links(request, list_display)
+        if links is None or links is list_display:
+            return links
+        return [display_column(self.model, name) for name in links]
+
+    def get_sortable_by(self, request):
+        if self.sortable_by is None:
+            return super().get_sortable_by(request)
+        return [_column_name(display_column(self.model, name)) for name in self.sortable_by]
 
     def changelist_view(self, request, extra_context=None):
         if request.method == "POST":
@@ -163,6 +182,74 @@ def change_reason_form(
 
     ChangeReasonForm.__name__ = f"{model_cls.__name__}ChangeForm"
     return ChangeReasonForm
+
+
+# Field names whose values are machine identifiers (shortened, the whole value on hover).
+_IDENTIFIER_SUFFIXES = ("_id", "identifier", "hash", "_key", "message_id", "event_id")
+_NOT_IDENTIFIERS = {"external_id", "external_customer_id", "owner_key"}
+_columns: dict[tuple[type, str], object] = {}
+
+
+def _column_name(column) -> str:
+    return column if isinstance(column, str) else column.__name__
+
+
+def display_column(model, name):
+    """The list_display entry for a model field, as every changelist shows it.
+
+    Times in UTC with the zone said, numbers right-aligned without trailing zeros, machine
+    identifiers shortened with the whole value on hover; anything else (relations, choices,
+    callables, other fields) unchanged. Sorting stays on the field.
+    """
+    if not isinstance(name, str):
+        return name
+    key = (model, name)
+    if key in _columns:
+        return _columns[key]
+    try:
+        field = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        field = None
+    column = name
+    if (
+        field is not None
+        and field.many_to_one
+        and field.related_model._meta.label == ("metering.Account")
+    ):
+        # The account's external id (what support searches by), its name on hover.
+        def column(obj, _name=name):
+            account = getattr(obj, _name)
+            if account is None:
+                return display.EMPTY
+            return format_html('<span title="{}">{}</span>', account.name, account.external_id)
+
+        column.__name__ = f"acct_{name}"
+        column.short_description = field.verbose_name
+        column.admin_order_field = f"{name}__external_id"
+    elif field is not None and not field.is_relation and not field.choices:
+        render = prefix = None
+        if isinstance(field, models.DateTimeField):
+            render, prefix = display.utc_time, "time_"
+        elif isinstance(
+            field, models.DecimalField | models.IntegerField | models.FloatField
+        ) and not isinstance(field, models.BooleanField):
+            render, prefix = display.number, "num_"
+        elif (
+            isinstance(field, models.CharField)
+            and name not in _NOT_IDENTIFIERS
+            and (name.endswith(_IDENTIFIER_SUFFIXES) or name == "identifier")
+        ):
+            render, prefix = display.short_id, "id_"
+        if render is not None:
+
+            def column(obj, _name=name, _render=render):
+                return _render(getattr(obj, _name))
+
+            column.__name__ = f"{prefix}{name}"
+            column.short_description = field.verbose_name
+            column.admin_order_field = name
+    _columns[key] = column
+    return column
 
 
 def pretty_json(value) -> str:
