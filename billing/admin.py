@@ -13,7 +13,7 @@ from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.utils import timezone
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 
 import billing.admin_projection  # noqa: F401  (registers the projected-invoice panel)
 from billing import (
@@ -21,6 +21,7 @@ from billing import (
     admin_push_log,  # noqa: F401  (registers the push's change and batch logs)
 )
 from billing.models import BillingPeriod, Plan, Price, Subscription
+from billing.money import format_money
 from billing.pricing import decimal_text
 from billing.selectors import period_late_usage
 from billing.services.periods import (
@@ -36,7 +37,7 @@ from billing.services.subscriptions import (
     subscription_check_new,
     subscription_create,
 )
-from metering.admin import AuditedHistoryAdmin, pretty_json
+from metering.admin import AuditedHistoryAdmin, display
 from metering.admin.display import period_range
 
 # --- plans and prices ------------------------------------------------------------------------
@@ -381,7 +382,35 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
 
     @admin.display(description="Invoice lines")
     def invoice_lines_pretty(self, obj: BillingPeriod) -> str:
-        return pretty_json(obj.invoice_lines) if obj.invoice_lines else "-"
+        """The closed invoice as a table: one row per line, amounts right-aligned."""
+        if not obj.invoice_lines:
+            return "-"
+        currency = obj.currency
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td class='num'>{}</td><td class='num'>{}</td>"
+            "<td class='num'>{}</td><td>{}</td></tr>",
+            (
+                (
+                    line.get("title") or line.get("kind", ""),
+                    line.get("meter") or "–",
+                    display.decimal(line["quantity"]) if line.get("quantity") else "–",
+                    display.decimal(line["units_billed"]) if line.get("units_billed") else "–",
+                    format_money(int(line.get("amount_minor") or 0), currency),
+                    "; ".join(line.get("description") or []),
+                )
+                for line in obj.invoice_lines
+            ),
+        )
+        return format_html(
+            '<table class="invoice-lines"><thead><tr><th>Line</th><th>Meter</th>'
+            '<th class="num">Quantity</th><th class="num">Units billed</th>'
+            '<th class="num">Amount</th><th>How it was priced</th></tr></thead>'
+            "<tbody>{}</tbody><tfoot><tr><th colspan='4'>Total</th>"
+            "<th class='num'>{}</th><th></th></tr></tfoot></table>",
+            rows,
+            format_money(obj.total_minor or 0, currency),
+        )
 
     @admin.action(permissions=["change"], description="Begin closing (ended periods only)")
     def begin_closing(self, request, queryset):
