@@ -12,6 +12,7 @@ from django.contrib.admin.utils import unquote
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db import models
+from django.shortcuts import get_object_or_404
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
@@ -133,7 +134,11 @@ class AuditedHistoryAdmin(AuditedModelAdmin, SimpleHistoryAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is not None and self.has_change_permission(request, obj):
             kwargs["form"] = self._reason_form()
-        return super().get_form(request, obj, change=change, **kwargs)
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if getattr(request, "_history_version_read_only", False):
+            # An old version shown to someone who may not revert it: every input disabled.
+            return _disabled_form(form)
+        return form
 
     def get_fields(self, request, obj=None):
         fields = list(super().get_fields(request, obj))
@@ -145,7 +150,32 @@ class AuditedHistoryAdmin(AuditedModelAdmin, SimpleHistoryAdmin):
             fields.append("change_reason")
         return fields
 
+    object_history_form_template = "admin/history_version_form.html"
+
     def history_form_view(self, request, object_id, version_id, extra_context=None):
+        """An old version, labelled "Version of <date>"; read-only (no inputs, no revert
+        button) unless the user may change the record and revert it."""
+        record = get_object_or_404(
+            self.model.history.model,
+            **{self.model._meta.pk.attname: unquote(object_id)},
+            history_id=version_id,
+        )
+        current = self.get_object(request, unquote(object_id))
+        may_revert = (
+            current is not None
+            and self.has_change_permission(request, current)
+            and not self.revert_disabled(request, current)
+        )
+        if not may_revert:
+            request._history_version_read_only = True
+        who = record.history_user or "the system"
+        extra_context = {
+            "title": f"Version of {display.utc_time(record.history_date, seconds=True)}",
+            "version_read_only": not may_revert,
+            "version_note": f"Saved by {who}"
+            + (f": {record.history_change_reason}" if record.history_change_reason else "."),
+            **(extra_context or {}),
+        }
         if request.method == "POST":
             obj = self.get_object(request, unquote(object_id))
             if (
@@ -161,6 +191,17 @@ class AuditedHistoryAdmin(AuditedModelAdmin, SimpleHistoryAdmin):
         if reason:
             obj._change_reason = reason
         super().save_model(request, obj, form, change)
+
+
+def _disabled_form(form_class: type[forms.BaseForm]) -> type[forms.BaseForm]:
+    class DisabledForm(form_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for field in self.fields.values():
+                field.disabled = True
+
+    DisabledForm.__name__ = f"Disabled{form_class.__name__}"
+    return DisabledForm
 
 
 def change_reason_form(
