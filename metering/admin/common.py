@@ -231,6 +231,10 @@ _NOT_IDENTIFIERS = {"external_id", "external_customer_id", "owner_key"}
 _columns: dict[tuple[type, str], object] = {}
 
 
+def _plain(value) -> str:
+    return display.EMPTY if value is None else str(value)
+
+
 def _column_name(column) -> str:
     return column if isinstance(column, str) else column.__name__
 
@@ -257,12 +261,11 @@ def display_column(model, name):
         and field.many_to_one
         and field.related_model._meta.label == ("metering.Account")
     ):
-        # The account's external id (what support searches by), its name on hover.
+        # The account's external id (what support searches by), not "Name (external id)";
+        # plain text, so a link in the cell is the innermost element with it.
         def column(obj, _name=name):
             account = getattr(obj, _name)
-            if account is None:
-                return display.EMPTY
-            return format_html('<span title="{}">{}</span>', account.name, account.external_id)
+            return display.EMPTY if account is None else account.external_id
 
         column.__name__ = f"acct_{name}"
         column.short_description = field.verbose_name
@@ -274,7 +277,10 @@ def display_column(model, name):
         elif isinstance(
             field, models.DecimalField | models.IntegerField | models.FloatField
         ) and not isinstance(field, models.BooleanField):
-            render, prefix = display.number, "num_"
+            # Plain text (the cell's field-num_ class right-aligns it), so a link in the
+            # cell is the innermost element with the number; ids without separators.
+            render = display.decimal if not field.primary_key else _plain
+            prefix = "num_"
         elif (
             isinstance(field, models.CharField)
             and name not in _NOT_IDENTIFIERS

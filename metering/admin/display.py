@@ -32,7 +32,7 @@ def short_id(value, *, keep: int = SHORT_KEEP) -> str:
         return EMPTY
     text = str(value)
     if len(text) <= max(keep + 2, SHORT_MAX):
-        return format_html('<span class="mono">{}</span>', text)
+        return text
     return format_html('<span class="mono short-id" title="{}">{}…</span>', text, text[:keep])
 
 
