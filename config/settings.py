@@ -128,10 +128,6 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, Swagger UI) from the web process itself: gunicorn serves none.
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    # Pages and API answers gzip-compressed for clients that ask (a 60 KB admin page is 10 KB).
-    # Django's GZipMiddleware pads each response with random bytes against BREACH-style
-    # attacks, and CSRF tokens are masked per response.
-    "django.middleware.gzip.GZipMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

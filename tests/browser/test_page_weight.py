@@ -150,8 +150,7 @@ def test_usage_page_on_a_cold_cache_sends_one_compressed_partial_plotly(
     assert "/plotly-basic-4.1.1.min." in bundle["name"]
     # Sent compressed: a third of its 1.2 MB (the full bundle was 4.8 MB, uncompressed).
     assert bundle["decoded"] > 1_000_000 and bundle["transfer"] < bundle["decoded"] / 2
-    # Every static file and the page itself are sent compressed.
-    assert timing["html_transfer"] < timing["html_decoded"] / 2
+    # Every static file is sent compressed.
     for r in resources:
         if "/static/" in r["name"] and r["decoded"] > 2000:
             assert r["transfer"] < r["decoded"], r
