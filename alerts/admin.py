@@ -13,7 +13,6 @@ import datetime as dt
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
-import plotly.io as pio
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
@@ -24,7 +23,6 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
 
 # The billing hold admin lives in its own module (registered on import).
 import alerts.admin_holds  # noqa: F401
@@ -34,7 +32,7 @@ from alerts.models import DEFAULT_PARAMS, Alert, AlertNotification, AlertRule
 from alerts.selectors import alert_series, rule_label_counts
 from billing.money import format_money
 from metering.admin import AuditedHistoryAdmin, ReadOnlyModelAdmin
-from metering.admin_dashboard import PLOT_CONFIG, plotly_js_url, usage_link
+from metering.admin_dashboard import figure_html, usage_link
 from metering.decimals import decimal_text
 
 SNOOZE_CHOICES = [("1", "1 day"), ("3", "3 days"), ("7", "7 days")]
@@ -356,16 +354,7 @@ class AlertAdmin(AuditedHistoryAdmin):
                 unit=_unit(alert),
                 zone=alert.account.timezone,
             )
-            chart = mark_safe(  # noqa: S308 - plotly's own HTML for a figure we built
-                pio.to_html(
-                    fig,
-                    full_html=False,
-                    include_plotlyjs=plotly_js_url(),
-                    div_id="alert-chart",
-                    config=PLOT_CONFIG,
-                    validate=False,
-                )
-            )
+            chart = figure_html(fig, div_id="alert-chart")
         return {
             "alert": alert,
             "chart": chart,

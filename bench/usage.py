@@ -3,6 +3,7 @@
     uv run python bench/usage.py                      # the database bench/rollup.py left
     uv run python bench/usage.py --db NAME            # any migrated, rolled-up database
     uv run python bench/usage.py --requests 100       # fewer requests per measurement
+    uv run python bench/usage.py --quick              # small: 100k events + 2 whales of 300k
 
 Which data: `--db NAME` if given; else the database bench/rollup.py keeps
 (`meterops_bench_rollup`, then `meterops_bench_rollup_quick`) when it exists and is fully
@@ -27,6 +28,14 @@ selectors the views call) and answered from the raw events with plain SQL:
 6. the page's data: `account_usage_dashboard`, and a GROUP BY of every meter by local day over
    this and the previous calendar month.
 
+Whales: real customers are not all small. `--whales N` (default 3) accounts with
+`--whale-events` each (default 3,000,000 over the `--days`, i.e. millions a month, about 4,000
+events an account-hour against ~1.4 for the others) are seeded next to the others in the bench's
+own database, and the same measurements are reported for them separately (`--whale-requests`
+requests, interleaved over the whales), where the raw-event GROUP BYs read millions of rows.
+Whales are measured when the database has accounts named `whale-*` (the bench's own database
+always does; bench/rollup.py's do not).
+
 Targets: API p95 < 30 ms, page p95 < 150 ms. Settings are production-like (DEBUG off, so no
 query log). Everything the run writes (a Support user, an API key, a session) is rolled back.
 """
@@ -50,6 +59,8 @@ from bench.common import bench_url, database_url, recreate_database  # noqa: E40
 
 ROLLUP_DATABASES = ("meterops_bench_rollup", "meterops_bench_rollup_quick")
 OWN_DATABASE = "meterops_bench_usage"
+OWN_DATABASE_QUICK = "meterops_bench_usage_quick"
+WHALE_PREFIX = "whale-"
 TARGETS = {"api": 30.0, "page": 150.0}
 
 
@@ -61,22 +72,41 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--accounts", type=int, default=1_000, help="accounts if seeding")
     parser.add_argument("--days", type=int, default=30, help="days of events if seeding")
     parser.add_argument("--seed", type=int, default=11)
-    return parser.parse_args()
+    parser.add_argument("--whales", type=int, default=3, help="whale accounts if seeding")
+    parser.add_argument(
+        "--whale-events", type=int, default=3_000_000, help="events per whale if seeding"
+    )
+    parser.add_argument(
+        "--whale-requests", type=int, default=30, help="requests per measurement for whales"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small: 100,000 events, 200 accounts, 2 whales of 300,000, 60 + 12 requests, in "
+        f"{OWN_DATABASE_QUICK}",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.accounts, args.requests = 100_000, 200, 60
+        args.whales, args.whale_events, args.whale_requests = 2, 300_000, 12
+    return args
 
 
-def is_rolled_up(database: str) -> bool:
-    """The database exists, has events, and its rollup inbox is empty."""
+def is_rolled_up(database: str, *, whales: bool = False) -> bool:
+    """The database exists, has events (and whales, if asked), and its rollup inbox is empty."""
     import psycopg
 
     try:
         with psycopg.connect(database_url(database), connect_timeout=5) as conn:
             row = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM metering_usageevent),"
-                " NOT EXISTS (SELECT 1 FROM metering_rollupinbox)"
+                " NOT EXISTS (SELECT 1 FROM metering_rollupinbox),"
+                " EXISTS (SELECT 1 FROM metering_account WHERE external_id LIKE %s)",
+                [f"{WHALE_PREFIX}%"],
             ).fetchone()
     except psycopg.Error:
         return False
-    return bool(row[0] and row[1])
+    return bool(row[0] and row[1] and (row[2] or not whales))
 
 
 def load_rollup_bench():
@@ -94,15 +124,20 @@ def production_like_env(database: str) -> None:
     os.environ["SECURE_SSL_REDIRECT"] = "false"
     # Hundreds of reads a minute on one key: the bench measures reads, not the rate limit.
     os.environ.setdefault("API_RATE_READ", "off")
+    # Server-side timings only: static URLs unhashed, so no collectstatic is needed.
+    os.environ.setdefault("STATIC_COLLECTED", "false")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
-def seed_own(args) -> None:
-    """A smaller data set of the same shape as bench/rollup.py's, rolled up."""
+def seed_own(args, database: str) -> None:
+    """A smaller data set of the same shape as bench/rollup.py's plus the whales, rolled up."""
     rollup_bench = load_rollup_bench()
-    _url, maintenance = bench_url(OWN_DATABASE)
-    print(f"Seeding {OWN_DATABASE}: {args.events:,} events, {args.accounts:,} accounts")
-    recreate_database(OWN_DATABASE, maintenance)
+    _url, maintenance = bench_url(database)
+    print(
+        f"Seeding {database}: {args.events:,} events, {args.accounts:,} accounts, "
+        f"{args.whales} whales of {args.whale_events:,} events"
+    )
+    recreate_database(database, maintenance)
     import django
 
     django.setup()
@@ -116,6 +151,22 @@ def seed_own(args) -> None:
     account_ids, meters = rollup_bench.seed_catalog(args.accounts, rng)
     seed_args = argparse.Namespace(events=args.events, days=args.days)
     rollup_bench.seed_events(seed_args, account_ids, meters, rng)
+    if args.whales:
+        from metering.models import Account
+
+        whales = Account.objects.bulk_create(
+            [
+                Account(
+                    external_id=f"{WHALE_PREFIX}{i:02d}",
+                    name=f"Whale customer {i}",
+                    timezone=rollup_bench.ZONES[i % len(rollup_bench.ZONES)],
+                )
+                for i in range(args.whales)
+            ]
+        )
+        # Their own transaction ids restart at b0: unique per account, as in production.
+        whale_args = argparse.Namespace(events=args.whales * args.whale_events, days=args.days)
+        rollup_bench.seed_events(whale_args, [w.pk for w in whales], meters, rng)
     started = time.perf_counter()
     result = rollups.rollup_drain()
     print(f"  rolled up {result.events:,} events in {time.perf_counter() - started:,.1f} s")
@@ -136,6 +187,7 @@ def timed(fn) -> float:
 
 
 def run(args, database: str) -> None:
+    """The measurements for ordinary accounts, then for the whales, if any."""
     import django
 
     django.setup()
@@ -157,9 +209,11 @@ def run(args, database: str) -> None:
         (m for m in with_dims if m.code == "api_calls"), with_dims[0] if with_dims else meters[0]
     )
     dimension = meter.dimensions[0] if meter.dimensions else None
-    accounts = list(Account.objects.order_by("pk"))
+    accounts = list(Account.objects.exclude(external_id__startswith=WHALE_PREFIX).order_by("pk"))
+    whales = list(Account.objects.filter(external_id__startswith=WHALE_PREFIX).order_by("pk"))
     rng = random.Random(args.seed)
     sample = [rng.choice(accounts) for _ in range(args.requests)]
+    whale_sample = [whales[i % len(whales)] for i in range(args.whale_requests)] if whales else []
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT (SELECT reltuples::bigint FROM pg_class WHERE relname = 'metering_usageevent'),"
@@ -168,7 +222,8 @@ def run(args, database: str) -> None:
         )
         events, daily, hourly = cursor.fetchone()
     print(
-        f"Database {database}: ~{events:,} events, {len(accounts):,} accounts, "
+        f"Database {database}: ~{events:,} events, {len(accounts):,} accounts + "
+        f"{len(whales)} whales, "
         f"~{daily:,} daily and ~{hourly:,} hourly rollup rows"
     )
     print(
@@ -200,19 +255,22 @@ def run(args, database: str) -> None:
         GROUP BY 1, 2"""
     meter_ids = [m.pk for m in meters]
 
-    results: dict[str, list[float]] = {
-        "api": [],
-        "api_group": [],
-        "api_group_warm": [],
-        "page": [],
-        "hub": [],
-        "rollup": [],
-        "rollup_group": [],
-        "rollup_page": [],
-        "raw": [],
-        "raw_group": [],
-        "raw_page": [],
-    }
+    def new_results() -> dict[str, list[float]]:
+        return {key: [] for key in keys}
+
+    keys = [
+        "api",
+        "api_group",
+        "api_group_warm",
+        "page",
+        "hub",
+        "rollup",
+        "rollup_group",
+        "rollup_page",
+        "raw",
+        "raw_group",
+        "raw_page",
+    ]
     with transaction.atomic():
         user = get_user_model().objects.create_user(
             username="bench-usage-support", password="unused-bench-9", is_staff=True
@@ -223,7 +281,7 @@ def run(args, database: str) -> None:
         staff.force_login(user)
         api = Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
 
-        def one(account, record: bool) -> None:
+        def one(account, results: dict | None) -> None:
             today = periods.local_date(now, account.timezone)
             first, end = today - timedelta(days=29), today + timedelta(days=1)
             lo, hi = periods.days_bounds_utc(first, end, account.timezone)
@@ -284,17 +342,47 @@ def run(args, database: str) -> None:
             }
             if any(code != 200 for code in checks):
                 raise SystemExit(f"a request failed for {account.external_id}: {checks}")
-            if record:
+            if results is not None:
                 for name, ms in timings.items():
                     results[name].append(ms)
 
         for account in sample[:10]:  # warm-up: imports, template compilation, caches
-            one(account, record=False)
+            one(account, None)
         started = time.perf_counter()
+        ordinary = new_results()
         for account in sample:
-            one(account, record=True)
+            one(account, ordinary)
         wall = time.perf_counter() - started
+        whale_results = new_results()
+        whale_wall = 0.0
+        if whale_sample:
+            one(whale_sample[0], None)  # warm-up
+            started = time.perf_counter()
+            for account in whale_sample:
+                one(account, whale_results)
+            whale_wall = time.perf_counter() - started
         transaction.set_rollback(True)
+
+    report(ordinary, f"Ordinary accounts ({len(sample)} requests)", dimension)
+    print(f"Wall time {wall:,.1f} s.")
+    if whale_sample:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM metering_usageevent WHERE account_id = ANY(%s)",
+                [[w.pk for w in whales]],
+            )
+            whale_events = cursor.fetchone()[0]
+        report(
+            whale_results,
+            f"Whales ({len(whales)} accounts, {whale_events / len(whales):,.0f} events each over "
+            f"the data's days; {len(whale_sample)} requests)",
+            dimension,
+        )
+        print(f"Wall time {whale_wall:,.1f} s.")
+    print(f"Load after: {Path('/proc/loadavg').read_text().strip()}")
+
+
+def report(results: dict[str, list[float]], title: str, dimension) -> None:
 
     labels = [
         ("api", "usage API, day, 30 days", "p95 < 30 ms"),
@@ -310,6 +398,7 @@ def run(args, database: str) -> None:
         ("raw_page", "raw events: the page's daily data (2 months)", ""),
     ]
     print()
+    print(title)
     print(
         f"{'measurement':<48} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}  target"
     )
@@ -330,7 +419,6 @@ def run(args, database: str) -> None:
     ):
         ratio = statistics.median(results[raw_key]) / statistics.median(results[rollup_key])
         print(f"  median {raw_key} / median {rollup_key}: {ratio:.2f}x")
-    print(f"\nWall time {wall:,.1f} s. Load after: {Path('/proc/loadavg').read_text().strip()}")
 
 
 def main() -> None:
@@ -340,12 +428,15 @@ def main() -> None:
         if not is_rolled_up(database):
             raise SystemExit(f"{database} is missing, empty or not fully rolled up.")
     else:
-        database = next((name for name in ROLLUP_DATABASES if is_rolled_up(name)), None)
+        # Whales live only in the bench's own database: bench/rollup.py's stay as it left them.
+        database = None
+        if not args.whales and not args.quick:
+            database = next((name for name in ROLLUP_DATABASES if is_rolled_up(name)), None)
         if database is None:
-            database = OWN_DATABASE
-            if not is_rolled_up(database):
+            database = OWN_DATABASE_QUICK if args.quick else OWN_DATABASE
+            if not is_rolled_up(database, whales=args.whales > 0):
                 production_like_env(database)
-                seed_own(args)
+                seed_own(args, database)
     production_like_env(database)
     run(args, database)
 

@@ -13,7 +13,7 @@ from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.utils import timezone
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 
 import billing.admin_projection  # noqa: F401  (registers the projected-invoice panel)
 from billing import (
@@ -21,6 +21,7 @@ from billing import (
     admin_push_log,  # noqa: F401  (registers the push's change and batch logs)
 )
 from billing.models import BillingPeriod, Plan, Price, Subscription
+from billing.money import format_money
 from billing.pricing import decimal_text
 from billing.selectors import period_late_usage
 from billing.services.periods import (
@@ -36,7 +37,8 @@ from billing.services.subscriptions import (
     subscription_check_new,
     subscription_create,
 )
-from metering.admin import AuditedHistoryAdmin, pretty_json
+from metering.admin import AuditedHistoryAdmin, display
+from metering.admin.display import period_range
 
 # --- plans and prices ------------------------------------------------------------------------
 
@@ -172,15 +174,7 @@ class SubscriptionAddForm(forms.ModelForm):
 
 @admin.register(Subscription)
 class SubscriptionAdmin(AuditedHistoryAdmin):
-    list_display = (
-        "account",
-        "plan",
-        "status",
-        "started_at",
-        "ended_at",
-        "billing_anchor_day",
-        "provider_subscription_id",
-    )
+    list_display = ("account", "plan", "status", "started_at", "provider_subscription_id")
     list_select_related = ("account", "plan")
     list_filter = ("status", "plan")
     search_fields = ("account__external_id", "account__name", "provider_subscription_id")
@@ -282,9 +276,7 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
     list_display = (
         "account",
         "plan_code",
-        "start_date",
-        "end_date",
-        "timezone",
+        "period_text",
         "state",
         "hold_display",
         "total_display",
@@ -349,6 +341,10 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    @admin.display(description="Period (last day included)", ordering="start_date")
+    def period_text(self, obj: BillingPeriod) -> str:
+        return f"{period_range(obj.start_date, obj.end_date)} ({obj.timezone})"
+
     @admin.display(description="Hold")
     def hold_display(self, obj: BillingPeriod) -> str:
         if not obj.is_held:
@@ -386,7 +382,35 @@ class BillingPeriodAdmin(AuditedHistoryAdmin):
 
     @admin.display(description="Invoice lines")
     def invoice_lines_pretty(self, obj: BillingPeriod) -> str:
-        return pretty_json(obj.invoice_lines) if obj.invoice_lines else "-"
+        """The closed invoice as a table: one row per line, amounts right-aligned."""
+        if not obj.invoice_lines:
+            return "-"
+        currency = obj.currency
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td class='num'>{}</td><td class='num'>{}</td>"
+            "<td class='num'>{}</td><td>{}</td></tr>",
+            (
+                (
+                    line.get("title") or line.get("kind", ""),
+                    line.get("meter") or "–",
+                    display.decimal(line["quantity"]) if line.get("quantity") else "–",
+                    display.decimal(line["units_billed"]) if line.get("units_billed") else "–",
+                    format_money(int(line.get("amount_minor") or 0), currency),
+                    "; ".join(line.get("description") or []),
+                )
+                for line in obj.invoice_lines
+            ),
+        )
+        return format_html(
+            '<table class="invoice-lines"><thead><tr><th>Line</th><th>Meter</th>'
+            '<th class="num">Quantity</th><th class="num">Units billed</th>'
+            '<th class="num">Amount</th><th>How it was priced</th></tr></thead>'
+            "<tbody>{}</tbody><tfoot><tr><th colspan='4'>Total</th>"
+            "<th class='num'>{}</th><th></th></tr></tfoot></table>",
+            rows,
+            format_money(obj.total_minor or 0, currency),
+        )
 
     @admin.action(permissions=["change"], description="Begin closing (ended periods only)")
     def begin_closing(self, request, queryset):

@@ -11,14 +11,12 @@ Who may see it: anyone who may view subscriptions or accounts (Support, Manager,
 
 from __future__ import annotations
 
-import plotly.io as pio
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
-from django.utils.safestring import mark_safe
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 
 from billing.charts import ProjectionPoint, projection_history_figure
@@ -41,12 +39,13 @@ def may_view_projection(user) -> bool:
     return user.is_active and user.is_staff and any(user.has_perm(p) for p in VIEW_PERMISSIONS)
 
 
-def _plotly_js_url() -> str:
-    # The usage page already serves the installed plotly.js (no CDN); share its URL so the
-    # browser caches one copy. Imported here, at call time, to keep the admin import graph flat.
-    from metering.admin_dashboard import plotly_js_url
+def _figure_html(figure: dict, *, div_id: str, config: dict) -> str:
+    # The usage page's figure placeholder (plotly.js is loaded once by the page, see
+    # templates/admin/metering/charts_js.html). Imported here, at call time, to keep the admin
+    # import graph flat.
+    from metering.admin_dashboard import figure_html
 
-    return plotly_js_url()
+    return figure_html(figure, div_id=div_id, config=config)
 
 
 def projection_snapshots(*, account: Account, period_id: int) -> list[ProjectionSnapshot]:
@@ -83,16 +82,7 @@ def _chart_html(invoice: ProjectedInvoice, snapshots: list[ProjectionSnapshot]) 
             f"{short_date(invoice.last_day)}, {invoice.timezone})"
         ),
     )
-    return mark_safe(  # noqa: S308 - plotly's own HTML for a figure we built
-        pio.to_html(
-            figure,
-            full_html=False,
-            include_plotlyjs=_plotly_js_url(),
-            div_id="projection-history",
-            config=PLOT_CONFIG,
-            validate=False,
-        )
-    )
+    return _figure_html(figure, div_id="projection-history", config=PLOT_CONFIG)
 
 
 def _tiers_text(tiers, currency: str) -> str:
@@ -173,14 +163,7 @@ def projection_panel_context(*, account: Account) -> dict:
 class ProjectionSnapshotAdmin(ReadOnlyModelAdmin):
     """Daily snapshots, read-only (written by the daily task), and the panel's URL."""
 
-    list_display = (
-        "account",
-        "taken_on",
-        "period",
-        "to_date_total",
-        "projected_total",
-        "computed_at",
-    )
+    list_display = ("account", "taken_on", "to_date_total", "projected_total", "computed_at")
     list_select_related = ("account", "period")
     list_filter = ("taken_on",)
     search_fields = ("account__external_id", "account__name")

@@ -63,18 +63,7 @@ class ProviderCustomerAdmin(AuditedHistoryAdmin):
 
 @admin.register(PushLedgerEntry)
 class PushLedgerEntryAdmin(ReadOnlyModelAdmin):
-    list_display = (
-        "identifier",
-        "account",
-        "meter",
-        "kind",
-        "value",
-        "timestamp",
-        "status",
-        "attempts",
-        "first_sent_at",
-        "error_code",
-    )
+    list_display = ("identifier", "account", "meter", "value", "timestamp", "status", "attempts")
     list_select_related = ("account", "meter")
     list_filter = ("status", "provider", "kind")
     search_fields = ("identifier", "account__external_id")  # exact: get_search_results
@@ -169,16 +158,7 @@ class ProviderInvoiceLineInline(admin.TabularInline):
 
 @admin.register(ProviderInvoice)
 class ProviderInvoiceAdmin(ReadOnlyModelAdmin):
-    list_display = (
-        "__str__",
-        "account",
-        "provider",
-        "status",
-        "total_display",
-        "period_start",
-        "period_end",
-        "pulled_at",
-    )
+    list_display = ("__str__", "account", "status", "total_display", "period_start", "period_end")
     list_select_related = ("account",)
     list_filter = ("provider", "status")
     search_fields = ("provider_invoice_id", "number", "account__external_id", "customer_id")
@@ -219,18 +199,7 @@ class WebhookEventAdmin(ReadOnlyModelAdmin):
 
 @admin.register(SimulatedFaultConfig)
 class SimulatedFaultConfigAdmin(AuditedHistoryAdmin):
-    list_display = (
-        "name",
-        "seed",
-        "active",
-        "drop_rate",
-        "duplicate_rate",
-        "delay_rate",
-        "delay_seconds",
-        "skew_rate",
-        "skew_seconds",
-        "created_at",
-    )
+    list_display = ("name", "active", "drop_rate", "duplicate_rate", "delay_rate", "skew_rate")
     list_filter = ("active",)
 
 
@@ -238,14 +207,12 @@ class SimulatedFaultConfigAdmin(AuditedHistoryAdmin):
 class SimulatedUsageRecordAdmin(ReadOnlyModelAdmin):
     list_display = (
         "identifier",
-        "copy",
         "customer_id",
         "event_name",
         "value",
         "timestamp",
         "dropped",
         "faults",
-        "visible_at",
     )
     list_filter = ("dropped", "event_name")
     search_fields = ("identifier", "customer_id")  # exact: get_search_results

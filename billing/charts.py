@@ -51,7 +51,16 @@ def _trace(points, *, name, attr, currency, color, dash=None, mode="lines+marker
     }
 
 
-def _level(*, y: str, color: str, label: str, first: dt.date, last: dt.date) -> tuple:
+def _level(
+    *,
+    y: str,
+    color: str,
+    label: str,
+    first: dt.date,
+    last: dt.date,
+    at_end: bool = False,
+    below: bool = False,
+) -> tuple:
     shape = {
         "type": "line",
         "xref": "x",
@@ -63,14 +72,14 @@ def _level(*, y: str, color: str, label: str, first: dt.date, last: dt.date) -> 
         "line": {"color": color, "width": 1.5, "dash": "dot"},
     }
     note = {
-        "x": first.isoformat(),
+        "x": (last if at_end else first).isoformat(),
         "y": y,
         "xref": "x",
         "yref": "y",
         "text": label,
         "showarrow": False,
-        "xanchor": "left",
-        "yanchor": "bottom",
+        "xanchor": "right" if at_end else "left",
+        "yanchor": "top" if below else "bottom",
         "font": {"color": color, "size": 11},
     }
     return shape, note
@@ -120,12 +129,18 @@ def projection_history_figure(
         shapes.append(shape)
         notes.append(note)
     if minimum_commitment_minor:
+        # Its label never lands on the previous period's: at the other end of the line, and
+        # on the other side of it (below when it is the lower level, so two equal or close
+        # levels get one label above and one below).
         shape, note = _level(
             y=_amount(minimum_commitment_minor, currency),
             color=MINIMUM,
             label=f"Minimum commitment {format_money(minimum_commitment_minor, currency)}",
             first=period_start,
             last=last_day,
+            at_end=True,
+            below=previous_total_minor is not None
+            and minimum_commitment_minor <= previous_total_minor,
         )
         shapes.append(shape)
         notes.append(note)

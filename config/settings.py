@@ -106,6 +106,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # runserver leaves static files to WhiteNoise too (compressed, cached), as in production.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
@@ -181,18 +183,20 @@ USE_TZ = True
 STATIC_URL = "static/"
 # `manage.py collectstatic` fills it; WhiteNoise serves it when DEBUG is off.
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / ".data" / "static")))
-# With DEBUG, files are served straight from the apps (no collectstatic). Without it, from
-# STATIC_ROOT with hashed names and compressed copies (cached forever by browsers); that
-# storage needs collectstatic first, so it is used only when DEBUG is off (the test suite runs
-# with DEBUG on at import time and never collects).
-WHITENOISE_USE_FINDERS = DEBUG
-WHITENOISE_AUTOREFRESH = DEBUG
+# STATIC_COLLECTED (on unless DEBUG): `manage.py collectstatic` has filled STATIC_ROOT, so
+# WhiteNoise serves the hashed, gzip/brotli-compressed copies from there, cached by browsers for
+# a year (the name changes with the content). Off, files come straight from the apps, unhashed
+# and uncompressed (development and the test suite, which never collect). `make run` collects
+# and turns it on, so the local server sends what production sends.
+STATIC_COLLECTED = env_bool("STATIC_COLLECTED", not DEBUG)
+WHITENOISE_USE_FINDERS = not STATIC_COLLECTED
+WHITENOISE_AUTOREFRESH = DEBUG and not STATIC_COLLECTED
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if DEBUG
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "config.static_storage.CollectedStaticFilesStorage"
+        if STATIC_COLLECTED
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
 
@@ -479,11 +483,21 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"refused": {"()": "config.log_filters.RefusedRequestWithoutTraceback"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["refused"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # The stripe SDK and httpx log every request at INFO; the push ledger and the webhook
     # attempt log keep what matters.
     "loggers": {
+        # Django's own console handler (DEBUG only) would print every django.* record a
+        # second time next to the root's: one handler, the root's.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         "stripe": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},

@@ -4,26 +4,28 @@ Wired into AccountAdmin through `account_usage_urls` (AccountAdmin.get_urls); th
 the admin's `usage_template`, so an admin built on AccountAdmin can render a page that extends
 this one (its `projected_invoice` block is left empty here). The data comes from
 metering.dashboard_selectors (rollups plus a bounded number of rows), the figures from
-metering.charts, and plotly.js from the installed plotly package, served by this module (no CDN:
-admins may have no internet access, and the version always matches the Python package).
+metering.charts. Every chart page in the admin draws its figures with `figure_html` and loads
+plotly.js once, in its head (templates/admin/metering/charts_js.html): the partial "basic" bundle
+vendored under metering/static/metering/vendor (scatter and bar are all the charts use), served
+as a static file (hashed, compressed and cached for a year once collected; no CDN, admins may
+have no internet access).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import date
-from pathlib import Path
 
-import plotly
-import plotly.io as pio
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
+from django.templatetags.static import static
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
+from plotly.io.json import to_json_plotly
 
 from metering import charts
 from metering.dashboard_selectors import (
@@ -34,17 +36,13 @@ from metering.dashboard_selectors import (
 from metering.models import Account
 
 TEMPLATE = "admin/metering/account/usage.html"
-PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-
-# Follows a bar's link (its customdata) when the bar is clicked; `{plot_id}` is filled by plotly.
-CLICK_TO_EVENTS_JS = """
-var gd = document.getElementById('{plot_id}');
-gd.on('plotly_click', function (data) {
-  var point = data && data.points && data.points[0];
-  var url = point && point.customdata;
-  if (typeof url === 'string' && url) { window.location.assign(url); }
-});
-"""
+# The partial plotly.js bundle (see metering/static/metering/vendor/README.md).
+PLOTLY_BUNDLE = "metering/vendor/plotly-basic-4.1.1.min.js"
+# Trace types that bundle draws; tests check every chart builder stays within them.
+PLOTLY_BUNDLE_TRACES = frozenset({"scatter", "bar", "pie"})
+# Kept for callers that passed it as `post_script`: a click on a bar follows its customdata link
+# (metering/static/metering/charts.js does it for every figure drawn with follow_links=True).
+CLICK_TO_EVENTS_JS = "follow-links"
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d"]}
 
 
@@ -61,25 +59,39 @@ def account_usage_urls(model_admin) -> list:
             site.admin_view(usage),
             name="metering_account_usage",
         ),
-        path(
-            "usage/plotly-<str:version>.min.js",
-            site.admin_view(plotly_js_view, cacheable=True),
-            name="metering_account_usage_plotlyjs",
-        ),
     ]
 
 
-def plotly_js_view(request, version: str):
-    response = FileResponse(PLOTLY_JS.open("rb"), content_type="text/javascript")
-    # The URL carries plotly's version, so a new version is a new URL (any version in the URL
-    # is served the installed file: an old page still gets a working plotly.js).
-    response["Cache-Control"] = "private, max-age=31536000, immutable"
-    return response
-
-
 def plotly_js_url() -> str:
-    # plotly's to_html references a script URL only when the string ends in ".js".
-    return reverse("admin:metering_account_usage_plotlyjs", args=[plotly.__version__])
+    """The static URL of the plotly.js bundle (hashed once collected)."""
+    return static(PLOTLY_BUNDLE)
+
+
+_JSON_SCRIPT_ESCAPES = {ord("<"): "\\u003C", ord(">"): "\\u003E", ord("&"): "\\u0026"}
+
+
+def figure_html(
+    fig: dict, *, div_id: str, config: dict | None = None, follow_links: bool = False
+) -> str:
+    """A chart's placeholder and its figure, sent once as inert JSON.
+
+    No script runs here: metering/static/metering/charts.js (loaded with plotly.js, deferred,
+    once per page by templates/admin/metering/charts_js.html) draws every placeholder after the
+    page is parsed, so the first paint waits for neither plotly.js nor the charts.
+    `follow_links`: a click on a point opens the URL in its customdata.
+    """
+    # plotly's own encoder (dates, Decimals); "<", ">" and "&" escaped so the JSON cannot close
+    # its <script> element.
+    figure_json = to_json_plotly(fig).translate(_JSON_SCRIPT_ESCAPES)
+    return format_html(
+        '<div id="{}" class="mo-chart" data-config="{}"{}></div>'
+        '<script type="application/json" id="{}-figure">{}</script>',
+        div_id,
+        json.dumps(config if config is not None else PLOT_CONFIG),
+        mark_safe(" data-follow-links") if follow_links else "",
+        div_id,
+        mark_safe(figure_json),  # noqa: S308 - JSON with <, >, & escaped above
+    )
 
 
 def events_url(
@@ -101,18 +113,9 @@ def _parse_breakdown(value: str | None) -> tuple[str | None, str | None]:
     return meter_code or None, dimension or None
 
 
-def _figure_html(fig, *, div_id: str, include_js: str | bool, post_script: str | None = None):
-    return mark_safe(  # noqa: S308 - plotly's own HTML for a figure we built
-        pio.to_html(
-            fig,
-            full_html=False,
-            include_plotlyjs=include_js,
-            div_id=div_id,
-            config=PLOT_CONFIG,
-            post_script=post_script,
-            validate=False,
-        )
-    )
+def _figure_html(fig, *, div_id: str, include_js=None, post_script: str | None = None):
+    # `include_js` is ignored: the page loads plotly.js once (charts_js.html).
+    return figure_html(fig, div_id=div_id, follow_links=post_script == CLICK_TO_EVENTS_JS)
 
 
 def _period_text(first: date, last: date) -> str:
@@ -140,32 +143,29 @@ def _figures(data: AccountUsageDashboard) -> dict:
     figures = {}
     if not data.panels:
         return figures
-    figures["daily"] = _figure_html(
+    figures["daily"] = figure_html(
         charts.daily_usage_figure(
             data.panels,
             title=f"Usage per day, {period} ({zone}) against the previous period",
             day_links=day_links,
         ),
         div_id="usage-daily",
-        include_js=plotly_js_url(),
-        post_script=CLICK_TO_EVENTS_JS,
+        follow_links=True,
     )
     if data.breakdown is not None:
         b = data.breakdown
-        figures["breakdown"] = _figure_html(
+        figures["breakdown"] = figure_html(
             charts.breakdown_figure(
                 b,
                 title=f"{b.meter.name or b.meter.code} by {b.dimension}, {period} ({zone})",
             ),
             div_id="usage-breakdown",
-            include_js=False,
         )
-    figures["cumulative"] = _figure_html(
+    figures["cumulative"] = figure_html(
         charts.cumulative_figure(
             data.panels, title=f"Usage to date this period, {period} ({zone})"
         ),
         div_id="usage-cumulative",
-        include_js=False,
     )
     return figures
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import plotly.io as pio
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
@@ -22,13 +21,13 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.safestring import mark_safe
 from django.utils.timesince import timesince
 
 from billing.money import format_money
 from billing.pricing import format_quantity
 from metering.admin import AuditedHistoryAdmin, ReadOnlyModelAdmin
-from metering.admin_dashboard import PLOT_CONFIG, events_url, plotly_js_url
+from metering.admin.display import period_range
+from metering.admin_dashboard import events_url, figure_html
 from reconciliation import charts
 from reconciliation import selectors as sel
 from reconciliation.models import (
@@ -181,11 +180,10 @@ class MismatchAdmin(AuditedHistoryAdmin):
         "money_at_stake",
         "account",
         "meter",
-        "period_start",
+        "period_text",
         "status",
         "cause_summary",
         "numbers",
-        "assignee",
         "age",
     )
     list_display_links = ("money_at_stake", "account")
@@ -246,6 +244,10 @@ class MismatchAdmin(AuditedHistoryAdmin):
     def money_at_stake(self, obj: Mismatch) -> str:
         return format_money(obj.delta_amount_minor, obj.currency)
 
+    @admin.display(description="Period (last day included)", ordering="period_start")
+    def period_text(self, obj: Mismatch) -> str:
+        return period_range(obj.period_start, obj.period_end)
+
     @admin.display(description="Most likely cause")
     def cause_summary(self, obj: Mismatch) -> str:
         if not obj.causes:
@@ -257,9 +259,13 @@ class MismatchAdmin(AuditedHistoryAdmin):
     @admin.display(description="Ours / reported / provider")
     def numbers(self, obj: Mismatch) -> str:
         unit = _unit(obj)
-        return (
-            f"{format_quantity(obj.ours)} / {format_quantity(obj.reported)} / "
-            f"{format_quantity(obj.provider_value)} {unit}"
+        # One per line, right-aligned: the column stays as narrow as its longest number.
+        return format_html(
+            '<span class="num" style="display:block">{}<br>{}<br>{}&nbsp;{}</span>',
+            format_quantity(obj.ours),
+            format_quantity(obj.reported),
+            format_quantity(obj.provider_value),
+            unit,
         )
 
     @admin.display(description="Age", ordering="opened_at")
@@ -426,16 +432,7 @@ class MismatchAdmin(AuditedHistoryAdmin):
             mismatch.period_ends_at.isoformat(),
         ]
         figure = charts.mismatch_days_figure(days, unit=unit, boundaries=boundaries)
-        chart = mark_safe(  # noqa: S308 - plotly's own HTML for a figure we built
-            pio.to_html(
-                figure,
-                full_html=False,
-                include_plotlyjs=plotly_js_url(),
-                div_id="mismatch-days",
-                config=PLOT_CONFIG,
-                validate=False,
-            )
-        )
+        chart = figure_html(figure, div_id="mismatch-days")
         numbers = [
             ("Ours (our events)", _qty(mismatch.ours, unit)),
             ("Reported (provider took it)", _qty(mismatch.reported, unit)),
@@ -494,12 +491,9 @@ class ReconciliationRunAdmin(ReadOnlyModelAdmin):
     list_display = (
         "started_at",
         "account",
-        "trigger",
         "status",
-        "periods",
         "cells_compared",
         "mismatches_opened",
-        "mismatches_updated",
         "mismatches_resolved",
         "duration_ms",
     )

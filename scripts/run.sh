@@ -20,6 +20,10 @@ fi
 PORT="${PORT:-8000}"
 
 "$UV" run --frozen python manage.py migrate --no-input
+# Static files as production serves them: hashed names, gzip/brotli copies, a year's caching
+# (WhiteNoise, see STATIC_COLLECTED in the README).
+export STATIC_COLLECTED=true
+"$UV" run --frozen python manage.py collectstatic --no-input -v 0
 "$UV" run --frozen python manage.py demo --if-empty
 "$UV" run --frozen python manage.py demo_billing
 # Fold the demo history into the rollups now, so the dashboards are full on first load

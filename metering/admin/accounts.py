@@ -23,7 +23,6 @@ class AccountAdmin(AuditedHistoryAdmin):
         "status",
         "timezone",
         "currency",
-        "provider_customer_id",
         "created_at",
         "events_link",
     )
@@ -86,7 +85,7 @@ class AccountAdmin(AuditedHistoryAdmin):
 
 @admin.register(Meter)
 class MeterAdmin(AuditedHistoryAdmin):
-    list_display = ("code", "name", "aggregation", "value_property", "dims", "unit", "active")
+    list_display = ("code", "name", "aggregation", "dims", "unit", "active")
     list_filter = ("aggregation", "active")
     search_fields = ("code", "name")
     readonly_fields = ("created_at", "updated_at")

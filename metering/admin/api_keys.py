@@ -45,16 +45,7 @@ class ApiKeyFilter(admin.SimpleListFilter):
 class ApiKeyAdmin(AuditedHistoryAdmin):
     """Keys are shown once, on creation, and never again; the hash is never shown at all."""
 
-    list_display = (
-        "name",
-        "prefix_display",
-        "scope_list",
-        "state",
-        "created_by",
-        "created_at",
-        "last_used_at",
-        "revoked_at",
-    )
+    list_display = ("name", "prefix_display", "scope_list", "state", "created_at", "last_used_at")
     list_select_related = ("created_by",)
     list_filter = (ApiKeyFilter,)
     search_fields = ("name", "=prefix")

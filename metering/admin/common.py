@@ -10,9 +10,13 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core import checks
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.db import models
+from django.shortcuts import get_object_or_404
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
+
+from metering.admin import display
 
 # --- the admin bases: every admin in the project is one of these -----------------------------
 
@@ -82,6 +86,22 @@ class AuditedModelAdmin(admin.ModelAdmin):
                 )
         return errors
 
+    # --- how columns look (metering/admin/display.py), the same in every changelist ---------
+
+    def get_list_display(self, request):
+        return [display_column(self.model, name) for name in super().get_list_display(request)]
+
+    def get_list_display_links(self, request, list_display):
+        links = super().get_list_display_links(request, list_display)
+        if links is None or links is list_display:
+            return links
+        return [display_column(self.model, name) for name in links]
+
+    def get_sortable_by(self, request):
+        if self.sortable_by is None:
+            return super().get_sortable_by(request)
+        return [_column_name(display_column(self.model, name)) for name in self.sortable_by]
+
     def changelist_view(self, request, extra_context=None):
         if request.method == "POST":
             offered = self.get_actions(request)
@@ -114,7 +134,11 @@ class AuditedHistoryAdmin(AuditedModelAdmin, SimpleHistoryAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is not None and self.has_change_permission(request, obj):
             kwargs["form"] = self._reason_form()
-        return super().get_form(request, obj, change=change, **kwargs)
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if getattr(request, "_history_version_read_only", False):
+            # An old version shown to someone who may not revert it: every input disabled.
+            return _disabled_form(form)
+        return form
 
     def get_fields(self, request, obj=None):
         fields = list(super().get_fields(request, obj))
@@ -126,7 +150,32 @@ class AuditedHistoryAdmin(AuditedModelAdmin, SimpleHistoryAdmin):
             fields.append("change_reason")
         return fields
 
+    object_history_form_template = "admin/history_version_form.html"
+
     def history_form_view(self, request, object_id, version_id, extra_context=None):
+        """An old version, labelled "Version of <date>"; read-only (no inputs, no revert
+        button) unless the user may change the record and revert it."""
+        record = get_object_or_404(
+            self.model.history.model,
+            **{self.model._meta.pk.attname: unquote(object_id)},
+            history_id=version_id,
+        )
+        current = self.get_object(request, unquote(object_id))
+        may_revert = (
+            current is not None
+            and self.has_change_permission(request, current)
+            and not self.revert_disabled(request, current)
+        )
+        if not may_revert:
+            request._history_version_read_only = True
+        who = record.history_user or "the system"
+        extra_context = {
+            "title": f"Version of {display.utc_time(record.history_date, seconds=True)}",
+            "version_read_only": not may_revert,
+            "version_note": f"Saved by {who}"
+            + (f": {record.history_change_reason}" if record.history_change_reason else "."),
+            **(extra_context or {}),
+        }
         if request.method == "POST":
             obj = self.get_object(request, unquote(object_id))
             if (
@@ -142,6 +191,17 @@ class AuditedHistoryAdmin(AuditedModelAdmin, SimpleHistoryAdmin):
         if reason:
             obj._change_reason = reason
         super().save_model(request, obj, form, change)
+
+
+def _disabled_form(form_class: type[forms.BaseForm]) -> type[forms.BaseForm]:
+    class DisabledForm(form_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for field in self.fields.values():
+                field.disabled = True
+
+    DisabledForm.__name__ = f"Disabled{form_class.__name__}"
+    return DisabledForm
 
 
 def change_reason_form(
@@ -163,6 +223,80 @@ def change_reason_form(
 
     ChangeReasonForm.__name__ = f"{model_cls.__name__}ChangeForm"
     return ChangeReasonForm
+
+
+# Field names whose values are machine identifiers (shortened, the whole value on hover).
+_IDENTIFIER_SUFFIXES = ("_id", "identifier", "hash", "_key", "message_id", "event_id")
+_NOT_IDENTIFIERS = {"external_id", "external_customer_id", "owner_key"}
+_columns: dict[tuple[type, str], object] = {}
+
+
+def _plain(value) -> str:
+    return display.EMPTY if value is None else str(value)
+
+
+def _column_name(column) -> str:
+    return column if isinstance(column, str) else column.__name__
+
+
+def display_column(model, name):
+    """The list_display entry for a model field, as every changelist shows it.
+
+    Times in UTC with the zone said, numbers right-aligned without trailing zeros, machine
+    identifiers shortened with the whole value on hover; anything else (relations, choices,
+    callables, other fields) unchanged. Sorting stays on the field.
+    """
+    if not isinstance(name, str):
+        return name
+    key = (model, name)
+    if key in _columns:
+        return _columns[key]
+    try:
+        field = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        field = None
+    column = name
+    if (
+        field is not None
+        and field.many_to_one
+        and field.related_model._meta.label == ("metering.Account")
+    ):
+        # The account's external id (what support searches by), not "Name (external id)";
+        # plain text, so a link in the cell is the innermost element with it.
+        def column(obj, _name=name):
+            account = getattr(obj, _name)
+            return display.EMPTY if account is None else account.external_id
+
+        column.__name__ = f"acct_{name}"
+        column.short_description = field.verbose_name
+        column.admin_order_field = f"{name}__external_id"
+    elif field is not None and not field.is_relation and not field.choices:
+        render = prefix = None
+        if isinstance(field, models.DateTimeField):
+            render, prefix = display.utc_time, "time_"
+        elif isinstance(
+            field, models.DecimalField | models.IntegerField | models.FloatField
+        ) and not isinstance(field, models.BooleanField):
+            # Plain text (the cell's field-num_ class right-aligns it), so a link in the
+            # cell is the innermost element with the number; ids without separators.
+            render = display.decimal if not field.primary_key else _plain
+            prefix = "num_"
+        elif (
+            isinstance(field, models.CharField)
+            and name not in _NOT_IDENTIFIERS
+            and (name.endswith(_IDENTIFIER_SUFFIXES) or name == "identifier")
+        ):
+            render, prefix = display.short_id, "id_"
+        if render is not None:
+
+            def column(obj, _name=name, _render=render):
+                return _render(getattr(obj, _name))
+
+            column.__name__ = f"{prefix}{name}"
+            column.short_description = field.verbose_name
+            column.admin_order_field = name
+    _columns[key] = column
+    return column
 
 
 def pretty_json(value) -> str:

@@ -133,18 +133,7 @@ class OccurredRecentlyFilter(admin.SimpleListFilter):
 class UsageEventAdmin(ReadOnlyModelAdmin):
     """Read-only, for everyone: events are append-only (the database refuses UPDATE/DELETE too)."""
 
-    list_display = (
-        "id",
-        "transaction_id",
-        "account",
-        "meter",
-        "occurred_at",
-        "value",
-        "unique_value",
-        "kind",
-        "is_late",
-        "received_at",
-    )
+    list_display = ("transaction_id", "account", "meter", "occurred_at", "value", "kind", "is_late")
     list_select_related = ("account", "meter")
     list_filter = (AccountExternalIdFilter, "meter", OccurredRecentlyFilter, "kind", "is_late")
     # Newest first by occurrence: the time index, or (account, meter, time) when both are

@@ -21,8 +21,6 @@ class QuarantinedEventAdmin(AuditedHistoryAdmin):
         "reason",
         "status",
         "occurred_at",
-        "received_at",
-        "replay_result",
         "replayed_at",
     )
     list_filter = ("status", "reason")

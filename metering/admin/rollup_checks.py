@@ -17,7 +17,6 @@ class RollupCheckAdmin(ReadOnlyModelAdmin):
 
     list_display = (
         "started_at",
-        "finished_at",
         "status",
         "since",
         "until",

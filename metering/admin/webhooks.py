@@ -78,16 +78,7 @@ class WebhookEndpointAdmin(AuditedHistoryAdmin):
     change the URL, the event types and whether it is enabled, with a reason. The secret is
     never shown, not even to superusers."""
 
-    list_display = (
-        "owner_key",
-        "name",
-        "url",
-        "event_type_list",
-        "enabled",
-        "disabled_reason",
-        "failing_since",
-        "created_at",
-    )
+    list_display = ("owner_key", "name", "url", "event_type_list", "enabled", "failing_since")
     list_filter = ("enabled", "disabled_reason")
     search_fields = ("=owner_key", "name", "url")
     search_help_text = "Exact owner key (account:<id>), endpoint name or URL."
@@ -193,13 +184,11 @@ class WebhookDeliveryAdmin(ReadOnlyModelAdmin):
     list_display = (
         "message_id",
         "owner_key",
-        "endpoint_name",
         "event_type",
         "status",
         "attempt_count",
         "last_status_code",
         "next_attempt_at",
-        "created_at",
     )
     list_select_related = ("endpoint",)
     list_filter = ("status", "event_type")
@@ -267,7 +256,6 @@ class WebhookAttemptAdmin(ReadOnlyModelAdmin):
         "duration_ms",
         "outcome",
         "status_code",
-        "retry_after_seconds",
     )
     list_select_related = ("delivery",)
     list_filter = ("outcome",)

@@ -259,3 +259,27 @@ def test_cancel_at_period_end_action_ends_the_subscription_with_its_period(super
     current = period_for(anchor_day=1, tz="UTC", at=timezone.now())
     assert sub.ended_at == current.end_date
     assert sub.periods.get(start_date=current.start_date).end_date == current.end_date
+
+
+def test_a_closed_period_shows_its_invoice_lines_as_a_table(superuser_client):
+    plan = _plan_with_subscribers(1)
+    period = BillingPeriod.objects.get()
+    meter = plan.prices.get().meter
+    for hour in range(3):
+        insert(event(period.account, meter, dt.datetime(2024, 1, 20, hour, tzinfo=dt.UTC)))
+    rollups.rollup_drain()
+    _begin_closing(superuser_client, period)
+    billing_periods_roll(now=timezone.now())
+    period.refresh_from_db()
+    assert period.state == BillingPeriod.State.CLOSED
+
+    html = superuser_client.get(
+        reverse("admin:billing_billingperiod_change", args=[period.pk])
+    ).content.decode()
+
+    table = html.split('<table class="invoice-lines">')[1].split("</table>")[0]
+    assert '<th class="num">Amount</th>' in table
+    assert "<td>api_calls</td><td class='num'>3</td>" in table
+    assert "<td class='num'>$10.00</td>" in table  # the plan fee
+    assert "Total</th><th class='num'>$10.00</th>" in table
+    assert '"amount_minor"' not in html  # not the JSON any more
