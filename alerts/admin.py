@@ -23,6 +23,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 # The billing hold admin lives in its own module (registered on import).
 import alerts.admin_holds  # noqa: F401
