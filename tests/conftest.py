@@ -62,3 +62,18 @@ def orb_fake(settings):
     settings.ORB_RETRY_AFTER_MAX = 30
     yield server
     server.stop()
+
+
+@pytest.fixture
+def lago_fake(settings):
+    """The suite's Lago-compatible server (tests/billing/fakes/lago.py), with
+    BILLING_PROVIDER=lago pointed at it."""
+    from tests.billing.fakes.lago import FakeLago
+
+    server = FakeLago()
+    settings.BILLING_PROVIDER = "lago"
+    settings.LAGO_API_KEY = server.api_key
+    settings.LAGO_API_URL = server.start()
+    settings.LAGO_RETRY_AFTER_MAX = 30
+    yield server
+    server.stop()

@@ -19,6 +19,7 @@ class Provider(models.TextChoices):
     SIMULATED = "simulated", "Simulated"
     STRIPE = "stripe", "Stripe"
     ORB = "orb", "Orb"
+    LAGO = "lago", "Lago"
 
 
 class ProviderMeter(models.Model):
