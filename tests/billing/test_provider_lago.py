@@ -348,3 +348,34 @@ def test_the_upcoming_invoice_is_lagos_current_usage(lago_fake, account, storage
     (line,) = preview.lines
     assert line.quantity == Decimal("10") and line.meter_code == "storage"
     assert get_provider().upcoming_invoice(customer_id="nobody") is None
+
+
+def test_the_pull_keeps_a_period_on_its_first_day_wherever_the_pull_starts(
+    lago_fake, account, storage
+):
+    from billing.models import ProviderUsageSummary
+    from billing.services.pull import provider_summaries_pull
+
+    now = time.time()
+    start = now - (now % DAY) - 5 * DAY
+    lago_fake.subscribe("lago-acme", periods=[(start, start + 30 * DAY)])
+    make_event(account, storage, Decimal("1.25"), hours_ago(2))
+    usage_push()
+    adapter = get_provider()
+    first = datetime.fromtimestamp(start, UTC).date()
+
+    for since_days in (0, 3):  # a full pull, then (more usage) one starting inside the period
+        if since_days:
+            make_event(account, storage, Decimal("0.75"), hours_ago(1))
+            usage_push()
+        since = first + timedelta(days=since_days)
+        provider_summaries_pull(
+            provider=adapter,
+            account=account,
+            meter=storage,
+            since=since,
+            until=first + timedelta(days=7),
+        )
+
+    rows = list(ProviderUsageSummary.objects.filter(provider="lago").values_list("day", "value"))
+    assert rows == [(first, Decimal("2.00"))]
