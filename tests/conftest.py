@@ -77,3 +77,18 @@ def lago_fake(settings):
     settings.LAGO_RETRY_AFTER_MAX = 30
     yield server
     server.stop()
+
+
+@pytest.fixture
+def metronome_fake(settings):
+    """The suite's Metronome-compatible server (tests/billing/fakes/metronome.py), with
+    BILLING_PROVIDER=metronome pointed at it."""
+    from tests.billing.fakes.metronome import FakeMetronome
+
+    server = FakeMetronome()
+    settings.BILLING_PROVIDER = "metronome"
+    settings.METRONOME_API_KEY = server.api_key
+    settings.METRONOME_API_BASE = server.start()
+    settings.METRONOME_RETRY_AFTER_MAX = 30
+    yield server
+    server.stop()

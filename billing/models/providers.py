@@ -20,6 +20,7 @@ class Provider(models.TextChoices):
     STRIPE = "stripe", "Stripe"
     ORB = "orb", "Orb"
     LAGO = "lago", "Lago"
+    METRONOME = "metronome", "Metronome"
 
 
 class ProviderMeter(models.Model):

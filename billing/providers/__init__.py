@@ -1,9 +1,9 @@
-"""Billing-provider adapters: one interface (base.BillingProvider), four implementations.
+"""Billing-provider adapters: one interface (base.BillingProvider), five implementations.
 
 `get_provider()` picks the one named by settings.BILLING_PROVIDER: `simulated` (the default,
 kept in the database), `stripe` (the stripe SDK, STRIPE_API_KEY, STRIPE_API_BASE) or `orb`
 (the orb-billing SDK, ORB_API_KEY, ORB_API_BASE) or `lago` (the lago-python-client SDK,
-LAGO_API_KEY, LAGO_API_URL). `platform_rules(name)` answers a
+LAGO_API_KEY, LAGO_API_URL) or `metronome` (metronome-sdk, METRONOME_API_KEY, METRONOME_API_BASE). `platform_rules(name)` answers a
 platform's PlatformRules without building an adapter (the push ledger reads them).
 """
 
@@ -42,7 +42,16 @@ def get_provider(name: str | None = None, **options) -> BillingProvider:
 
         options.setdefault("retry_after_cap", settings.LAGO_RETRY_AFTER_MAX)
         return LagoProvider(api_key=settings.LAGO_API_KEY, api_url=settings.LAGO_API_URL, **options)
-    raise ValueError(f"Unknown billing provider {name!r} (simulated, stripe, orb or lago).")
+    if name == "metronome":
+        from billing.providers.metronome import MetronomeProvider
+
+        options.setdefault("retry_after_cap", settings.METRONOME_RETRY_AFTER_MAX)
+        return MetronomeProvider(
+            api_key=settings.METRONOME_API_KEY, api_base=settings.METRONOME_API_BASE, **options
+        )
+    raise ValueError(
+        f"Unknown billing provider {name!r} (simulated, stripe, orb, lago or metronome)."
+    )
 
 
 def get_secondary_provider() -> BillingProvider | None:
@@ -65,6 +74,10 @@ def platform_rules(name: str) -> PlatformRules:
         from billing.providers.lago import LAGO_RULES
 
         return LAGO_RULES
+    if name == "metronome":
+        from billing.providers.metronome import METRONOME_RULES
+
+        return METRONOME_RULES
     return STRIPE_RULES
 
 

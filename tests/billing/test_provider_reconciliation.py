@@ -169,10 +169,71 @@ class LagoWorld:
         )
 
 
-@pytest.fixture(params=["orb", "lago"])
+class MetronomeWorld:
+    """The Metronome side of the proof: usage is sent under the ingest alias (our external
+    id); the fake keeps it under the Metronome customer id; read back per UTC day."""
+
+    def __init__(self, fake, settings) -> None:
+        self.fake = fake
+
+    def customer(self, account) -> str:
+        return account.external_id
+
+    def after_push(self, accounts) -> None:
+        pass
+
+    def _id(self, alias: str) -> str:
+        customer = self.fake.customer_by_alias(alias)
+        return customer["id"] if customer else ""
+
+    def inject(self, group: str, customers: set[str]) -> None:
+        fake = self.fake
+        ids = {self._id(c) for c in customers}
+        with fake.lock:
+            mine = [e for e in fake.events if e.customer in ids]
+            if group == "drop":
+                for event in mine[::5]:
+                    fake.events.remove(event)
+            elif group == "duplicate":
+                fake.events.extend(
+                    replace(e, transaction_id=f"{e.transaction_id}-x") for e in mine[::5]
+                )
+            elif group == "skew":
+                for event in mine[::2]:
+                    event.timestamp -= 7200
+
+    def remap(self, account) -> None:
+        """The account's external id changed on our side; Metronome has a customer under the
+        new alias with nothing on it (the usage sits under the old one)."""
+        old = account.external_id
+        account.external_id = f"{old}-renamed"
+        account.save()
+        with self.fake.lock:
+            self.fake._create_customer(
+                {"name": account.name, "ingest_aliases": [account.external_id]}
+            )
+        return old
+
+    def rows(self, account, meter, period, customer: str):
+        lo, hi = period.starts_at.timestamp(), period.ends_at.timestamp()
+        cid = self._id(customer)
+        return sorted(
+            (
+                e
+                for e in self.fake.events
+                if e.customer == cid
+                and e.event_type == f"mo_{meter.code}"
+                and lo <= e.timestamp < hi
+            ),
+            key=lambda e: e.timestamp,
+        )
+
+
+@pytest.fixture(params=["orb", "lago", "metronome"])
 def world(request, settings):
     fake = request.getfixturevalue(f"{request.param}_fake")
-    return {"orb": OrbWorld, "lago": LagoWorld}[request.param](fake, settings)
+    worlds = {"orb": OrbWorld, "lago": LagoWorld, "metronome": MetronomeWorld}
+    return worlds[request.param](fake, settings)
 
 
 def test_faults_at_the_platform_are_found_with_their_cause(world, admin_client):
