@@ -43,7 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--accounts", type=int, default=10)
-    parser.add_argument("--provider", choices=["stripe", "orb", "lago", "metronome"], default="stripe")
+    parser.add_argument(
+        "--provider", choices=["stripe", "orb", "lago", "metronome"], default="stripe"
+    )
     parser.add_argument("--v1", action="store_true", help="Stripe: v1 meter events only")
     parser.add_argument("--database", default="meterops_bench_push")
     return parser.parse_args()
