@@ -5,6 +5,8 @@ fake server of that platform, and count the HTTP calls.
     uv run python bench/push.py --events 50000
     uv run python bench/push.py --v1             # one v1 request per event, for comparison
     uv run python bench/push.py --provider orb   # Orb's /ingest (500 events per request)
+    uv run python bench/push.py --provider lago  # Lago's /events/batch (100 per request)
+    uv run python bench/push.py --provider metronome  # Metronome's /v1/ingest (100 per request)
 
 It works in its own database (`meterops_bench_push` on the server of $DATABASE_URL),
 recreated at each run. Steps:
@@ -41,7 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--accounts", type=int, default=10)
-    parser.add_argument("--provider", choices=["stripe", "orb"], default="stripe")
+    parser.add_argument(
+        "--provider", choices=["stripe", "orb", "lago", "metronome"], default="stripe"
+    )
     parser.add_argument("--v1", action="store_true", help="Stripe: v1 meter events only")
     parser.add_argument("--database", default="meterops_bench_push")
     return parser.parse_args()
@@ -158,6 +162,28 @@ def platform(args):
             return fake.total(event_name="mo_api_calls", customer=account.external_id)
 
         return fake, adapter, counted, f"/ingest, {adapter.batch_size} events per request"
+    if args.provider == "lago":
+        from billing.providers.lago import LagoProvider
+        from tests.billing.fakes.lago import FakeLago
+
+        fake = FakeLago()
+        adapter = LagoProvider(api_key=fake.api_key, api_url=fake.start())
+
+        def counted(account):
+            return fake.total(code="mo_api_calls", subscription=account.external_id)
+
+        return fake, adapter, counted, f"/events/batch, {adapter.batch_size} events per request"
+    if args.provider == "metronome":
+        from billing.providers.metronome import MetronomeProvider
+        from tests.billing.fakes.metronome import FakeMetronome
+
+        fake = FakeMetronome()
+        adapter = MetronomeProvider(api_key=fake.api_key, api_base=fake.start())
+
+        def counted(account):
+            return fake.total(event_type="mo_api_calls", alias=account.external_id)
+
+        return fake, adapter, counted, f"/v1/ingest, {adapter.batch_size} events per request"
     from billing.providers.stripe import StripeProvider
     from tests.billing.fake_stripe import FakeStripe
 

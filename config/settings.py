@@ -414,7 +414,7 @@ BILLING_CLOSE_CHECKS = [
     ).split(",")
     if p.strip()
 ]
-BILLING_PROVIDERS = ("simulated", "stripe", "orb")
+BILLING_PROVIDERS = ("simulated", "stripe", "orb", "lago", "metronome")
 if BILLING_PROVIDER not in BILLING_PROVIDERS:
     raise ImproperlyConfigured(f"BILLING_PROVIDER must be one of {', '.join(BILLING_PROVIDERS)}.")
 # A second platform read side by side during a migration ([9]): never pushed to, only read
@@ -443,6 +443,20 @@ ORB_GRACE_PERIOD_HOURS = env_int("ORB_GRACE_PERIOD_HOURS", 12)
 ORB_RETRY_AFTER_MAX = float(os.environ.get("ORB_RETRY_AFTER_MAX", "30"))
 if BILLING_PROVIDER == "orb" and not ORB_API_KEY:
     raise ImproperlyConfigured("BILLING_PROVIDER=orb needs ORB_API_KEY.")
+# Lago ([9]): the official `lago-python-client` SDK against LAGO_API_URL (Lago's own when
+# empty; the SDK adds `/api/v1/`).
+LAGO_API_KEY = os.environ.get("LAGO_API_KEY", "")
+LAGO_API_URL = os.environ.get("LAGO_API_URL", "")
+LAGO_RETRY_AFTER_MAX = float(os.environ.get("LAGO_RETRY_AFTER_MAX", "30"))
+if BILLING_PROVIDER == "lago" and not LAGO_API_KEY:
+    raise ImproperlyConfigured("BILLING_PROVIDER=lago needs LAGO_API_KEY.")
+# Metronome ([9]): the official `metronome-sdk` against METRONOME_API_BASE (Metronome's own,
+# https://api.metronome.com, when empty).
+METRONOME_API_KEY = os.environ.get("METRONOME_API_KEY", "")
+METRONOME_API_BASE = os.environ.get("METRONOME_API_BASE", "")
+METRONOME_RETRY_AFTER_MAX = float(os.environ.get("METRONOME_RETRY_AFTER_MAX", "30"))
+if BILLING_PROVIDER == "metronome" and not METRONOME_API_KEY:
+    raise ImproperlyConfigured("BILLING_PROVIDER=metronome needs METRONOME_API_KEY.")
 
 # --- Notifications (e-mail, team webhook, customer webhooks) ---
 # E-mail goes through Django's backend: the console while DEBUG is on, SMTP otherwise.

@@ -166,6 +166,23 @@ class AgeFilter(admin.SimpleListFilter):
 # --- the queue and the mismatch page -----------------------------------------------------------
 
 
+def _read_window_note() -> str:
+    """What the page says when the platform reads usage back coarser than per day ([9])."""
+    from django.conf import settings
+
+    from billing.providers import platform_rules
+
+    name = settings.BILLING_PROVIDER
+    if platform_rules(name).read_window != "period":
+        return ""
+    return (
+        f"{name.capitalize()} reads usage back per billing period only, never per day: the "
+        "provider's number is the whole period's, the comparison and its causes are over the "
+        "period, and the provider column below stays empty (the days show ours and what we "
+        "reported)."
+    )
+
+
 def _unit(mismatch: Mismatch) -> str:
     return mismatch.meter.unit or ("events" if mismatch.meter.aggregation == "count" else "units")
 
@@ -460,6 +477,7 @@ class MismatchAdmin(AuditedHistoryAdmin):
         may = {action: _may(request, action) for action in PERMS}
         return {
             "mismatch": mismatch,
+            "window_note": _read_window_note(),
             "unit": unit,
             "numbers": numbers,
             "causes": causes,

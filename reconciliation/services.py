@@ -36,7 +36,7 @@ from simple_history.utils import bulk_create_with_history
 from billing.models import BillingPeriod, PushLedgerEntry
 from billing.money import to_minor_units
 from billing.pricing import PriceSpec, price_usage
-from billing.providers import get_provider
+from billing.providers import get_provider, platform_rules
 from billing.providers.base import BillingProvider, ProviderError
 from billing.services.pull import provider_customer_lookup, provider_summaries_pull
 from billing.services.push import ledger_retry_failed, meter_spec
@@ -288,6 +288,10 @@ class _Context:
     unique: bool  # any unique_count meter (else the distinct tables are not read)
     held: set[int] = field(default_factory=set)  # accounts whose push a billing hold keeps back
     prices: dict[int, dict[int, PriceSpec]] = field(default_factory=dict)
+    # Whether the platform reads usage back per day ([9]): Lago only per billing period
+    # (PlatformRules.read_window "period"), so its cells are compared over the whole period
+    # and get no per-day drill-down (the causes are the period's, never a day shift).
+    per_day: bool = True
 
     @classmethod
     def load(cls, provider_name: str, thresholds=None) -> _Context:
@@ -297,6 +301,7 @@ class _Context:
             thresholds=thresholds if thresholds is not None else thresholds_load(),
             unique=sel.has_unique_meters(),
             held=held_account_ids(),
+            per_day=platform_rules(provider_name).read_window != "period",
         )
 
     def prices_for(self, periods: list[BillingPeriod]) -> None:
@@ -420,7 +425,7 @@ def _cells_for_period(
         meter_days = ours_days.get(meter_id, {})
         empty = ZERO if additive else None
         days = []
-        with_days = (period.pk, meter_id) in reads.day_cells
+        with_days = ctx.per_day and (period.pk, meter_id) in reads.day_cells
         for day in all_days if with_days else ():
             ours_day = meter_days.get(day)
             days.append(

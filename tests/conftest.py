@@ -62,3 +62,33 @@ def orb_fake(settings):
     settings.ORB_RETRY_AFTER_MAX = 30
     yield server
     server.stop()
+
+
+@pytest.fixture
+def lago_fake(settings):
+    """The suite's Lago-compatible server (tests/billing/fakes/lago.py), with
+    BILLING_PROVIDER=lago pointed at it."""
+    from tests.billing.fakes.lago import FakeLago
+
+    server = FakeLago()
+    settings.BILLING_PROVIDER = "lago"
+    settings.LAGO_API_KEY = server.api_key
+    settings.LAGO_API_URL = server.start()
+    settings.LAGO_RETRY_AFTER_MAX = 30
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def metronome_fake(settings):
+    """The suite's Metronome-compatible server (tests/billing/fakes/metronome.py), with
+    BILLING_PROVIDER=metronome pointed at it."""
+    from tests.billing.fakes.metronome import FakeMetronome
+
+    server = FakeMetronome()
+    settings.BILLING_PROVIDER = "metronome"
+    settings.METRONOME_API_KEY = server.api_key
+    settings.METRONOME_API_BASE = server.start()
+    settings.METRONOME_RETRY_AFTER_MAX = 30
+    yield server
+    server.stop()

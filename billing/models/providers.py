@@ -19,6 +19,8 @@ class Provider(models.TextChoices):
     SIMULATED = "simulated", "Simulated"
     STRIPE = "stripe", "Stripe"
     ORB = "orb", "Orb"
+    LAGO = "lago", "Lago"
+    METRONOME = "metronome", "Metronome"
 
 
 class ProviderMeter(models.Model):

@@ -1,8 +1,9 @@
-"""Billing-provider adapters: one interface (base.BillingProvider), three implementations.
+"""Billing-provider adapters: one interface (base.BillingProvider), five implementations.
 
 `get_provider()` picks the one named by settings.BILLING_PROVIDER: `simulated` (the default,
 kept in the database), `stripe` (the stripe SDK, STRIPE_API_KEY, STRIPE_API_BASE) or `orb`
-(the orb-billing SDK, ORB_API_KEY, ORB_API_BASE). `platform_rules(name)` answers a
+(the orb-billing SDK, ORB_API_KEY, ORB_API_BASE) or `lago` (the lago-python-client SDK,
+LAGO_API_KEY, LAGO_API_URL) or `metronome` (metronome-sdk, METRONOME_API_KEY, METRONOME_API_BASE). `platform_rules(name)` answers a
 platform's PlatformRules without building an adapter (the push ledger reads them).
 """
 
@@ -36,7 +37,21 @@ def get_provider(name: str | None = None, **options) -> BillingProvider:
         options.setdefault("retry_after_cap", settings.ORB_RETRY_AFTER_MAX)
         options.setdefault("grace_period", timedelta(hours=settings.ORB_GRACE_PERIOD_HOURS))
         return OrbProvider(api_key=settings.ORB_API_KEY, api_base=settings.ORB_API_BASE, **options)
-    raise ValueError(f"Unknown billing provider {name!r} (simulated, stripe or orb).")
+    if name == "lago":
+        from billing.providers.lago import LagoProvider
+
+        options.setdefault("retry_after_cap", settings.LAGO_RETRY_AFTER_MAX)
+        return LagoProvider(api_key=settings.LAGO_API_KEY, api_url=settings.LAGO_API_URL, **options)
+    if name == "metronome":
+        from billing.providers.metronome import MetronomeProvider
+
+        options.setdefault("retry_after_cap", settings.METRONOME_RETRY_AFTER_MAX)
+        return MetronomeProvider(
+            api_key=settings.METRONOME_API_KEY, api_base=settings.METRONOME_API_BASE, **options
+        )
+    raise ValueError(
+        f"Unknown billing provider {name!r} (simulated, stripe, orb, lago or metronome)."
+    )
 
 
 def get_secondary_provider() -> BillingProvider | None:
@@ -55,6 +70,14 @@ def platform_rules(name: str) -> PlatformRules:
         from billing.providers.orb import ORB_RULES
 
         return replace(ORB_RULES, past_window=timedelta(hours=settings.ORB_GRACE_PERIOD_HOURS))
+    if name == "lago":
+        from billing.providers.lago import LAGO_RULES
+
+        return LAGO_RULES
+    if name == "metronome":
+        from billing.providers.metronome import METRONOME_RULES
+
+        return METRONOME_RULES
     return STRIPE_RULES
 
 

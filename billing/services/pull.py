@@ -122,6 +122,7 @@ def provider_summaries_pull(
     if not customer_id:
         raise LookupError(f"{account.external_id} has no {provider.name} customer yet.")
     by_day: dict[date, Decimal] = {}
+    period_window = provider.rules.read_window == "period"
     for summary in provider.list_meter_event_summaries(
         provider_meter_id=mapping.provider_meter_id,
         customer_id=customer_id,
@@ -129,7 +130,10 @@ def provider_summaries_pull(
         end=_midnight(until),
     ):
         day = summary.start.astimezone(UTC).date()
-        if since <= day < until:
+        # A platform that reads back per billing period only (Lago) answers each period that
+        # overlaps [since, until) whole: it is kept on the period's first day, wherever the
+        # pull started, so a later pull rewrites the same row.
+        if (since <= day or period_window) and day < until:
             by_day[day] = by_day.get(day, Decimal(0)) + summary.value
     rows = [
         ProviderUsageSummary(

@@ -13,9 +13,10 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.urls import reverse
 
 from metering.models import Meter
-from reconciliation.models import Mismatch
+from reconciliation.models import Mismatch, MismatchDay
 from reconciliation.services import reconciliation_run_all
 from tests.reconciliation.support import (
     account_with_period,
@@ -93,13 +94,149 @@ class OrbWorld:
         )
 
 
-@pytest.fixture(params=["orb"])
+class LagoWorld:
+    """The Lago side of the proof: events are keyed by subscription (the account's external
+    id); Lago reads usage back per billing period only, so the fake's subscriptions bill
+    exactly the accounts' periods, and a shift across the period's start cannot be told from
+    usage missing at the platform (no per-day read): it is expected as `provider_missing`."""
+
+    causes = {"skew": "provider_missing"}
+
+    def __init__(self, fake, settings) -> None:
+        self.fake = fake
+        self.periods: dict[str, tuple[float, float]] = {}
+
+    def customer(self, account) -> str:
+        return account.external_id
+
+    def after_push(self, accounts) -> None:
+        from billing.models import BillingPeriod
+
+        for account in accounts:
+            period = BillingPeriod.objects.filter(subscription__account=account).get()
+            start, end = period.starts_at.timestamp(), period.ends_at.timestamp()
+            self.fake.subscribe(
+                account.external_id, periods=[(start, end), (end, end + 30 * 86_400)]
+            )
+            self.periods[account.external_id] = (start, end)
+
+    def inject(self, group: str, customers: set[str]) -> None:
+        fake = self.fake
+        with fake.lock:
+            mine = [e for e in fake.events if e.subscription in customers]
+            if group == "drop":
+                for event in mine[::5]:  # as if never recorded
+                    fake.events.remove(event)
+                    del fake.keys[(event.subscription, event.transaction_id)]
+            elif group == "duplicate":
+                fake.events.extend(
+                    replace(e, transaction_id=f"{e.transaction_id}-x") for e in mine[::5]
+                )
+            elif group == "skew":
+                for event in mine[::2]:
+                    event.timestamp -= 7200
+
+    def remap(self, account) -> None:
+        """The account's external id changed on our side (its usage sits under the old
+        subscription at Lago); Lago has a customer and a subscription under the new one."""
+        old = account.external_id
+        account.external_id = f"{old}-renamed"
+        account.save()
+        with self.fake.lock:
+            self.fake.customers[account.external_id] = {
+                **self.fake.customers[old],
+                "external_id": account.external_id,
+            }
+            self.fake.subscribe(
+                account.external_id,
+                periods=[
+                    self.periods[old],
+                    (self.periods[old][1], self.periods[old][1] + 30 * 86_400),
+                ],
+            )
+        return old
+
+    def rows(self, account, meter, period, customer: str):
+        lo, hi = period.starts_at.timestamp(), period.ends_at.timestamp()
+        field = "value"
+        return sorted(
+            (
+                type("Row", (), {"value": e.value(field), "timestamp": e.timestamp})
+                for e in self.fake.counted(code=f"mo_{meter.code}", subscription=customer)
+                if lo <= e.timestamp < hi
+            ),
+            key=lambda r: r.timestamp,
+        )
+
+
+class MetronomeWorld:
+    """The Metronome side of the proof: usage is sent under the ingest alias (our external
+    id); the fake keeps it under the Metronome customer id; read back per UTC day."""
+
+    def __init__(self, fake, settings) -> None:
+        self.fake = fake
+
+    def customer(self, account) -> str:
+        return account.external_id
+
+    def after_push(self, accounts) -> None:
+        pass
+
+    def _id(self, alias: str) -> str:
+        customer = self.fake.customer_by_alias(alias)
+        return customer["id"] if customer else ""
+
+    def inject(self, group: str, customers: set[str]) -> None:
+        fake = self.fake
+        ids = {self._id(c) for c in customers}
+        with fake.lock:
+            mine = [e for e in fake.events if e.customer in ids]
+            if group == "drop":
+                for event in mine[::5]:
+                    fake.events.remove(event)
+            elif group == "duplicate":
+                fake.events.extend(
+                    replace(e, transaction_id=f"{e.transaction_id}-x") for e in mine[::5]
+                )
+            elif group == "skew":
+                for event in mine[::2]:
+                    event.timestamp -= 7200
+
+    def remap(self, account) -> None:
+        """The account's external id changed on our side; Metronome has a customer under the
+        new alias with nothing on it (the usage sits under the old one)."""
+        old = account.external_id
+        account.external_id = f"{old}-renamed"
+        account.save()
+        with self.fake.lock:
+            self.fake._create_customer(
+                {"name": account.name, "ingest_aliases": [account.external_id]}
+            )
+        return old
+
+    def rows(self, account, meter, period, customer: str):
+        lo, hi = period.starts_at.timestamp(), period.ends_at.timestamp()
+        cid = self._id(customer)
+        return sorted(
+            (
+                e
+                for e in self.fake.events
+                if e.customer == cid
+                and e.event_type == f"mo_{meter.code}"
+                and lo <= e.timestamp < hi
+            ),
+            key=lambda e: e.timestamp,
+        )
+
+
+@pytest.fixture(params=["orb", "lago", "metronome"])
 def world(request, settings):
     fake = request.getfixturevalue(f"{request.param}_fake")
-    return {"orb": OrbWorld}[request.param](fake, settings)
+    worlds = {"orb": OrbWorld, "lago": LagoWorld, "metronome": MetronomeWorld}
+    return worlds[request.param](fake, settings)
 
 
-def test_faults_at_the_platform_are_found_with_their_cause(world):
+def test_faults_at_the_platform_are_found_with_their_cause(world, admin_client):
     from billing.services.push import usage_push
 
     meters = meters_count_sum_max()
@@ -112,6 +249,7 @@ def test_faults_at_the_platform_are_found_with_their_cause(world):
                 external_id=f"{group}-{n}", tz="UTC", plan=plan, start=start, end=end
             )
             ingest([e for m in meters for e in usage(account, m, period, per_day=2)])
+            expected = getattr(world, "causes", {}).get(group, expected)
             cells.extend((group, expected, account, m, period) for m in meters)
     pushed = usage_push()
     assert pushed.sent + pushed.acknowledged > 0 and not pushed.failed and not pushed.too_old
@@ -165,3 +303,13 @@ def test_faults_at_the_platform_are_found_with_their_cause(world):
     assert not false_alarms, false_alarms
     assert faulty >= 20
     assert len(wrong) <= len(flagged) * Decimal("0.1"), wrong
+    # The mismatch page says when the platform only reads back per billing period (Lago):
+    # no per-day provider numbers are kept for its cells.
+    per_day = not isinstance(world, LagoWorld)
+    assert MismatchDay.objects.exists() == per_day
+    page = admin_client.get(
+        reverse("admin:reconciliation_mismatch_change", args=[next(iter(flagged.values())).pk])
+    )
+    assert page.status_code == 200
+    note = "reads usage back per billing period only, never per day"
+    assert (note in page.content.decode()) == (not per_day)

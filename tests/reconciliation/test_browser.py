@@ -125,3 +125,33 @@ def test_a_manager_works_the_top_mismatch_of_the_queue(
     page.screenshot(path=str(output_dir / "reconciliation_resolved.png"), full_page=True)
     assert not PushLedgerEntry.objects.filter(status="failed").exists()
     assert page.js_errors == []
+
+
+def test_the_mismatch_page_says_when_the_platform_reads_back_per_period_only(
+    live_server,
+    page,  # noqa: F811
+    output_dir,  # noqa: F811
+    django_user_model,
+    settings,
+):
+    _seed()
+    _manager(django_user_model)
+    top = Mismatch.objects.order_by("-delta_amount_minor").first()
+    settings.BILLING_PROVIDER = "lago"  # Lago's read-back window is the billing period
+
+    page.goto(
+        f"{live_server.url}/admin/login/?next=/admin/reconciliation/mismatch/{top.pk}/change/"
+    )
+    page.fill("#id_username", "maya")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"**/admin/reconciliation/mismatch/{top.pk}/change/")
+
+    note = page.locator("#recon-window-note")
+    assert note.is_visible()
+    assert "Lago reads usage back per billing period only, never per day" in note.inner_text()
+    box = note.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= page.viewport_size["width"]
+    page.screenshot(
+        path=str(output_dir / "reconciliation_mismatch_lago_window.png"), full_page=True
+    )

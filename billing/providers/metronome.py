@@ -1,0 +1,390 @@
+"""The Metronome adapter: the only module that imports the `metronome` SDK (PyPI
+`metronome-sdk`).
+
+What Metronome documents (the SDK's docstrings are its API reference), and how the adapter
+and the push ledger honour it:
+
+- Usage is `POST /v1/ingest` with a list of 1 to 100 events `{transaction_id, customer_id,
+  event_type, timestamp (RFC 3339), properties}`. `customer_id` is a Metronome customer id or
+  one of its ingest aliases: Meterops creates each customer with our account's external id as
+  an ingest alias, so nothing is stored on our account.
+- "The transaction_id serves as your idempotency key ... Metronome maintains a 34-day
+  deduplication window": PlatformRules.key_retention 34 days. The ingest answers 200 with no
+  body whether or not a key was new, so a resend is answered RECORDED (Metronome counts it
+  once within the window); past the window the ledger decides from the read-back, as for
+  Stripe's 24 hours.
+- A 429 (and 5xx, network errors) is retried with backoff, honouring Retry-After up to
+  `retry_after_cap` (METRONOME_RETRY_AFTER_MAX); a longer wait halts the run. The SDK's own
+  retries are off so that this is the one retry policy. A 400 refuses the request as a whole.
+- Meters are billable metrics (`POST /v1/billable-metrics/create`: `event_type_filter` on our
+  event name, `SUM` of `value`, `MAX` for period-to-date values), found again by that filter.
+- Read-back is `POST /v1/usage` with `window_size=DAY` over UTC midnights (the only bounds it
+  takes), per Metronome customer id and billable metric: read_window "utc_day".
+- Invoices `GET /v1/customers/{id}/invoices` (totals in the credit type's unit, cents for
+  USD); lines carry a product id, not a billable metric.
+- Numbers are read from the raw JSON as decimals (the SDK's models hold floats).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import metronome
+
+from billing.providers.base import (
+    BillingProvider,
+    InvoiceData,
+    InvoiceLineData,
+    ItemResult,
+    ItemStatus,
+    MeterSpec,
+    MeterSummary,
+    PlatformRules,
+    ProviderMeterInfo,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    UsageItem,
+)
+from billing.providers.orb import json_number
+
+INGEST_BATCH = 100
+DEFAULT_RETRY_AFTER_CAP = 30.0
+DAY_SECONDS = 86_400
+
+METRONOME_RULES = PlatformRules(
+    key_field="transaction_id",
+    key_retention=timedelta(days=34),
+    past_window=None,
+    future_tolerance=timedelta(minutes=5),
+    batch_size=INGEST_BATCH,
+    rate_limit_per_second=None,
+    read_window="utc_day",
+    max_value_digits=None,
+    corrections="send a compensating event (a negative value on a SUM metric); an invoice "
+    "is corrected by a credit or an invoice correction",
+)
+
+
+class MetronomeBackoff(ProviderUnavailable):
+    """Metronome asked us to wait longer than we may while holding the push lock."""
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _body(raw) -> dict:
+    return json.loads(raw.http_response.content or b"{}", parse_float=Decimal)
+
+
+def _number(value) -> Decimal:
+    return Decimal(str(value)) if value not in (None, "") else Decimal(0)
+
+
+class MetronomeProvider(BillingProvider):
+    name = "metronome"
+    customer_by_external_id = True
+    rules = METRONOME_RULES
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_base: str = "",
+        max_retries: int = 6,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
+        batch_size: int = INGEST_BATCH,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not api_key:
+            raise ProviderMisconfigured("METRONOME_API_KEY is not set.")
+        self.client = metronome.Metronome(
+            bearer_token=api_key, base_url=api_base or None, max_retries=0
+        )
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.retry_after_cap = retry_after_cap
+        self.batch_size = min(batch_size, INGEST_BATCH)
+        self._sleep = sleep
+        self._ids: dict[str, str] = {}
+        self.http_calls = 0
+        self.retries = 0
+        self.slept: list[float] = []
+
+    # --- the one retry policy ----------------------------------------------------------------
+
+    def _delay(self, exc: metronome.APIError, attempt: int) -> float:
+        response = getattr(exc, "response", None)
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        if retry_after is not None:
+            try:
+                wait = max(0.0, float(retry_after))
+            except ValueError:
+                wait = None
+            if wait is not None:
+                if wait > self.retry_after_cap:
+                    self.halted = (
+                        f"Metronome asked to wait {wait:g}s (Retry-After), more than "
+                        f"{self.retry_after_cap:g}s: the rest is left for the next run."
+                    )
+                    raise MetronomeBackoff(self.halted) from exc
+                return wait
+        return min(self.backoff_cap, self.backoff_base * (2**attempt))
+
+    def _call(self, fn: Callable, *args, **kwargs):
+        if self.halted:
+            raise MetronomeBackoff(self.halted)
+        attempt = 0
+        while True:
+            self.http_calls += 1
+            try:
+                return fn(*args, **kwargs)
+            except (
+                metronome.RateLimitError,
+                metronome.InternalServerError,
+                metronome.APIConnectionError,
+            ) as exc:
+                if attempt >= self.max_retries:
+                    raise ProviderUnavailable(f"Metronome: {exc}") from exc
+                delay = self._delay(exc, attempt)
+                self.retries += 1
+                self.slept.append(delay)
+                self._sleep(delay)
+                attempt += 1
+            except (metronome.AuthenticationError, metronome.PermissionDeniedError) as exc:
+                raise ProviderMisconfigured(f"Metronome refused our key: {exc}") from exc
+
+    # --- customers and meters ----------------------------------------------------------------
+
+    def _customer_id(self, external_id: str) -> str:
+        """The Metronome id of the customer whose ingest alias is our external id ("")."""
+        if external_id not in self._ids:
+            page = _body(
+                self._call(
+                    self.client.v1.customers.with_raw_response.list, ingest_alias=external_id
+                )
+            )
+            found = [c["id"] for c in page.get("data", [])]
+            if not found:
+                return ""
+            self._ids[external_id] = found[0]
+        return self._ids[external_id]
+
+    def lookup_customer(self, *, external_id: str, existing_id: str = "") -> str:
+        return external_id if self._customer_id(external_id) else ""
+
+    def ensure_customer(self, *, external_id: str, name: str, existing_id: str = "") -> str:
+        if self._customer_id(external_id):
+            return external_id
+        if self.read_only:
+            return ""
+        try:
+            body = _body(
+                self._call(
+                    self.client.v1.customers.with_raw_response.create,
+                    name=name or external_id,
+                    external_id=external_id,
+                    ingest_aliases=[external_id],
+                )
+            )
+            self._ids[external_id] = body["data"]["id"]
+        except metronome.ConflictError:
+            self._customer_id(external_id)  # made meanwhile: matched by its ingest alias
+        return external_id
+
+    def _metrics(self) -> Iterator[dict]:
+        cursor = None
+        while True:
+            params: dict = {"include_archived": False}
+            if cursor:
+                params["next_page"] = cursor
+            page = _body(
+                self._call(self.client.v1.billable_metrics.with_raw_response.list, **params)
+            )
+            yield from page.get("data", [])
+            cursor = page.get("next_page")
+            if not cursor:
+                return
+
+    def find_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo | None:
+        for metric in self._metrics():
+            names = (metric.get("event_type_filter") or {}).get("in_values") or []
+            if names == [spec.event_name]:
+                kind = metric.get("aggregation_type")
+                return ProviderMeterInfo(
+                    provider_meter_id=metric["id"],
+                    event_name=spec.event_name,
+                    aggregation="last" if kind == "MAX" else "sum",
+                )
+        return None
+
+    def ensure_meter(self, *, spec: MeterSpec) -> ProviderMeterInfo:
+        if self.read_only:
+            raise ProviderMisconfigured("Metronome is the read-only secondary platform here.")
+        found = self.find_meter(spec=spec)
+        if found is not None:
+            return found
+        body = _body(
+            self._call(
+                self.client.v1.billable_metrics.with_raw_response.create,
+                name=spec.display_name,
+                event_type_filter={"in_values": [spec.event_name]},
+                aggregation_type="MAX" if spec.aggregation == "last" else "SUM",
+                aggregation_key="value",
+                property_filters=[{"name": "value", "exists": True}],
+            )
+        )
+        return ProviderMeterInfo(
+            provider_meter_id=body["data"]["id"],
+            event_name=spec.event_name,
+            aggregation=spec.aggregation,
+        )
+
+    # --- usage ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _event(item: UsageItem) -> dict:
+        return {
+            "transaction_id": item.identifier,
+            "customer_id": item.customer_id,
+            "event_type": item.event_name,
+            "timestamp": _iso(item.timestamp),
+            "properties": {"value": json_number(item.value)},
+        }
+
+    def report_usage(self, items: Sequence[UsageItem]) -> list[ItemResult]:
+        if self.read_only:
+            raise ProviderMisconfigured("Metronome is the read-only secondary platform here.")
+        results: list[ItemResult] = []
+        for start in range(0, len(items), self.batch_size):
+            results.extend(self._ingest(list(items[start : start + self.batch_size])))
+        return results
+
+    def _ingest(self, items: list[UsageItem]) -> list[ItemResult]:
+        if self.halted:
+            return [ItemResult(i.identifier, ItemStatus.RETRY, message=self.halted) for i in items]
+        try:
+            self._call(self.client.v1.usage.ingest, usage=[self._event(i) for i in items])
+        except ProviderUnavailable as exc:
+            return [ItemResult(i.identifier, ItemStatus.RETRY, message=str(exc)) for i in items]
+        except metronome.BadRequestError as exc:
+            return [
+                ItemResult(
+                    i.identifier,
+                    ItemStatus.REJECTED,
+                    code="request_invalid",
+                    message=str(exc)[:500],
+                    response={"api": "ingest", "http_status": exc.status_code},
+                )
+                for i in items
+            ]
+        return [
+            ItemResult(i.identifier, ItemStatus.RECORDED, response={"api": "ingest"}) for i in items
+        ]
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def list_meter_event_summaries(
+        self, *, provider_meter_id: str, customer_id: str, start: datetime, end: datetime
+    ) -> Iterator[MeterSummary]:
+        """Per UTC day (`window_size=DAY`; Metronome takes UTC midnights only)."""
+        metronome_id = self._customer_id(customer_id)
+        if not metronome_id:
+            return
+        cursor = None
+        while True:
+            params: dict = {
+                "starting_on": _iso(start),
+                "ending_before": _iso(end),
+                "window_size": "DAY",
+                "customer_ids": [metronome_id],
+                "billable_metrics": [{"id": provider_meter_id}],
+            }
+            if cursor:
+                params["next_page"] = cursor
+            page = _body(self._call(self.client.v1.usage.with_raw_response.list, **params))
+            for row in page.get("data", []):
+                if row.get("billable_metric_id") != provider_meter_id:
+                    continue
+                value = _number(row.get("value"))
+                if not value:
+                    continue
+                yield MeterSummary(
+                    provider_meter_id=provider_meter_id,
+                    customer_id=customer_id,
+                    start=_parse(row["start_timestamp"]),
+                    end=_parse(row["end_timestamp"]),
+                    value=value,
+                )
+            cursor = page.get("next_page")
+            if not cursor:
+                return
+
+    def list_invoices(
+        self, *, customer_id: str, created_since: datetime | None = None
+    ) -> Iterator[InvoiceData]:
+        metronome_id = self._customer_id(customer_id)
+        if not metronome_id:
+            return
+        cursor = None
+        while True:
+            params: dict = {"customer_id": metronome_id, "limit": 100}
+            if created_since is not None:
+                params["starting_on"] = _iso(created_since)
+            if cursor:
+                params["next_page"] = cursor
+            page = _body(
+                self._call(self.client.v1.customers.invoices.with_raw_response.list, **params)
+            )
+            for invoice in page.get("data", []):
+                yield self._invoice(invoice, customer_id)
+            cursor = page.get("next_page")
+            if not cursor:
+                return
+
+    @staticmethod
+    def _currency(credit_type: dict | None) -> str:
+        name = (credit_type or {}).get("name") or "USD (cents)"
+        return name.split(" ")[0].upper()
+
+    def _invoice(self, invoice: dict, customer_id: str) -> InvoiceData:
+        currency = self._currency(invoice.get("credit_type"))
+        lines = [
+            InvoiceLineData(
+                line_id=f"{invoice['id']}-{n}",
+                description=line.get("name") or "",
+                quantity=None if line.get("quantity") is None else _number(line["quantity"]),
+                amount_minor=int(_number(line.get("total"))),
+                price_id=line.get("product_id") or "",
+                period_start=_parse(line.get("starting_at")),
+                period_end=_parse(line.get("ending_before")),
+                raw=line,
+            )
+            for n, line in enumerate(invoice.get("line_items") or [])
+        ]
+        return InvoiceData(
+            invoice_id=invoice["id"],
+            customer_id=customer_id,
+            number="",
+            status=invoice.get("status") or "",
+            currency=currency,
+            total_minor=int(_number(invoice.get("total"))),
+            period_start=_parse(invoice.get("start_timestamp")),
+            period_end=_parse(invoice.get("end_timestamp")),
+            created=_parse(invoice.get("issued_at") or invoice.get("created_at")),
+            lines=lines,
+            raw={k: v for k, v in invoice.items() if k != "line_items"},
+        )
