@@ -348,10 +348,15 @@ class BillingProvider(PlatformReads, abc.ABC):
     ) -> Iterator[InvoiceData]:
         """The customer's invoices with their lines, every page."""
 
-    @abc.abstractmethod
     def create_credit(self, credit: CreditRequest) -> CreditResult:
         """Credit the customer once per idempotency key: the same request again answers the
-        first credit. Raises ProviderUnavailable (retry later) or ProviderError (refused)."""
+        first credit. Raises ProviderUnavailable (retry later) or ProviderError (refused).
+
+        An adapter without credits (Lago and Metronome for now) refuses every credit: the
+        adjustment is then `failed` with this message, and nothing reaches the platform."""
+        raise ProviderError(
+            f"Credits are not built for {self.name} yet: apply this credit in {self.name} itself."
+        )
 
 
 def significant_digits(value: Decimal) -> int:

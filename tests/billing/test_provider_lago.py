@@ -21,7 +21,7 @@ from django.db import connection
 
 from billing.models import ProviderInvoice, ProviderMeter, PushLedgerEntry
 from billing.providers import get_provider, platform_rules
-from billing.providers.base import ItemStatus, UsageItem
+from billing.providers.base import CreditRequest, ItemStatus, ProviderError, UsageItem
 from billing.services.pull import provider_pull
 from billing.services.push import usage_push
 from metering.models import Meter
@@ -379,3 +379,19 @@ def test_the_pull_keeps_a_period_on_its_first_day_wherever_the_pull_starts(
 
     rows = list(ProviderUsageSummary.objects.filter(provider="lago").values_list("day", "value"))
     assert rows == [(first, Decimal("2.00"))]
+
+
+def test_a_credit_is_refused_with_a_plain_message_and_nothing_reaches_lago(lago_fake):
+    request = CreditRequest(
+        reference="adjustment-1",
+        idempotency_key="mo-credit-1",
+        customer_id="acme",
+        currency="USD",
+        amount_minor=500,
+        reason_code="goodwill",
+        description="Goodwill",
+    )
+
+    with pytest.raises(ProviderError, match="Credits are not built for lago yet"):
+        get_provider().create_credit(request)
+    assert not [c for c in lago_fake.calls() if "credit" in json.dumps(c)]
