@@ -646,19 +646,20 @@ def test_events_insert_returns_only_the_rows_it_inserted(setup):
     def row(tid):
         import orjson
 
-        return {
-            "a": account_id,
-            "m": setup["calls"].id,
-            "t": tid,
-            "s": "",
-            "o": now,
-            "v": orjson.Fragment(b"1"),
-            "u": "",
-            "p": orjson.Fragment(b"{}"),
-            "h": "00" * 32,
-            "l": False,
-            "r": None,
+        fields = {
+            "account_id": account_id,
+            "meter_id": setup["calls"].id,
+            "transaction_id": tid,
+            "source": "",
+            "occurred_at": now,
+            "value": orjson.Fragment(b"1"),
+            "unique_value": "",
+            "properties": orjson.Fragment(b"{}"),
+            "content_hash_hex": "00" * 32,
+            "is_late": False,
+            "received_at": None,
         }
+        return tuple(fields[name] for name in ingest_sql.EVENT_ROW_FIELDS)
 
     first = ingest_sql.events_insert(rows=[row("x"), row("y")], received_at=now)
     second = ingest_sql.events_insert(rows=[row("y"), row("z")], received_at=now)

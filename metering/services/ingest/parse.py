@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 
 from metering import exact_json
-from metering.content_hash import canonical_content_hash
+from metering.content_hash import canonical_content_hash, canonical_content_hash_at
 from metering.exact_json import EXACT
 from metering.services.ingest.common import (
     _EPOCH,
@@ -205,7 +205,87 @@ def _parsed(
     )
 
 
+# Unix seconds below this are before year 10000, so the datetime cannot overflow.
+_FAST_MAX_SECONDS = 253_402_300_800
+
+
+def _plain(value: Any) -> bool:
+    """Text that `_text` accepts as it is: ASCII, 1 to 255 characters, not blank, no NUL."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_TEXT_LENGTH
+        and value.isascii()
+        and "\x00" not in value
+        and not value.isspace()
+    )
+
+
+def _parse_lago_fast(index: int, item: dict, limits: IngestLimits) -> ParsedEvent | None:
+    """The common Lago item in one pass, or None to take the full path (`_parse_lago_checked`).
+
+    Accepts only what the full path accepts, with the same result: ASCII ids, a positive
+    timestamp in Unix seconds (int or exact decimal) before year 10000 and not in the future,
+    properties that serialise within the limit. Anything else, errors included, goes the full
+    way, which also words the errors. It saves the full path's layers of small calls, which
+    at a few microseconds an event are a fifth of the Python time of a batch.
+    """
+    transaction_id = item.get("transaction_id")
+    customer = item.get("external_customer_id")
+    code = item.get("code")
+    if not (_plain(transaction_id) and _plain(customer) and _plain(code)):
+        return None
+    if transaction_id.startswith(RESERVED_TRANSACTION_PREFIX):
+        return None
+    raw_time = item.get("timestamp")
+    kind = type(raw_time)
+    if kind is int:
+        if not 0 <= raw_time < _FAST_MAX_SECONDS:
+            return None
+        micros = raw_time * 1_000_000
+    elif kind is Decimal:
+        if not (raw_time.is_finite() and 0 <= raw_time < _FAST_MAX_SECONDS):
+            return None
+        micros = math.floor(raw_time.scaleb(6, EXACT))
+    else:
+        return None
+    occurred = _epoch_plus(micros)
+    if occurred > limits.latest_allowed:
+        return None
+    properties = item.get("properties")
+    if properties is None:
+        properties, properties_json = {}, b"{}"
+    elif type(properties) is dict:
+        try:
+            properties_json = exact_json.canonical_dumps(properties)
+        except exact_json.JSONError:
+            return None
+        if len(properties_json) > limits.max_properties or exact_json.has_escaped_nul(
+            properties_json
+        ):
+            return None
+    else:
+        return None
+    return ParsedEvent(
+        index,
+        transaction_id,
+        "",
+        customer,
+        code,
+        occurred,
+        properties,
+        properties_json,
+        canonical_content_hash_at(
+            meter_code=code, epoch_microseconds=micros, canonical_properties=properties_json
+        ),
+        raw_time,
+    )
+
+
 def _parse_lago(index: int, item: dict, limits: IngestLimits) -> ParsedEvent | list[dict]:
+    return _parse_lago_fast(index, item, limits) or _parse_lago_checked(index, item, limits)
+
+
+def _parse_lago_checked(index: int, item: dict, limits: IngestLimits) -> ParsedEvent | list[dict]:
     errors: list[dict] = []
     transaction_id = _transaction_id(item, "transaction_id", errors)
     customer = _text(item, "external_customer_id", errors)

@@ -73,7 +73,7 @@ def _store(
     """
     accounts, meters = _lookups(parsed)
 
-    rows: dict[tuple[int, str, str], tuple[dict, ParsedEvent]] = {}
+    rows: dict[tuple[int, str, str], tuple[tuple, ParsedEvent]] = {}
     repeats: list[tuple[tuple[int, str, str], ParsedEvent]] = []
     held: list[tuple[ParsedEvent, str, int | None]] = []  # (event, reason, account id)
     for event in parsed:

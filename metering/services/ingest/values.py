@@ -100,19 +100,20 @@ def _row_for(event: ParsedEvent, account_id: int, meter: _MeterInfo, late_before
             if isinstance(parsed_value, tuple):
                 return [_error(f"properties.{prop}", parsed_value[0], f"{prop} {parsed_value[1]}.")]
             value = orjson.Fragment(str(parsed_value).encode())
-    return {
-        "a": account_id,
-        "m": meter.id,
-        "t": event.transaction_id,
-        "s": event.source,
-        "o": event.occurred_at,
-        "v": value,
-        "u": unique,
-        "p": orjson.Fragment(event.properties_json),
-        "h": event.content_hash.hex(),
-        "l": event.occurred_at < late_before,
-        "r": event.received_at,
-    }
+    # In metering.ingest_sql.EVENT_ROW_FIELDS order.
+    return (
+        account_id,
+        meter.id,
+        event.transaction_id,
+        event.source,
+        event.occurred_at,
+        value,
+        unique,
+        orjson.Fragment(event.properties_json),
+        event.content_hash.hex(),
+        event.occurred_at < late_before,
+        event.received_at,
+    )
 
 
 def late_cutoff(now: datetime) -> datetime:
