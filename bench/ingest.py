@@ -17,7 +17,7 @@ the local server), recreated at the start and kept afterwards for inspection. St
 6. stop gunicorn, read the stored rows back and load them with one psycopg COPY each, timed
    to its commit: first into a bare table of the same columns whose only index is the events'
    unique key (no other index, trigger or foreign key), then, after emptying it, into the event
-   table itself (same indexes, same triggers: inbox, references, deferred checks);
+   table itself (same indexes, same inbox trigger, same deferred foreign keys);
 7. print events/s over HTTP and for both COPYs, the ratios HTTP / COPY into the event table
    (target >= 0.4) and HTTP / bare COPY (target >= 0.25), the CPU time per event of each (HTTP:
    gunicorn and its PostgreSQL backends, read from /proc, so the server must run on this
@@ -401,14 +401,14 @@ def _timed_copy(conn: psycopg.Connection, table: str, rows: list[tuple]) -> tupl
     with conn.cursor().copy(f"COPY {table} ({COLUMNS}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
-    conn.commit()  # deferred checks run here, as for the HTTP path
+    conn.commit()  # deferred foreign-key checks run here, as for the HTTP path
     elapsed = time.perf_counter() - started
     return elapsed, time.process_time() + _cpu_seconds(backend) - cpu
 
 
 def copy_full(db_url: str, rows: list[tuple]) -> tuple[float, float]:
-    """Empty the event table and COPY the rows back in: every index and trigger (inbox,
-    references, deferred checks), as in production. Seconds to commit."""
+    """Empty the event table and COPY the rows back in: every index, the inbox trigger and the
+    deferred foreign keys, as in production. Seconds to commit."""
     with psycopg.connect(db_url) as conn:
         inboxes = [
             name

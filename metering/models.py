@@ -247,8 +247,6 @@ class UsageEvent(models.Model):
     content_hash = models.BinaryField(max_length=32)
     is_late = models.BooleanField(default=False)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.NORMAL)
-    # Checked by a constraint trigger that fires for corrections only (migration 0011): a
-    # database foreign key would queue a check at commit for every inserted event.
     corrects = models.ForeignKey(
         "self",
         null=True,
@@ -256,7 +254,6 @@ class UsageEvent(models.Model):
         on_delete=models.PROTECT,
         related_name="corrections",
         db_index=False,  # the partial index below: corrections are few, events many
-        db_constraint=False,
     )
 
     objects = UsageEventQuerySet.as_manager()

@@ -118,28 +118,3 @@ def test_an_account_deleted_while_its_first_events_are_inserted_leaves_no_orphan
         assert UsageEvent.objects.filter(account_id=account.pk).count() == 5
     else:
         assert not Account.objects.filter(pk=account.pk).exists()
-
-
-CORRECTION = """
-INSERT INTO metering_usageevent (account_id, meter_id, transaction_id, source, occurred_at,
-    received_at, value, unique_value, properties, content_hash, is_late, kind, corrects_id)
-VALUES (%s, %s, %s, '', now(), now(), 2, '', '{}', '\\x00', false, 'correction', %s)
-"""
-
-
-@pytest.mark.django_db
-def test_a_correction_of_an_event_that_does_not_exist_is_refused_at_commit():
-    # The check replaced the self-referencing foreign key (migration 0011) and, like it, runs
-    # when the transaction commits; SET CONSTRAINTS makes it run at once inside the test.
-    account, meter = AccountFactory(), MeterFactory()
-    (original,) = insert(event(account, meter, utc(2024, 1, 1)))
-    with connection.cursor() as cursor:
-        cursor.execute("SET CONSTRAINTS metering_usageevent_corrects_exists IMMEDIATE")
-        with pytest.raises(IntegrityError, match="which does not exist"), transaction.atomic():
-            cursor.execute(CORRECTION, [account.pk, meter.pk, "fix-missing", 10**12])
-        cursor.execute(CORRECTION, [account.pk, meter.pk, "fix-ok", original.pk])
-        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
-
-    correction = UsageEvent.objects.get(transaction_id="fix-ok")
-    assert correction.corrects_id == original.pk
-    assert not UsageEvent.objects.filter(transaction_id="fix-missing").exists()
