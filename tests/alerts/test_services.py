@@ -91,3 +91,19 @@ def test_two_evaluations_at_the_same_time_open_one_alert():
     assert errors == []
     assert Alert.objects.count() == 1
     assert default_rule("spike").alerts.count() == 1
+
+
+@pytest.mark.django_db
+def test_default_rules_come_back_after_migrate_only_on_a_database_without_rules():
+    from alerts.apps import default_rules_ensure
+
+    AlertRule.objects.all().delete()  # what a test runner's flush leaves
+    default_rules_ensure()
+    assert set(AlertRule.objects.values_list("code", "enabled")) == {
+        ("default-spike", True),
+        ("default-drop", True),
+        ("default-quota", True),
+    }
+    AlertRule.objects.filter(code="default-drop").delete()  # people removed one
+    default_rules_ensure()
+    assert not AlertRule.objects.filter(code="default-drop").exists()
