@@ -21,6 +21,7 @@ what and why.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -42,6 +43,9 @@ from metering.services.corrections import usage_event_correct
 
 S = Adjustment.Status
 CHANGE_REASON_MAX = 100
+
+
+logger = logging.getLogger(__name__)
 
 
 class AdjustmentError(ValueError):
@@ -726,3 +730,35 @@ def adjustments_credits_for_period(period: BillingPeriod):
         )
         for credit in credits
     ]
+
+
+def hold_release_credit_open(
+    *, hold, mode: str, actor, reason: str, credit_amount_minor: int | None = None, **_kwargs
+) -> Adjustment | None:
+    """A Manager released a billing hold with "push and open a credit" (the receiver of
+    alerts.signals.billing_hold_released): open the credit they asked for, requested by them
+    and linked to the hold's alert, under the same four-eyes policy as any credit (within
+    the limit it is applied at once; above it, it waits for another Manager). Once per hold:
+    the ticket names the hold."""
+    if mode != "push_and_credit" or not credit_amount_minor:
+        return None
+    ticket = f"billing-hold-{hold.pk}"
+    existing = Adjustment.objects.filter(account_id=hold.account_id, ticket=ticket).first()
+    if existing is not None:
+        return existing
+    try:
+        adjustment, _created = adjustment_request(
+            account=hold.account,
+            kind=Adjustment.Kind.CREDIT,
+            reason_code="goodwill",
+            note=f"Billing hold #{hold.pk} released (push and open a credit): {reason}",
+            ticket=ticket,
+            amount_minor=credit_amount_minor,
+            currency=hold.account.currency,
+            alert=hold.alert,
+            actor=Actor(user=actor),
+        )
+    except AdjustmentError:
+        logger.exception("The credit of released billing hold %s could not be opened", hold.pk)
+        return None
+    return adjustment

@@ -9,6 +9,8 @@ context from `hold_panel_context`) is shown on the hold's page and on the accoun
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
@@ -21,6 +23,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from alerts import services
 from alerts.models import BillingHold
 from alerts.selectors import hold_window
+from billing.money import currency_exponent
 from metering.admin import AuditedHistoryAdmin
 
 RELEASE_PERMISSION = services.RELEASE_PERMISSION
@@ -31,6 +34,22 @@ class HoldActionForm(ActionForm):
     mode = forms.ChoiceField(
         required=False, choices=BillingHold.ReleaseMode.choices, label="Release"
     )
+
+
+def _credit_minor(text: str, currency: str) -> int | None:
+    """The release form's credit ("120.50" in the account's currency) in minor units; None
+    when empty. An amount finer than the currency's minor unit is refused, never rounded."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount.") from None
+    minor = amount.scaleb(currency_exponent(currency))
+    if not amount.is_finite() or minor != minor.to_integral_value():
+        raise ValueError(f"{text} {currency} is not a whole number of the currency's minor unit.")
+    return int(minor)
 
 
 def hold_panel_context(request, hold: BillingHold | None, *, next_url: str = "") -> dict:
@@ -91,9 +110,17 @@ class BillingHoldAdmin(AuditedHistoryAdmin):
     def has_release_permission(self, request) -> bool:
         return request.user.has_perm(RELEASE_PERMISSION)
 
-    def _release(self, request, hold: BillingHold, reason: str, mode: str) -> bool:
+    def _release(
+        self, request, hold: BillingHold, reason: str, mode: str, credit_amount: str = ""
+    ) -> bool:
         try:
-            services.billing_hold_release(hold=hold, actor=request.user, reason=reason, mode=mode)
+            services.billing_hold_release(
+                hold=hold,
+                actor=request.user,
+                reason=reason,
+                mode=mode,
+                credit_amount_minor=_credit_minor(credit_amount, hold.account.currency),
+            )
         except ValueError as exc:
             self.message_user(request, f"{hold}: {exc}", messages.ERROR)
             return False
@@ -138,7 +165,7 @@ class BillingHoldAdmin(AuditedHistoryAdmin):
         mode = request.POST.get("mode") or BillingHold.ReleaseMode.PUSH
         if mode not in BillingHold.ReleaseMode.values:
             self.message_user(request, "Choose how to release.", messages.ERROR)
-        elif self._release(request, hold, reason, mode):
+        elif self._release(request, hold, reason, mode, request.POST.get("credit_amount", "")):
             self.message_user(
                 request,
                 f"Billing hold on {hold.account.external_id} released "

@@ -342,14 +342,21 @@ RELEASE_PERMISSION = "alerts.release_billinghold"
 
 @transaction.atomic
 def billing_hold_release(
-    *, hold: BillingHold, actor, reason: str, mode: str = BillingHold.ReleaseMode.PUSH
+    *,
+    hold: BillingHold,
+    actor,
+    reason: str,
+    mode: str = BillingHold.ReleaseMode.PUSH,
+    credit_amount_minor: int | None = None,
 ) -> BillingHold:
     """Release the hold: the next push sends everything that was held, once.
 
     Only a user with alerts.release_billinghold (the Manager role) may release, with a reason,
     whatever the caller (admin, shell, task). Mode "push_and_credit" also asks, through the
     `alerts.signals.billing_hold_released` signal (sent for every release, after commit), for a
-    credit request that the adjustments app opens. Releasing a released hold changes nothing.
+    credit request that the adjustments app opens, for `credit_amount_minor` (integer minor
+    units of the account's currency, required in that mode). Releasing a released hold changes
+    nothing.
     """
     if actor is None or not actor.has_perm(RELEASE_PERMISSION):
         raise PermissionDenied(
@@ -358,6 +365,11 @@ def billing_hold_release(
     if not reason.strip():
         raise ValueError("Releasing a hold needs a reason.")
     mode = BillingHold.ReleaseMode(mode)
+    if mode == BillingHold.ReleaseMode.PUSH_AND_CREDIT:
+        if not isinstance(credit_amount_minor, int) or credit_amount_minor <= 0:
+            raise ValueError("Push and open a credit needs the credit's amount (above zero).")
+    else:
+        credit_amount_minor = None
     hold = BillingHold.objects.select_for_update().select_related("account").get(pk=hold.pk)
     if hold.status == BillingHold.Status.RELEASED:
         return hold
@@ -372,7 +384,12 @@ def billing_hold_release(
     billing_hold_notify(hold, what="released")
     transaction.on_commit(
         lambda: billing_hold_released.send(
-            sender=BillingHold, hold=hold, mode=str(mode), actor=actor, reason=reason
+            sender=BillingHold,
+            hold=hold,
+            mode=str(mode),
+            actor=actor,
+            reason=reason,
+            credit_amount_minor=credit_amount_minor,
         )
     )
     return hold

@@ -19,6 +19,8 @@ from django.dispatch import Signal
 #           the held usage); a BillingHold.ReleaseMode value
 #   actor:  the user who released it (a Manager: alerts.release_billinghold)
 #   reason: the reason they gave (non-empty text)
+#   credit_amount_minor: with "push_and_credit", the credit's amount in integer minor units
+#           of the account's currency (> 0); None otherwise
 # Receivers should be idempotent by hold.pk: a release is sent once, but a receiver that
 # crashes is not retried by the signal.
 billing_hold_released = Signal()

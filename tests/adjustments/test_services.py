@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from adjustments.models import Adjustment, AdjustmentPolicy
 from adjustments.services import (
@@ -333,3 +334,31 @@ def test_the_hourly_task_expires_what_is_due(support, settings):
     assert adjustments_expire_task.delay().get() == 0
     adjustment.refresh_from_db()
     assert adjustment.status == S.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("amount", "status"), [(2500, "applied"), (50000, "requested")], ids=["within", "above"]
+)
+def test_a_hold_released_with_push_and_credit_opens_that_credit_under_the_policy(
+    django_user_model, django_capture_on_commit_callbacks, amount, status
+):
+    from alerts.services import billing_hold_open, billing_hold_release
+
+    s = scenario()
+    manager = role_user(django_user_model, "Manager")
+    hold = billing_hold_open(account=s.account, alert=None, at=timezone.now())
+    for _ in range(2):  # a second release of the same hold opens nothing more
+        with django_capture_on_commit_callbacks(execute=True):
+            billing_hold_release(
+                hold=hold,
+                actor=manager,
+                reason="The batch was real; goodwill for the shock",
+                mode="push_and_credit",
+                credit_amount_minor=amount,
+            )
+
+    (credit,) = Adjustment.objects.filter(account=s.account)
+    assert (credit.kind, credit.amount_minor, credit.currency) == ("credit", amount, "USD")
+    assert credit.status == status  # above the 100.00 limit it waits for another Manager
+    assert credit.requested_by == manager and credit.ticket == f"billing-hold-{hold.pk}"
+    assert "goodwill for the shock" in credit.note

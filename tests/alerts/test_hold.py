@@ -85,12 +85,28 @@ def test_a_release_needs_a_reason(django_user_model, the_hold):
         billing_hold_release(hold=the_hold, actor=manager, reason="  ")
 
 
+@pytest.mark.parametrize("amount", [None, 0, -5])
+def test_push_and_open_a_credit_needs_the_credits_amount(django_user_model, the_hold, amount):
+    manager = user_in(django_user_model, "Manager", "m")
+    with pytest.raises(ValueError, match="credit's amount"):
+        billing_hold_release(
+            hold=the_hold,
+            actor=manager,
+            reason="Real batch",
+            mode="push_and_credit",
+            credit_amount_minor=amount,
+        )
+    the_hold.refresh_from_db()
+    assert the_hold.status == BillingHold.Status.ACTIVE
+
+
 @pytest.mark.parametrize("mode", ["push", "push_and_credit"])
 def test_a_release_sends_the_signal_once_after_commit_with_its_arguments(
     django_user_model, the_hold, django_capture_on_commit_callbacks, mode
 ):
     manager = user_in(django_user_model, "Manager", "m")
     received = []
+    credit = {"credit_amount_minor": 1500} if mode == "push_and_credit" else {}
 
     def receiver(sender, **kwargs):
         received.append(kwargs)
@@ -98,16 +114,19 @@ def test_a_release_sends_the_signal_once_after_commit_with_its_arguments(
     billing_hold_released.connect(receiver)
     try:
         with django_capture_on_commit_callbacks(execute=True):
-            billing_hold_release(hold=the_hold, actor=manager, reason="Batch was real", mode=mode)
+            billing_hold_release(
+                hold=the_hold, actor=manager, reason="Batch was real", mode=mode, **credit
+            )
             assert received == []  # not before the release committed
         with django_capture_on_commit_callbacks(execute=True):
-            billing_hold_release(hold=the_hold, actor=manager, reason="Again", mode=mode)
+            billing_hold_release(hold=the_hold, actor=manager, reason="Again", mode=mode, **credit)
     finally:
         billing_hold_released.disconnect(receiver)
 
     (sent,) = received
     assert sent["hold"].pk == the_hold.pk and sent["hold"].status == "released"
     assert sent["mode"] == mode and sent["actor"] == manager and sent["reason"] == "Batch was real"
+    assert sent["credit_amount_minor"] == credit.get("credit_amount_minor")
     the_hold.refresh_from_db()
     assert the_hold.release_mode == mode and the_hold.released_by == manager
     last = the_hold.history.order_by("-history_id").first()

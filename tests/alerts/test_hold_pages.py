@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from alerts.models import BillingHold
 from alerts.services import billing_hold_open
+from alerts.signals import billing_hold_released
 from metering.models import Meter, UsageEvent
 from metering.services.rollups import rollup_drain
 from tests.billing.projection_scenarios import count_scenario
@@ -152,6 +153,40 @@ def test_the_account_hub_shows_the_hold_and_a_manager_releases_it_there(
     the_hold.refresh_from_db()
     assert the_hold.status == "released" and the_hold.release_reason.startswith("Customer")
     assert 'id="billing-hold"' not in manager.get(account_url).content.decode()
+
+
+@pytest.mark.parametrize(
+    ("credit", "released", "signal_amount"),
+    [("120.50", True, 12050), ("", False, None), ("1.005", False, None), ("ten", False, None)],
+)
+def test_push_and_open_a_credit_takes_the_credit_in_the_accounts_currency(
+    django_user_model,
+    account,
+    the_hold,
+    django_capture_on_commit_callbacks,
+    credit,
+    released,
+    signal_amount,
+):
+    manager = staff(django_user_model, "Manager", "m")
+    received = []
+
+    def receiver(sender, **kwargs):
+        received.append(kwargs["credit_amount_minor"])
+
+    billing_hold_released.connect(receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            manager.post(
+                reverse("admin:alerts_billinghold_release", args=[the_hold.pk]),
+                {"reason": "Real batch", "mode": "push_and_credit", "credit_amount": credit},
+            )
+    finally:
+        billing_hold_released.disconnect(receiver)
+
+    the_hold.refresh_from_db()
+    assert (the_hold.status == "released") is released
+    assert received == ([signal_amount] if released else [])
 
 
 def test_the_account_hub_without_a_hold_shows_no_panel(django_user_model, account):
