@@ -34,6 +34,9 @@ class HoldActionForm(ActionForm):
     mode = forms.ChoiceField(
         required=False, choices=BillingHold.ReleaseMode.choices, label="Release"
     )
+    credit_amount = forms.CharField(
+        required=False, max_length=24, label="Credit (account's currency, to open a credit)"
+    )
 
 
 def _credit_minor(text: str, currency: str) -> int | None:
@@ -137,7 +140,7 @@ class BillingHoldAdmin(AuditedHistoryAdmin):
             self.message_user(request, "Choose how to release.", messages.ERROR)
             return
         released = sum(
-            self._release(request, hold, reason, mode)
+            self._release(request, hold, reason, mode, request.POST.get("credit_amount", ""))
             for hold in queryset.filter(status=BillingHold.Status.ACTIVE)
         )
         self.message_user(

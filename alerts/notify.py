@@ -15,7 +15,6 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from alerts.models import Alert, AlertNotification, AlertRule, BillingHold
-from billing.providers.base import PUSH_WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -208,16 +207,23 @@ def billing_hold_notify(hold: BillingHold, *, what: str) -> AlertNotification | 
 def billing_hold_window_notify(hold: BillingHold, *, oldest, at) -> list[AlertNotification]:
     """Tell the CS team (e-mail to NOTIFY_TEAM_EMAIL, the rule's addresses or the account's
     CS owner; the rule's team webhook) that a hold keeps back usage nearing the provider's
-    35-day window. Once per hold and channel (the idempotency key)."""
+    window for past usage (Stripe's 35 days, Orb's grace period). Once per hold and channel
+    (the idempotency key)."""
+    from alerts.selectors import provider_window, window_text
+
     account = hold.account
     rule = hold.alert.rule if hold.alert_id else None
     age_days = (at - oldest).days
-    deadline = oldest + PUSH_WINDOW
+    window = provider_window()
+    if window is None:  # the platform takes usage of any age
+        return []
+    deadline = oldest + window
     subject = f"[Billing hold] usage held {age_days} days: {account.name or account.external_id}"
     text = (
         f"The billing hold on {account.external_id} (since {hold.opened_at:%Y-%m-%d %H:%M} UTC) "
         f"keeps back usage from {oldest:%Y-%m-%d %H:%M} UTC, {age_days} days ago. The billing "
-        f"provider refuses usage older than 35 days: release the hold before "
+        f"provider refuses usage older than its {window_text(window)} window: release the "
+        f"hold before "
         f"{deadline:%Y-%m-%d %H:%M} UTC or that usage is never billed."
     )
     key = f"hold:{hold.pk}:window"

@@ -14,7 +14,7 @@ from django.utils import timezone
 from alerts.baseline import weekday_baseline
 from alerts.models import Alert, AlertRule, BillingHold
 from billing.models import PushLedgerEntry
-from billing.providers.base import PUSH_WINDOW
+from billing.providers import platform_rules
 from metering import periods
 from metering.account_holds import AccountHold, HoldSource
 from metering.models import RolledUpEvent, UsageEvent
@@ -85,9 +85,24 @@ def held_usage_oldest_by_account(account_ids: list[int]) -> dict[int, dt.datetim
     return oldest
 
 
+def provider_window() -> dt.timedelta | None:
+    """How old usage the configured billing platform still accepts (Stripe 35 days, Orb its
+    grace period, Lago no limit: None)."""
+    return platform_rules(settings.BILLING_PROVIDER).past_window
+
+
+def window_text(window: dt.timedelta | None) -> str:
+    """ "35-day", "12-hour": the window as the pages and e-mails name it."""
+    if window is None:
+        return "unlimited"
+    if window % dt.timedelta(days=1):
+        return f"{window // dt.timedelta(hours=1)}-hour"
+    return f"{window.days}-day"
+
+
 @dataclass(frozen=True)
 class HoldWindow:
-    """How close the held usage is to the provider's 35-day window."""
+    """How close the held usage is to the provider's window for past usage."""
 
     oldest: dt.datetime | None
     age_days: int | None
@@ -95,24 +110,38 @@ class HoldWindow:
     days_left: int | None  # whole days before the oldest held usage can no longer be pushed
     deadline: dt.datetime | None  # when the oldest held usage leaves the provider's window
     warning: bool
+    window: str = "35-day"  # the provider's window, as text ("unlimited": no deadline)
 
 
 def hold_window(hold: BillingHold, *, at: dt.datetime | None = None) -> HoldWindow:
     at = at or timezone.now()
     oldest = held_usage_oldest_by_account([hold.account_id]).get(hold.account_id)
     warn_after = settings.BILLING_HOLD_WARN_DAYS
+    window = provider_window()
     if oldest is None:
-        return HoldWindow(None, None, warn_after, None, None, False)
+        return HoldWindow(None, None, warn_after, None, None, False, window_text(window))
     age = at - oldest
-    left = PUSH_WINDOW - age
+    if window is None:  # the platform takes usage of any age: no deadline, nothing to warn of
+        return HoldWindow(oldest, age.days, warn_after, None, None, False, window_text(window))
+    left = window - age
     return HoldWindow(
         oldest=oldest,
         age_days=age.days,
         warn_after_days=warn_after,
         days_left=max(0, left.days),
-        deadline=oldest + PUSH_WINDOW,
-        warning=age >= dt.timedelta(days=warn_after),
+        deadline=oldest + window,
+        warning=age >= hold_warn_after(window),
+        window=window_text(window),
     )
+
+
+def hold_warn_after(window: dt.timedelta | None) -> dt.timedelta | None:
+    """From what age held usage is worth a warning: BILLING_HOLD_WARN_DAYS of Stripe's 35-day
+    window, the same share of a shorter one (Orb's grace period); None: never (no window)."""
+    if window is None:
+        return None
+    days = dt.timedelta(days=settings.BILLING_HOLD_WARN_DAYS)
+    return min(days, window * settings.BILLING_HOLD_WARN_DAYS / 35)
 
 
 HOLD_SOURCE = HoldSource(held_account_ids=held_account_ids, account_hold=account_hold_info)

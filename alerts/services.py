@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.utils import timezone
@@ -27,7 +26,7 @@ from alerts.evaluation import (
 )
 from alerts.models import Alert, AlertRule, BillingHold
 from alerts.notify import alert_notify, billing_hold_notify, billing_hold_window_notify
-from alerts.selectors import held_usage_oldest_by_account
+from alerts.selectors import held_usage_oldest_by_account, hold_warn_after, provider_window
 from alerts.signals import billing_hold_released
 from metering.models import Account, Meter
 
@@ -397,10 +396,13 @@ def billing_hold_release(
 
 def billing_holds_window_warn(*, at: dt.datetime | None = None) -> list[int]:
     """Tell the CS team, once per hold, when the oldest usage an active hold keeps back is
-    older than BILLING_HOLD_WARN_DAYS: the provider refuses usage older than 35 days, so it
-    must be released before then or that usage is never billed. Returns the holds warned."""
+    older than BILLING_HOLD_WARN_DAYS (alerts.selectors.hold_warn_after): the provider refuses
+    usage older than its window (Stripe 35 days), so the hold must be released before then or
+    that usage is never billed. Returns the holds warned."""
     at = at or timezone.now()
-    days = settings.BILLING_HOLD_WARN_DAYS
+    warn_after = hold_warn_after(provider_window())
+    if warn_after is None:  # the platform takes usage of any age
+        return []
     holds = list(
         BillingHold.objects.filter(status=BillingHold.Status.ACTIVE).select_related(
             "account", "alert__rule"
@@ -410,7 +412,7 @@ def billing_holds_window_warn(*, at: dt.datetime | None = None) -> list[int]:
     warned = []
     for hold in holds:
         first = oldest.get(hold.account_id)
-        if first is None or at - first < dt.timedelta(days=days):
+        if first is None or at - first < warn_after:
             continue
         with transaction.atomic():
             if billing_hold_window_notify(hold, oldest=first, at=at):

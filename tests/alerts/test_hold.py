@@ -168,7 +168,7 @@ def test_the_cs_team_is_told_once_when_held_usage_is_older_than_the_setting(
     assert warned == [the_hold.pk] and again == []
     (row,) = AlertNotification.objects.filter(event_type=HOLD_WINDOW_EVENT)
     assert row.channel == "email" and row.recipient == "owner@example.com,cs@example.com"
-    assert "31 days" in row.payload["body"] and "35 days" in row.payload["body"]
+    assert "31 days" in row.payload["body"] and "35-day window" in row.payload["body"]
     (mail,) = mailoutbox
     assert mail.to == ["owner@example.com", "cs@example.com"] and "hold-co" in mail.body
     assert hold_window(the_hold, at=NOW).warning is True
@@ -207,3 +207,22 @@ def test_the_status_push_backlog_leaves_held_usage_aside(settings, account, call
 
     assert check["status"] == OK and check["held_accounts"] == 1
     assert check["inbox_rows"] == 0 and check["inbox_oldest_age_seconds"] is None
+
+
+def test_the_window_is_the_billing_platforms_orbs_grace_period_or_none_for_lago(
+    settings, account, calls, the_hold
+):
+    settings.BILLING_PROVIDER = "orb"
+    settings.ORB_GRACE_PERIOD_HOURS = 12
+    event(account, calls, NOW - timedelta(hours=11), 1)
+
+    window = hold_window(the_hold, at=NOW)
+    assert window.window == "12-hour" and window.warning is True  # 30/35 of 12 h gone
+    assert window.deadline == NOW - timedelta(hours=11) + timedelta(hours=12)
+    assert billing_holds_window_warn(at=NOW) == [the_hold.pk]
+    (mail,) = [n for n in AlertNotification.objects.filter(channel="email")]
+    assert "older than its 12-hour window" in mail.payload["body"]
+
+    settings.BILLING_PROVIDER = "lago"  # takes usage of any age: no deadline, no warning
+    window = hold_window(the_hold, at=NOW)
+    assert (window.window, window.deadline, window.warning) == ("unlimited", None, False)

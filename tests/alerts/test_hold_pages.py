@@ -251,6 +251,13 @@ def test_the_release_action_needs_a_reason_and_releases_with_the_chosen_mode(
 
     manager.post(changelist, {**post, "reason": "Fine", "mode": "push_and_credit"})
     the_hold.refresh_from_db()
+    assert the_hold.status == "active"  # "push and open a credit" needs the credit's amount
+
+    manager.post(
+        changelist,
+        {**post, "reason": "Fine", "mode": "push_and_credit", "credit_amount": "10.00"},
+    )
+    the_hold.refresh_from_db()
     assert the_hold.status == "released" and the_hold.release_mode == "push_and_credit"
 
 
