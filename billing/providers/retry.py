@@ -1,4 +1,4 @@
-"""The one retry policy of the platform adapters (Orb, Metronome, Lago), in one place.
+"""The one retry policy of the platform adapters (Stripe, Orb, Metronome, Lago), in one place.
 
 A call that fails with a retryable error (rate limit, 5xx, network) is tried again up to
 `max_retries` times. Before each retry the adapter waits what the platform asked for
@@ -6,6 +6,8 @@ A call that fails with a retryable error (rate limit, 5xx, network) is tried aga
 at `backoff_cap`. A requested wait past `retry_after_cap` would hold the push lock that long:
 the adapter sets `halted` (the push run ends, the rest is left for the next run) and raises
 its Backoff error; every later call raises it at once. Out of attempts: ProviderUnavailable.
+What each platform does not retry, or maps to an error of ours (a refused key:
+ProviderMisconfigured; Stripe's 409 in flight and Stripe-Should-Retry), is its `_not_retried`.
 
 The SDKs' own retries are off so that this is the only retry loop. The figures the bench and
 the push summary read stay on the adapter: `http_calls`, `retries`, `slept`, `halted`.
