@@ -57,6 +57,7 @@ from billing.providers.base import (
     ProviderUnavailable,
     UsageItem,
 )
+from billing.providers.retry import RetryPolicy, seconds
 
 BATCH_MAX = 100
 DEFAULT_RETRY_AFTER_CAP = 30.0
@@ -102,8 +103,13 @@ def _errors(exc: LagoApiError) -> dict:
     return response.get("error_details") or {}
 
 
-class LagoProvider(BillingProvider):
+class LagoProvider(RetryPolicy, BillingProvider):
     name = "lago"
+    platform = "Lago"
+    wait_source = "x-ratelimit-reset"
+    backoff_error = LagoBackoff
+    # 429, 5xx and network errors (status None); the others are sorted in _not_retried.
+    retryable = (LagoApiError, httpx.TransportError)
     customer_by_external_id = True
     rules = LAGO_RULES
 
@@ -125,54 +131,32 @@ class LagoProvider(BillingProvider):
         self.client = Client(
             api_key=api_key, api_url=api_url, max_retries=0, retry_on_rate_limit=False
         )
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.retry_after_cap = retry_after_cap
+        self._init_retry(
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+            sleep=sleep,
+        )
         self.batch_size = min(batch_size, BATCH_MAX)
-        self._sleep = sleep
         self._customers: set[str] = set()
-        self.http_calls = 0
-        self.retries = 0
-        self.slept: list[float] = []
 
-    # --- the one retry policy ----------------------------------------------------------------
+    # --- the one retry policy (billing/providers/retry.py) -----------------------------------
 
-    def _delay(self, exc: Exception, attempt: int) -> float:
-        reset = getattr(exc, "reset", None)
-        if isinstance(exc, LagoRateLimitError) and reset is not None:
-            wait = max(0.0, float(reset))
-            if wait > self.retry_after_cap:
-                self.halted = (
-                    f"Lago asked to wait {wait:g}s (x-ratelimit-reset), more than "
-                    f"{self.retry_after_cap:g}s: the rest is left for the next run."
-                )
-                raise LagoBackoff(self.halted) from exc
-            return wait
-        return min(self.backoff_cap, self.backoff_base * (2**attempt))
+    def _requested_wait(self, exc: BaseException) -> float | None:
+        return seconds(exc.reset) if isinstance(exc, LagoRateLimitError) else None
 
-    def _call(self, fn: Callable, *args, **kwargs):
-        if self.halted:
-            raise LagoBackoff(self.halted)
-        attempt = 0
-        while True:
-            self.http_calls += 1
-            try:
-                return fn(*args, **kwargs)
-            except (LagoApiError, httpx.TransportError) as exc:
-                status = getattr(exc, "status_code", None)
-                if status in (401, 403):
-                    raise ProviderMisconfigured(f"Lago refused our key: {exc!r}") from exc
-                transient = status is None or status == 429 or status >= 500
-                if not transient:
-                    raise
-                if attempt >= self.max_retries:
-                    raise ProviderUnavailable(f"Lago: {exc!r}") from exc
-                delay = self._delay(exc, attempt)
-                self.retries += 1
-                self.slept.append(delay)
-                self._sleep(delay)
-                attempt += 1
+    def _not_retried(self, exc: Exception) -> BaseException | None:
+        if not isinstance(exc, self.retryable):
+            return exc
+        status = getattr(exc, "status_code", None)
+        if status in (401, 403):
+            return ProviderMisconfigured(f"Lago refused our key: {exc!r}")
+        transient = status is None or status == 429 or status >= 500
+        return None if transient else exc
+
+    def _describe(self, exc: BaseException) -> str:
+        return repr(exc)
 
     # --- customers and meters ----------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from billing.providers.base import (
     UsageItem,
 )
 from billing.providers.orb import json_number
+from billing.providers.retry import RetryPolicy
 
 INGEST_BATCH = 100
 DEFAULT_RETRY_AFTER_CAP = 30.0
@@ -91,8 +92,15 @@ def _number(value) -> Decimal:
     return Decimal(str(value)) if value not in (None, "") else Decimal(0)
 
 
-class MetronomeProvider(BillingProvider):
+class MetronomeProvider(RetryPolicy, BillingProvider):
     name = "metronome"
+    platform = "Metronome"
+    backoff_error = MetronomeBackoff
+    retryable = (
+        metronome.RateLimitError,
+        metronome.InternalServerError,
+        metronome.APIConnectionError,
+    )
     customer_by_external_id = True
     rules = METRONOME_RULES
 
@@ -113,59 +121,22 @@ class MetronomeProvider(BillingProvider):
         self.client = metronome.Metronome(
             bearer_token=api_key, base_url=api_base or None, max_retries=0
         )
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.retry_after_cap = retry_after_cap
+        self._init_retry(
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+            sleep=sleep,
+        )
         self.batch_size = min(batch_size, INGEST_BATCH)
-        self._sleep = sleep
         self._ids: dict[str, str] = {}
-        self.http_calls = 0
-        self.retries = 0
-        self.slept: list[float] = []
 
-    # --- the one retry policy ----------------------------------------------------------------
+    # --- the one retry policy (billing/providers/retry.py) -----------------------------------
 
-    def _delay(self, exc: metronome.APIError, attempt: int) -> float:
-        response = getattr(exc, "response", None)
-        retry_after = response.headers.get("Retry-After") if response is not None else None
-        if retry_after is not None:
-            try:
-                wait = max(0.0, float(retry_after))
-            except ValueError:
-                wait = None
-            if wait is not None:
-                if wait > self.retry_after_cap:
-                    self.halted = (
-                        f"Metronome asked to wait {wait:g}s (Retry-After), more than "
-                        f"{self.retry_after_cap:g}s: the rest is left for the next run."
-                    )
-                    raise MetronomeBackoff(self.halted) from exc
-                return wait
-        return min(self.backoff_cap, self.backoff_base * (2**attempt))
-
-    def _call(self, fn: Callable, *args, **kwargs):
-        if self.halted:
-            raise MetronomeBackoff(self.halted)
-        attempt = 0
-        while True:
-            self.http_calls += 1
-            try:
-                return fn(*args, **kwargs)
-            except (
-                metronome.RateLimitError,
-                metronome.InternalServerError,
-                metronome.APIConnectionError,
-            ) as exc:
-                if attempt >= self.max_retries:
-                    raise ProviderUnavailable(f"Metronome: {exc}") from exc
-                delay = self._delay(exc, attempt)
-                self.retries += 1
-                self.slept.append(delay)
-                self._sleep(delay)
-                attempt += 1
-            except (metronome.AuthenticationError, metronome.PermissionDeniedError) as exc:
-                raise ProviderMisconfigured(f"Metronome refused our key: {exc}") from exc
+    def _not_retried(self, exc: Exception) -> BaseException | None:
+        if isinstance(exc, (metronome.AuthenticationError, metronome.PermissionDeniedError)):
+            return ProviderMisconfigured(f"Metronome refused our key: {exc}")
+        return super()._not_retried(exc)
 
     # --- customers and meters ----------------------------------------------------------------
 

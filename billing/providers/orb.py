@@ -64,6 +64,7 @@ from billing.providers.base import (
     ProviderUnavailable,
     UsageItem,
 )
+from billing.providers.retry import RetryPolicy
 
 DAY_SECONDS = 86_400
 INGEST_BATCH = 500
@@ -131,8 +132,11 @@ def metric_sql(spec: MeterSpec) -> str:
     return f"SELECT {aggregate}(value) FROM events WHERE event_name = '{spec.event_name}'"
 
 
-class OrbProvider(BillingProvider):
+class OrbProvider(RetryPolicy, BillingProvider):
     name = "orb"
+    platform = "Orb"
+    backoff_error = OrbBackoff
+    retryable = (orb.RateLimitError, orb.InternalServerError, orb.APIConnectionError)
     customer_by_external_id = True
     exact_summary_bounds = True
 
@@ -153,56 +157,23 @@ class OrbProvider(BillingProvider):
             raise ProviderMisconfigured("ORB_API_KEY is not set.")
         self.client = orb.Orb(api_key=api_key, base_url=api_base or None, max_retries=0)
         self.rules = PlatformRules(**{**ORB_RULES.__dict__, "past_window": grace_period})
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.retry_after_cap = retry_after_cap
+        self._init_retry(
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+            sleep=sleep,
+        )
         self.batch_size = batch_size
-        self._sleep = sleep
         self._customers: set[str] = set()
         self._subscriptions: dict[str, list[str]] = {}
-        self.http_calls = 0
-        self.retries = 0
-        self.slept: list[float] = []
 
-    # --- the one retry policy ----------------------------------------------------------------
+    # --- the one retry policy (billing/providers/retry.py) -----------------------------------
 
-    def _delay(self, exc: orb.APIError, attempt: int) -> float:
-        response = getattr(exc, "response", None)
-        retry_after = response.headers.get("Retry-After") if response is not None else None
-        if retry_after is not None:
-            try:
-                wait = max(0.0, float(retry_after))
-            except ValueError:
-                wait = None
-            if wait is not None:
-                if wait > self.retry_after_cap:
-                    self.halted = (
-                        f"Orb asked to wait {wait:g}s (Retry-After), more than "
-                        f"{self.retry_after_cap:g}s: the rest is left for the next run."
-                    )
-                    raise OrbBackoff(self.halted) from exc
-                return wait
-        return min(self.backoff_cap, self.backoff_base * (2**attempt))
-
-    def _call(self, fn: Callable, *args, **kwargs):
-        if self.halted:
-            raise OrbBackoff(self.halted)
-        attempt = 0
-        while True:
-            self.http_calls += 1
-            try:
-                return fn(*args, **kwargs)
-            except (orb.RateLimitError, orb.InternalServerError, orb.APIConnectionError) as exc:
-                if attempt >= self.max_retries:
-                    raise ProviderUnavailable(f"Orb: {exc}") from exc
-                delay = self._delay(exc, attempt)
-                self.retries += 1
-                self.slept.append(delay)
-                self._sleep(delay)
-                attempt += 1
-            except (orb.AuthenticationError, orb.PermissionDeniedError) as exc:
-                raise ProviderMisconfigured(f"Orb refused our key: {exc}") from exc
+    def _not_retried(self, exc: Exception) -> BaseException | None:
+        if isinstance(exc, (orb.AuthenticationError, orb.PermissionDeniedError)):
+            return ProviderMisconfigured(f"Orb refused our key: {exc}")
+        return super()._not_retried(exc)
 
     # --- customers and meters ----------------------------------------------------------------
 

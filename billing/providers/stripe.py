@@ -68,6 +68,7 @@ from billing.providers.base import (
     next_idempotency_key,
     significant_digits,
 )
+from billing.providers.retry import RetryPolicy, seconds
 
 STRIPE_API_VERSION = "2026-10-28.endive"
 V2_BATCH_SIZE = 100  # the v2 meter event stream takes at most 100 events per request
@@ -131,8 +132,11 @@ def _parse_rfc3339(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-class StripeProvider(BillingProvider):
+class StripeProvider(RetryPolicy, BillingProvider):
     name = "stripe"
+    platform = "Stripe"
+    backoff_error = ProviderBackoff
+    retryable = (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError)
     stores_customer_on_account = True
     # Bounds that are not UTC midnights are asked without a grouping window (one summary).
     exact_summary_bounds = True
@@ -160,81 +164,53 @@ class StripeProvider(BillingProvider):
             base_addresses={"api": base, "meter_events": base} if base else None,
             max_network_retries=0,
         )
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.retry_after_cap = retry_after_cap
+        self._init_retry(
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+            sleep=sleep,
+        )
         self.v2_threshold = v2_threshold
         # Installation prefix for the idempotency keys of customers and meters (a callable is
         # read on first use, so building the adapter needs no database).
         self._key_prefix = key_prefix
-        self._sleep = sleep
         self._clock = clock
         self._session_token: str | None = None
         self._session_expires: float = 0.0
-        # Figures for the bench and the push summary.
-        self.http_calls = 0
-        self.retries = 0
-        self.slept: list[float] = []
 
-    # --- the one retry policy ----------------------------------------------------------------
+    # --- the one retry policy (billing/providers/retry.py) -----------------------------------
 
     def key_prefix(self) -> str:
         if callable(self._key_prefix):
             self._key_prefix = self._key_prefix()
         return self._key_prefix
 
-    def _delay(self, exc: stripe.StripeError, attempt: int) -> float:
-        retry_after = _header(getattr(exc, "headers", None), "Retry-After")
-        if retry_after is not None:
-            try:
-                wait = max(0.0, float(retry_after))
-            except ValueError:
-                wait = None
-            if wait is not None:
-                if wait > self.retry_after_cap:
-                    # Sleeping that long would hold the push lock: stop, the next run goes on.
-                    self.halted = (
-                        f"Stripe asked to wait {wait:g}s (Retry-After), more than "
-                        f"{self.retry_after_cap:g}s: the rest is left for the next run."
-                    )
-                    raise ProviderBackoff(self.halted) from exc
-                return wait
-        return min(self.backoff_cap, self.backoff_base * (2**attempt))
+    def _requested_wait(self, exc: BaseException) -> float | None:
+        return seconds(_header(getattr(exc, "headers", None), "Retry-After"))
 
-    def _call(self, fn: Callable, *args, **kwargs):
-        if self.halted:
-            raise ProviderBackoff(self.halted)
-        attempt = 0
-        while True:
-            self.http_calls += 1
-            try:
-                return fn(*args, **kwargs)
-            except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
-                status = getattr(exc, "http_status", None)
-                should_retry = _header(getattr(exc, "headers", None), "Stripe-Should-Retry")
-                if status == 409:
-                    raise _InFlight(f"Stripe: {exc.user_message or exc}") from exc
-                if isinstance(exc, stripe.APIError) and status is not None and status < 500:
-                    if should_retry != "true":
-                        raise
-                if should_retry == "false":
-                    raise _NoRetry(f"Stripe: {exc.user_message or exc}") from exc
-                if attempt >= self.max_retries:
-                    raise ProviderUnavailable(f"Stripe: {exc.user_message or exc}") from exc
-                delay = self._delay(exc, attempt)
-                self.retries += 1
-                self.slept.append(delay)
-                self._sleep(delay)
-                attempt += 1
-            except stripe.IdempotencyError as exc:
-                if getattr(exc, "http_status", None) == 409:
-                    raise _InFlight(f"Stripe: {exc.user_message or exc}") from exc
-                raise
+    def _describe(self, exc: BaseException) -> str:
+        return str(exc.user_message or exc)
+
+    def _not_retried(self, exc: Exception) -> BaseException | None:
+        if isinstance(exc, (stripe.AuthenticationError, stripe.PermissionError)):
+            return ProviderMisconfigured(f"Stripe refused our key: {exc.user_message}")
+        if not isinstance(exc, (*self.retryable, stripe.IdempotencyError)):
             # TemporarySessionExpiredError (v2 stream, 401) goes up as it is: the stream
             # renews the session and sends again.
-            except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-                raise ProviderMisconfigured(f"Stripe refused our key: {exc.user_message}") from exc
+            return exc
+        status = getattr(exc, "http_status", None)
+        if status == 409:
+            return _InFlight(f"Stripe: {self._describe(exc)}")
+        if isinstance(exc, stripe.IdempotencyError):
+            return exc
+        should_retry = _header(getattr(exc, "headers", None), "Stripe-Should-Retry")
+        if isinstance(exc, stripe.APIError) and status is not None and status < 500:
+            if should_retry != "true":
+                return exc
+        if should_retry == "false":
+            return _NoRetry(f"Stripe: {self._describe(exc)}")
+        return None
 
     # --- customers and meters ----------------------------------------------------------------
 
