@@ -334,8 +334,8 @@ def test_page_is_linked_from_the_account_change_page_found_by_search(support, ca
 
     changelist = support.get(reverse("admin:metering_account_changelist"), {"q": "globex"})
     change_url = reverse("admin:metering_account_change", args=[account.pk])
-    assert change_url in changelist.content.decode()
-    assert "initech" not in changelist.content.decode()
+    # One account found: the search opens its page.
+    assert changelist.status_code == 302 and changelist["Location"] == change_url
 
     change = support.get(change_url)
     assert change.status_code == 200
