@@ -51,11 +51,12 @@ class AlertListView(APIView):
     )
     def get(self, request):
         params = request.query_params
-        status_ = params.get("status") or None
-        kind = params.get("kind") or None
-        if status_ and status_ not in Alert.Status.values:
+        # A filter sent empty is refused like any value outside its enum (the schema's promise).
+        status_ = params.get("status")
+        kind = params.get("kind")
+        if status_ is not None and status_ not in Alert.Status.values:
             raise invalid_parameter("status", f"status is one of {', '.join(Alert.Status.values)}.")
-        if kind and kind not in AlertRule.Kind.values:
+        if kind is not None and kind not in AlertRule.Kind.values:
             raise invalid_parameter("kind", f"kind is one of {', '.join(AlertRule.Kind.values)}.")
         limit = page_limit(request, default=PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         alerts = alert_list(status=status_, account=params.get("account") or None, kind=kind)

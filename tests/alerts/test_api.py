@@ -90,3 +90,10 @@ def test_alert_list_refuses_a_limit_or_cursor_it_did_not_give(reader):
         body = response.json()
         assert body["code"] == "invalid_parameter"
         assert body["errors"][0]["field"] == query.split("=")[0]
+
+
+def test_alert_list_refuses_a_filter_outside_its_enum_even_empty(reader):
+    for query in ("kind=", "status=", "kind=explosion", "status=closed"):
+        response = reader.get(f"/api/v1/alerts?{query}")
+        assert response.status_code == 400, query
+        assert response.json()["errors"][0]["field"] == query.split("=")[0]

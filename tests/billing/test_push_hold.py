@@ -126,7 +126,9 @@ def test_pending_entries_enqueued_before_the_hold_wait_for_the_release(
     assert set(PushLedgerEntry.objects.values_list("status", flat=True)) == {"pending"}
     assert not SimulatedUsageRecord.objects.exists()
 
-    billing_hold_release(hold=the_hold, actor=manager, reason="OK", mode="push_and_credit")
+    billing_hold_release(
+        hold=the_hold, actor=manager, reason="OK", mode="push_and_credit", credit_amount_minor=100
+    )
     released = usage_push(provider=get_provider("simulated"))
     again = usage_push(provider=get_provider("simulated"))
 
