@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -167,7 +169,9 @@ class BillingPeriod(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.start_date:%Y-%m-%d} – {self.end_date:%Y-%m-%d} ({self.state})"
+        # Days inclusive, as every page shows periods (end_date is the next period's first day).
+        last = max(self.start_date, self.end_date - timedelta(days=1))
+        return f"{self.start_date:%Y-%m-%d} – {last:%Y-%m-%d} ({self.state})"
 
     @property
     def is_held(self) -> bool:

@@ -430,3 +430,12 @@ def test_closing_without_quantities_prices_the_rollups_of_the_periods_local_days
     page = admin_client.get(f"/admin/billing/billingperiod/{closed.pk}/change/")
     assert page.status_code == 200
     assert b"invoiced 3, now 4 (+1)" in page.content
+
+
+def test_a_period_names_its_last_day_not_the_next_periods_first():
+    from datetime import date
+
+    from billing.models import BillingPeriod
+
+    period = BillingPeriod(start_date=date(2026, 11, 1), end_date=date(2026, 12, 1), state="open")
+    assert str(period) == "2026-11-01 – 2026-11-30 (open)"
