@@ -14,3 +14,11 @@ def adjustments_expire_task(self) -> int:
     from adjustments.services import adjustments_expire
 
     return adjustments_expire()
+
+
+@shared_task(**TRANSIENT)
+def audit_catch_up_task(self) -> int:
+    """Mirror into the audit log the history rows written in bulk (every five minutes)."""
+    from adjustments.audit import audit_catch_up
+
+    return audit_catch_up()

@@ -83,6 +83,30 @@ def test_a_record_of_an_account_names_the_account_and_keeps_decimals_exact(djang
 
 
 @pytest.mark.django_db
+def test_history_written_in_bulk_reaches_the_log_by_the_catch_up_once(django_user_model):
+    from adjustments.audit import audit_catch_up
+    from adjustments.tasks import audit_catch_up_task
+
+    maya = django_user_model.objects.create_user("maya-bulk")
+    accounts = [Account(external_id=f"bulk-{n}", name=f"Bulk {n}") for n in range(3)]
+    Account.objects.bulk_create(accounts)
+    for account in accounts:
+        account._history_user = maya
+    Account.history.bulk_history_create(accounts, default_change_reason="imported in bulk")
+    ids = {str(a.pk) for a in accounts}
+    assert not AuditEntry.objects.filter(model="account", object_pk__in=ids).exists()  # no signal
+
+    assert audit_catch_up() == 3
+    caught = _entries(model="account", object_pk__in=ids)
+    assert [(e.action, e.actor_label, e.reason) for e in caught] == [
+        ("created", "maya-bulk", "imported in bulk")
+    ] * 3
+    assert all("caught up" in e.origin_detail for e in caught)
+    assert audit_catch_up_task.apply().get() == 0  # once
+    assert audit_chain_verify()[1] is None
+
+
+@pytest.mark.django_db
 def test_a_deleted_record_keeps_its_last_values_and_the_delete_still_works():
     account = AccountFactory(external_id="gone", name="Gone Ltd")
     pk = account.pk
