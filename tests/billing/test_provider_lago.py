@@ -26,7 +26,7 @@ from billing.services.pull import provider_pull
 from billing.services.push import usage_push
 from metering.models import Meter
 from tests.billing.fakes.lago import FakeLago
-from tests.billing.test_push import hours_ago, make_event
+from tests.billing.test_push import hours_ago, make_event, make_events
 from tests.metering.factories import AccountFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
@@ -154,8 +154,7 @@ def test_a_refused_batch_saves_nothing_and_the_others_go_again_on_their_own(lago
 
 
 def test_batches_hold_at_most_100_events(lago_fake, account, calls):
-    for n in range(150):
-        make_event(account, calls, Decimal(1), hours_ago(1 + n / 1000))
+    make_events(account, calls, Decimal(1), [hours_ago(1 + n / 1000) for n in range(150)])
 
     result = usage_push()
 
@@ -249,8 +248,7 @@ def _child(fake: FakeLago, *, kill: bool) -> subprocess.CompletedProcess:
 def test_a_push_killed_after_lago_answered_is_counted_once_after_the_rerun(lago_fake):
     account = AccountFactory(external_id="lago-kill", name="Kill")
     storage = MeterFactory(code="storage", aggregation=Meter.Aggregation.SUM, value_property="gb")
-    for n in range(30):
-        make_event(account, storage, Decimal("0.25"), hours_ago(1 + n / 60))
+    make_events(account, storage, Decimal("0.25"), [hours_ago(1 + n / 60) for n in range(30)])
 
     killed = _child(lago_fake, kill=True)
 

@@ -24,7 +24,7 @@ from billing.services.pull import provider_pull
 from billing.services.push import usage_push
 from metering.models import Meter
 from tests.billing.fakes.metronome import FakeMetronome
-from tests.billing.test_push import hours_ago, make_event
+from tests.billing.test_push import hours_ago, make_event, make_events
 from tests.metering.factories import AccountFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
@@ -106,8 +106,7 @@ def test_a_resend_inside_the_34_days_is_dropped_by_metronome_and_counted_once(
 
 
 def test_requests_hold_at_most_100_events(metronome_fake, account, calls):
-    for n in range(150):
-        make_event(account, calls, Decimal(1), hours_ago(1 + n / 1000))
+    make_events(account, calls, Decimal(1), [hours_ago(1 + n / 1000) for n in range(150)])
 
     result = usage_push()
 
@@ -198,8 +197,7 @@ def test_a_push_killed_after_metronome_answered_is_counted_once_after_the_rerun(
 ):
     account = AccountFactory(external_id="met-kill", name="Kill")
     storage = MeterFactory(code="storage", aggregation=Meter.Aggregation.SUM, value_property="gb")
-    for n in range(30):
-        make_event(account, storage, Decimal("0.25"), hours_ago(1 + n / 60))
+    make_events(account, storage, Decimal("0.25"), [hours_ago(1 + n / 60) for n in range(30)])
 
     killed = _child(metronome_fake, kill=True)
 

@@ -30,7 +30,7 @@ from billing.services.pull import provider_pull
 from billing.services.push import usage_push
 from metering.models import Meter
 from tests.billing.fakes.orb import FakeOrb
-from tests.billing.test_push import hours_ago, make_event
+from tests.billing.test_push import hours_ago, make_event, make_events
 from tests.metering.factories import AccountFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
@@ -182,8 +182,7 @@ def test_a_retry_after_past_the_cap_halts_the_run_and_leaves_the_rest_pending(
 
 
 def test_many_events_go_in_requests_of_the_declared_batch_size(settings, orb_fake, account, calls):
-    for n in range(120):
-        make_event(account, calls, Decimal(1), hours_ago(1 + n / 100))
+    make_events(account, calls, Decimal(1), [hours_ago(1 + n / 100) for n in range(120)])
     adapter = get_provider(batch_size=50)
 
     result = usage_push(provider=adapter)
@@ -248,8 +247,7 @@ def _child(fake: FakeOrb, *, kill: bool) -> subprocess.CompletedProcess:
 def test_a_push_killed_after_orb_answered_is_counted_once_after_the_rerun(orb_fake):
     account = AccountFactory(external_id="orb-kill", name="Kill")
     storage = MeterFactory(code="storage", aggregation=Meter.Aggregation.SUM, value_property="gb")
-    for n in range(30):
-        make_event(account, storage, Decimal("0.25"), hours_ago(1 + n / 60))
+    make_events(account, storage, Decimal("0.25"), [hours_ago(1 + n / 60) for n in range(30)])
 
     killed = _child(orb_fake, kill=True)
 

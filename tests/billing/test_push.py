@@ -32,7 +32,7 @@ Status = PushLedgerEntry.Status
 _txn = itertools.count(1)
 
 
-def make_event(account, meter, value, at, *, corrects=None, unique_value=""):
+def make_event(account, meter, value, at, *, corrects=None, unique_value="", drain=True):
     """A stored usage event, rolled up (the drain puts it in the rolled-up feed the push reads)."""
     transaction_id = f"t-{next(_txn)}"
     event = UsageEvent.objects.create(
@@ -48,8 +48,18 @@ def make_event(account, meter, value, at, *, corrects=None, unique_value=""):
         kind=UsageEvent.Kind.CORRECTION if corrects else UsageEvent.Kind.NORMAL,
         corrects=corrects,
     )
-    rollup_drain()
+    if drain:
+        rollup_drain()
     return event
+
+
+def make_events(account, meter, value, times) -> list:
+    """Many stored events, rolled up by one drain: a drain per event inside a test's
+    transaction keeps every drain's temporary tables locked until the test ends, and a few
+    hundred of them exhaust PostgreSQL's shared lock table when two test workers run."""
+    events = [make_event(account, meter, value, at, drain=False) for at in times]
+    rollup_drain()
+    return events
 
 
 def hours_ago(n: float) -> datetime:
@@ -95,8 +105,7 @@ def crash_after_answer(monkeypatch):
 
 
 def test_each_event_is_pushed_once_and_acknowledged(fake, account, calls):
-    for n in range(3):
-        make_event(account, calls, Decimal(1), hours_ago(n + 1))
+    make_events(account, calls, Decimal(1), [hours_ago(n + 1) for n in range(3)])
 
     result = usage_push()
 
@@ -201,8 +210,7 @@ def test_a_correction_pushes_the_difference_it_makes(fake, account, storage):
 
 def test_rate_limited_requests_are_retried_until_stripe_takes_them(fake, account, calls):
     fake.rate_limit_every = 3
-    for n in range(6):
-        make_event(account, calls, Decimal(1), hours_ago(n + 1))
+    make_events(account, calls, Decimal(1), [hours_ago(n + 1) for n in range(6)])
 
     result = usage_push()
 
@@ -212,8 +220,7 @@ def test_rate_limited_requests_are_retried_until_stripe_takes_them(fake, account
 
 
 def test_many_events_go_through_the_v2_stream_in_requests_of_100(fake, account, calls):
-    for n in range(250):
-        make_event(account, calls, Decimal(1), hours_ago(1 + n / 100))
+    make_events(account, calls, Decimal(1), [hours_ago(1 + n / 100) for n in range(250)])
 
     result = usage_push()
 
@@ -231,8 +238,7 @@ def test_many_events_go_through_the_v2_stream_in_requests_of_100(fake, account, 
 def test_a_push_killed_after_stripe_answered_is_counted_once_after_the_rerun(
     fake, account, storage, monkeypatch, events
 ):
-    for n in range(events):
-        make_event(account, storage, Decimal("1.5"), hours_ago(1 + n / 100))
+    make_events(account, storage, Decimal("1.5"), [hours_ago(1 + n / 100) for n in range(events)])
     crash_after_answer(monkeypatch)
 
     with pytest.raises(Crash):
@@ -430,8 +436,7 @@ def test_the_ledger_admin_lists_entries_in_bounded_queries(
     settings, admin_client, account, calls, django_assert_max_num_queries
 ):
     settings.BILLING_PROVIDER = "simulated"
-    for n in range(5):
-        make_event(account, calls, Decimal(1), hours_ago(n + 1))
+    make_events(account, calls, Decimal(1), [hours_ago(n + 1) for n in range(5)])
     usage_push()
 
     with django_assert_max_num_queries(12):

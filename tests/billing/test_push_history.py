@@ -15,7 +15,7 @@ from billing.services import push as push_service
 from billing.services.push import ledger_retry_failed, usage_push
 from billing.webhooks import webhook_event_receive
 from metering.models import Meter
-from tests.billing.test_push import hours_ago, make_event
+from tests.billing.test_push import hours_ago, make_event, make_events
 from tests.metering.factories import AccountFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
@@ -34,8 +34,7 @@ def calls():
 
 
 def failed_entries(account, calls, n=2):
-    for i in range(n):
-        make_event(account, calls, Decimal(1), hours_ago(1 + i))
+    make_events(account, calls, Decimal(1), [hours_ago(1 + i) for i in range(n)])
     push_service.push_ledger_enqueue(provider_name="simulated")
     PushLedgerEntry.objects.update(status=Status.FAILED, attempts=20, error_code="gave_up")
     return list(PushLedgerEntry.objects.order_by("pk"))
@@ -124,8 +123,7 @@ def test_a_webhook_that_rejects_a_sent_entry_records_the_event_as_the_reason(
 
 def test_each_send_leaves_one_compact_batch_row_not_one_row_per_entry(settings, account, calls):
     settings.BILLING_PROVIDER = "simulated"
-    for n in range(5):
-        make_event(account, calls, Decimal(1), hours_ago(1 + n / 10))
+    make_events(account, calls, Decimal(1), [hours_ago(1 + n / 10) for n in range(5)])
 
     usage_push()
 

@@ -16,7 +16,13 @@ from billing.providers.base import UsageItem
 from billing.services import installation as installation_service
 from billing.services.push import usage_push
 from metering.models import Meter
-from tests.billing.test_push import crash_after_answer, hours_ago, make_event, stripe_total
+from tests.billing.test_push import (
+    crash_after_answer,
+    hours_ago,
+    make_event,
+    make_events,
+    stripe_total,
+)
 from tests.metering.factories import AccountFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
@@ -103,13 +109,11 @@ def test_a_saved_500_is_sent_again_next_run_under_a_new_key_and_counted_once(
 
 def test_an_expired_stream_session_is_renewed_inside_the_push(fake, account, storage):
     provider = get_provider("stripe")
-    for n in range(20):
-        make_event(account, storage, Decimal(1), hours_ago(2 + n / 100))
+    make_events(account, storage, Decimal(1), [hours_ago(2 + n / 100) for n in range(20)])
     usage_push(provider=provider)
     # Stripe ends the session before our copy of expires_at says so.
     fake.sessions.update({token: fake.now() - 1 for token in fake.sessions})
-    for n in range(20):
-        make_event(account, storage, Decimal(1), hours_ago(1 + n / 100))
+    make_events(account, storage, Decimal(1), [hours_ago(1 + n / 100) for n in range(20)])
 
     result = usage_push(provider=provider)
 
@@ -146,8 +150,7 @@ def test_a_sum_value_past_15_digits_is_split_into_parts_that_add_up_exactly(
     fake, account, storage, events
 ):
     value = Decimal("12345678901234.567891234567")  # 26 significant digits
-    for n in range(events):
-        make_event(account, storage, value, hours_ago(1 + n / 100))
+    make_events(account, storage, value, [hours_ago(1 + n / 100) for n in range(events)])
 
     result = usage_push()
 
@@ -237,8 +240,7 @@ def test_a_restored_database_gets_a_new_installation_id_and_old_entries_keep_the
 
 
 def test_a_long_retry_after_ends_the_run_and_the_next_run_continues(fake, account, storage):
-    for n in range(3):
-        make_event(account, storage, Decimal(1), hours_ago(1 + n / 10))
+    make_events(account, storage, Decimal(1), [hours_ago(1 + n / 10) for n in range(3)])
     fake.retry_after = "3600"
     fake.fail_next(1)
     started = time.monotonic()

@@ -27,7 +27,7 @@ from billing.services.pull import provider_pull
 from billing.services.push import usage_push
 from metering.models import Meter
 from tests.billing.factories import PlanFactory, PriceFactory, SubscriptionFactory
-from tests.billing.test_push import hours_ago, make_event
+from tests.billing.test_push import hours_ago, make_event, make_events
 from tests.metering.factories import AccountFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
@@ -199,8 +199,7 @@ def test_a_configured_run_gives_reconciliation_real_mismatches(settings):
     )
     account = AccountFactory(external_id="sim-acme")
     calls = MeterFactory(code="sim_api", aggregation=Meter.Aggregation.COUNT)
-    for n in range(200):
-        make_event(account, calls, Decimal(1), hours_ago(2 + n / 100))
+    make_events(account, calls, Decimal(1), [hours_ago(2 + n / 100) for n in range(200)])
 
     pushed = usage_push()
     provider_pull()
