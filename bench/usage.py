@@ -191,6 +191,10 @@ def run(args, database: str) -> None:
     import django
 
     django.setup()
+    from django.core.management import call_command
+
+    # A database seeded by an older checkout gets the newer tables (the pages write to them).
+    call_command("migrate", verbosity=0)
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
     from django.db import connection, transaction
