@@ -29,46 +29,11 @@ from adjustments.audit import (
 )
 from adjustments.models import AuditEntry
 from metering.admin import EstimatedCountPaginator
-from metering.admin.common import ReadOnlyModelAdmin, pretty_json
+from metering.admin.common import InputFilter, ReadOnlyModelAdmin, pretty_json
 from metering.models import Account
 
 
-class _InputFilter(admin.SimpleListFilter):
-    """A text box (there are too many users and reasons to list)."""
-
-    template = "admin/adjustments/input_filter.html"
-    placeholder = ""
-
-    def lookups(self, request, model_admin):
-        return ()
-
-    def has_output(self) -> bool:
-        return True
-
-    def __init__(self, request, params, model, model_admin):
-        # The form re-submits every other parameter (filters, search, ordering), not the page.
-        self.kept = [
-            (key, value)
-            for key, values in request.GET.lists()
-            if key not in {self.parameter_name, "p", "e"}
-            for value in values
-        ]
-        super().__init__(request, params, model, model_admin)
-
-    def choices(self, changelist):
-        yield {
-            "parameter_name": self.parameter_name,
-            "value": self.value() or "",
-            "hidden": self.kept,
-            "clear_url": changelist.get_query_string(remove=[self.parameter_name]),
-            "placeholder": self.placeholder,
-        }
-
-    def text(self) -> str:
-        return (self.value() or "").strip()
-
-
-class ActorFilter(_InputFilter):
+class ActorFilter(InputFilter):
     title = "user or API key"
     parameter_name = "actor"
     placeholder = "username, key name or system"
@@ -79,7 +44,7 @@ class ActorFilter(_InputFilter):
         return queryset
 
 
-class ReasonFilter(_InputFilter):
+class ReasonFilter(InputFilter):
     title = "reason"
     parameter_name = "reason"
     placeholder = "words in the reason"
@@ -101,7 +66,7 @@ def _day_start(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
 
 
-class FromDayFilter(_InputFilter):
+class FromDayFilter(InputFilter):
     title = "from day (UTC, included)"
     parameter_name = "from"
     placeholder = "YYYY-MM-DD"
@@ -111,7 +76,7 @@ class FromDayFilter(_InputFilter):
         return queryset.filter(created_at__gte=_day_start(day)) if day else queryset
 
 
-class ToDayFilter(_InputFilter):
+class ToDayFilter(InputFilter):
     title = "to day (UTC, included)"
     parameter_name = "to"
     placeholder = "YYYY-MM-DD"

@@ -309,3 +309,39 @@ def _copy_saved(saved, *, into) -> None:
         setattr(into, field.attname, getattr(saved, field.attname))
     into._state.adding = False
     into._state.db = saved._state.db
+
+
+class InputFilter(admin.SimpleListFilter):
+    """A text box instead of a list of choices (too many accounts, users or reasons to list):
+    subclasses set `title`, `parameter_name`, `placeholder` and `queryset`."""
+
+    template = "admin/metering/input_filter.html"
+    placeholder = ""
+
+    def lookups(self, request, model_admin):
+        return ()
+
+    def has_output(self) -> bool:
+        return True
+
+    def __init__(self, request, params, model, model_admin):
+        # The form re-submits every other parameter (filters, search, ordering), not the page.
+        self.kept = [
+            (key, value)
+            for key, values in request.GET.lists()
+            if key not in {self.parameter_name, "p", "e"}
+            for value in values
+        ]
+        super().__init__(request, params, model, model_admin)
+
+    def choices(self, changelist):
+        yield {
+            "parameter_name": self.parameter_name,
+            "value": self.value() or "",
+            "hidden": self.kept,
+            "clear_url": changelist.get_query_string(remove=[self.parameter_name]),
+            "placeholder": self.placeholder,
+        }
+
+    def text(self) -> str:
+        return (self.value() or "").strip()

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from metering.admin.common import ReadOnlyModelAdmin, pretty_json
+from metering.admin.common import InputFilter, ReadOnlyModelAdmin, pretty_json
 from metering.models import UsageEvent
 
 # --- usage events: append-only, tens of millions of rows -------------------------------------
@@ -74,39 +74,15 @@ class SortableByOnlyChangeList(ChangeList):
         return super().get_ordering_field(field_name)
 
 
-class AccountExternalIdFilter(admin.SimpleListFilter):
+class AccountExternalIdFilter(InputFilter):
     """A text box, not a list: there can be far too many accounts to list them."""
 
     title = "account (external id)"
     parameter_name = "account_external_id"
-    template = "admin/metering/input_filter.html"
-
-    def lookups(self, request, model_admin):
-        return ()
-
-    def has_output(self) -> bool:
-        return True
-
-    def __init__(self, request, params, model, model_admin):
-        # The form re-submits every other parameter (filters, search, ordering), not the page.
-        self.kept = [
-            (key, value)
-            for key, values in request.GET.lists()
-            if key not in {self.parameter_name, "p", "e"}
-            for value in values
-        ]
-        super().__init__(request, params, model, model_admin)
-
-    def choices(self, changelist):
-        yield {
-            "parameter_name": self.parameter_name,
-            "value": self.value() or "",
-            "hidden": self.kept,
-            "clear_url": changelist.get_query_string(remove=[self.parameter_name]),
-        }
+    placeholder = "exact id"
 
     def queryset(self, request, queryset):
-        value = (self.value() or "").strip()
+        value = self.text()
         if value:
             return queryset.filter(account__external_id=value)
         return queryset
