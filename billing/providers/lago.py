@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -43,6 +43,7 @@ from lago_python_client.exceptions import LagoApiError, LagoRateLimitError
 from lago_python_client.models import BillableMetric, Customer
 from lago_python_client.models.event import BatchEvent, Event
 
+from billing.providers.answers import parse_time
 from billing.providers.base import (
     BillingProvider,
     InvoiceData,
@@ -78,12 +79,6 @@ LAGO_RULES = PlatformRules(
 
 class LagoBackoff(ProviderUnavailable):
     """Lago asked us to wait longer than we may while holding the push lock."""
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _number(value) -> Decimal:
@@ -317,8 +312,8 @@ class LagoProvider(RetryPolicy, BillingProvider):
         """One summary per billing period that overlaps [start, end), over the whole period
         (Lago has no finer read: the window is the period, never a day)."""
         for period in self._usage_periods(customer_id, provider_meter_id):
-            period_start = _parse(period.get("from_datetime"))
-            period_end = _parse(period.get("to_datetime"))
+            period_start = parse_time(period.get("from_datetime"))
+            period_end = parse_time(period.get("to_datetime"))
             if period_start is None or period_end is None:
                 continue
             if period_end <= start or period_start >= end:
@@ -363,8 +358,8 @@ class LagoProvider(RetryPolicy, BillingProvider):
             if exc.status_code == 404:
                 return None
             raise
-        period_start = _parse(usage.get("from_datetime"))
-        period_end = _parse(usage.get("to_datetime"))
+        period_start = parse_time(usage.get("from_datetime"))
+        period_end = parse_time(usage.get("to_datetime"))
         lines = [
             InvoiceLineData(
                 line_id=f"upcoming-{customer_id}-{n}",
@@ -418,8 +413,8 @@ class LagoProvider(RetryPolicy, BillingProvider):
                     quantity=None if fee.get("units") is None else _number(fee["units"]),
                     amount_minor=int(fee.get("amount_cents") or 0),
                     price_id=fee.get("lago_charge_id") or "",
-                    period_start=_parse(fee.get("from_date")),
-                    period_end=_parse(fee.get("to_date")),
+                    period_start=parse_time(fee.get("from_date")),
+                    period_end=parse_time(fee.get("to_date")),
                     raw=fee,
                     meter_code=self._meter_code(code),
                 )
@@ -435,7 +430,7 @@ class LagoProvider(RetryPolicy, BillingProvider):
             total_minor=int(invoice.get("total_amount_cents") or 0),
             period_start=min(starts, default=None),
             period_end=max(ends, default=None),
-            created=_parse(invoice.get("issuing_date")),
+            created=parse_time(invoice.get("issuing_date")),
             lines=lines,
             raw={k: v for k, v in invoice.items() if k != "fees"},
         )

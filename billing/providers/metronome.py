@@ -27,14 +27,14 @@ and the push ledger honour it:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import metronome
 
+from billing.providers.answers import iso_utc, parse_time, sdk_body
 from billing.providers.base import (
     BillingProvider,
     InvoiceData,
@@ -72,20 +72,6 @@ METRONOME_RULES = PlatformRules(
 
 class MetronomeBackoff(ProviderUnavailable):
     """Metronome asked us to wait longer than we may while holding the push lock."""
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def _body(raw) -> dict:
-    return json.loads(raw.http_response.content or b"{}", parse_float=Decimal)
 
 
 def _number(value) -> Decimal:
@@ -143,7 +129,7 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
     def _customer_id(self, external_id: str) -> str:
         """The Metronome id of the customer whose ingest alias is our external id ("")."""
         if external_id not in self._ids:
-            page = _body(
+            page = sdk_body(
                 self._call(
                     self.client.v1.customers.with_raw_response.list, ingest_alias=external_id
                 )
@@ -163,7 +149,7 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
         if self.read_only:
             return ""
         try:
-            body = _body(
+            body = sdk_body(
                 self._call(
                     self.client.v1.customers.with_raw_response.create,
                     name=name or external_id,
@@ -182,7 +168,7 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
             params: dict = {"include_archived": False}
             if cursor:
                 params["next_page"] = cursor
-            page = _body(
+            page = sdk_body(
                 self._call(self.client.v1.billable_metrics.with_raw_response.list, **params)
             )
             yield from page.get("data", [])
@@ -208,7 +194,7 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
         found = self.find_meter(spec=spec)
         if found is not None:
             return found
-        body = _body(
+        body = sdk_body(
             self._call(
                 self.client.v1.billable_metrics.with_raw_response.create,
                 name=spec.display_name,
@@ -232,7 +218,7 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
             "transaction_id": item.identifier,
             "customer_id": item.customer_id,
             "event_type": item.event_name,
-            "timestamp": _iso(item.timestamp),
+            "timestamp": iso_utc(item.timestamp),
             "properties": {"value": json_number(item.value)},
         }
 
@@ -278,15 +264,15 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
         cursor = None
         while True:
             params: dict = {
-                "starting_on": _iso(start),
-                "ending_before": _iso(end),
+                "starting_on": iso_utc(start),
+                "ending_before": iso_utc(end),
                 "window_size": "DAY",
                 "customer_ids": [metronome_id],
                 "billable_metrics": [{"id": provider_meter_id}],
             }
             if cursor:
                 params["next_page"] = cursor
-            page = _body(self._call(self.client.v1.usage.with_raw_response.list, **params))
+            page = sdk_body(self._call(self.client.v1.usage.with_raw_response.list, **params))
             for row in page.get("data", []):
                 if row.get("billable_metric_id") != provider_meter_id:
                     continue
@@ -296,8 +282,8 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
                 yield MeterSummary(
                     provider_meter_id=provider_meter_id,
                     customer_id=customer_id,
-                    start=_parse(row["start_timestamp"]),
-                    end=_parse(row["end_timestamp"]),
+                    start=parse_time(row["start_timestamp"]),
+                    end=parse_time(row["end_timestamp"]),
                     value=value,
                 )
             cursor = page.get("next_page")
@@ -314,10 +300,10 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
         while True:
             params: dict = {"customer_id": metronome_id, "limit": 100}
             if created_since is not None:
-                params["starting_on"] = _iso(created_since)
+                params["starting_on"] = iso_utc(created_since)
             if cursor:
                 params["next_page"] = cursor
-            page = _body(
+            page = sdk_body(
                 self._call(self.client.v1.customers.invoices.with_raw_response.list, **params)
             )
             for invoice in page.get("data", []):
@@ -340,8 +326,8 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
                 quantity=None if line.get("quantity") is None else _number(line["quantity"]),
                 amount_minor=int(_number(line.get("total"))),
                 price_id=line.get("product_id") or "",
-                period_start=_parse(line.get("starting_at")),
-                period_end=_parse(line.get("ending_before")),
+                period_start=parse_time(line.get("starting_at")),
+                period_end=parse_time(line.get("ending_before")),
                 raw=line,
             )
             for n, line in enumerate(invoice.get("line_items") or [])
@@ -353,9 +339,9 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
             status=invoice.get("status") or "",
             currency=currency,
             total_minor=int(_number(invoice.get("total"))),
-            period_start=_parse(invoice.get("start_timestamp")),
-            period_end=_parse(invoice.get("end_timestamp")),
-            created=_parse(invoice.get("issued_at") or invoice.get("created_at")),
+            period_start=parse_time(invoice.get("start_timestamp")),
+            period_end=parse_time(invoice.get("end_timestamp")),
+            created=parse_time(invoice.get("issued_at") or invoice.get("created_at")),
             lines=lines,
             raw={k: v for k, v in invoice.items() if k != "line_items"},
         )

@@ -41,12 +41,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import orb
 
 from billing.money import to_minor_units
+from billing.providers.answers import iso_utc, parse_time, sdk_body
 from billing.providers.base import (
     BillingProvider,
     CreditRequest,
@@ -86,21 +87,6 @@ ORB_RULES = PlatformRules(
 
 class OrbBackoff(ProviderUnavailable):
     """Orb asked us to wait longer than we may while holding the push lock."""
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def _body(raw) -> dict:
-    """A raw SDK response parsed with decimals for every number with a fraction."""
-    return json.loads(raw.http_response.content or b"{}", parse_float=Decimal)
 
 
 def _error_body(exc: orb.APIStatusError) -> dict:
@@ -204,7 +190,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
             params = {"limit": 100}
             if cursor:
                 params["cursor"] = cursor
-            page = _body(self._call(self.client.metrics.with_raw_response.list, **params))
+            page = sdk_body(self._call(self.client.metrics.with_raw_response.list, **params))
             yield from page.get("data", [])
             cursor = (page.get("pagination_metadata") or {}).get("next_cursor")
             if not cursor:
@@ -227,14 +213,14 @@ class OrbProvider(RetryPolicy, BillingProvider):
         found = self.find_meter(spec=spec)
         if found is not None:
             return found
-        item = _body(
+        item = sdk_body(
             self._call(
                 self.client.items.with_raw_response.create,
                 name=spec.display_name,
                 idempotency_key=f"mo-item-{spec.event_name}",
             )
         )
-        metric = _body(
+        metric = sdk_body(
             self._call(
                 self.client.metrics.with_raw_response.create,
                 name=spec.display_name,
@@ -260,7 +246,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
             "idempotency_key": item.identifier,
             "external_customer_id": item.customer_id,
             "event_name": item.event_name,
-            "timestamp": _iso(item.timestamp),
+            "timestamp": iso_utc(item.timestamp),
             "properties": {"value": json_number(item.value)},
         }
 
@@ -286,7 +272,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
             return [ItemResult(i.identifier, ItemStatus.RETRY, message=str(exc)) for i in items]
         except orb.BadRequestError as exc:
             return self._validation_failed(items, exc)
-        body = _body(raw)
+        body = sdk_body(raw)
         duplicates = set((body.get("debug") or {}).get("duplicate") or [])
         return [
             ItemResult(
@@ -347,7 +333,9 @@ class OrbProvider(RetryPolicy, BillingProvider):
                 params: dict = {"external_customer_id": [customer_id], "limit": 100}
                 if cursor:
                     params["cursor"] = cursor
-                page = _body(self._call(self.client.subscriptions.with_raw_response.list, **params))
+                page = sdk_body(
+                    self._call(self.client.subscriptions.with_raw_response.list, **params)
+                )
                 ids.extend(s["id"] for s in page.get("data", []) if s.get("status") != "upcoming")
                 cursor = (page.get("pagination_metadata") or {}).get("next_cursor")
                 if not cursor:
@@ -360,11 +348,11 @@ class OrbProvider(RetryPolicy, BillingProvider):
     ) -> Iterator[MeterSummary]:
         """Per UTC day when both bounds are UTC midnights (`granularity=day`; the customer was
         made in UTC), else one summary over exactly [start, end)."""
-        params: dict = {"timeframe_start": _iso(start), "timeframe_end": _iso(end)}
+        params: dict = {"timeframe_start": iso_utc(start), "timeframe_end": iso_utc(end)}
         if start.timestamp() % DAY_SECONDS == 0 and end.timestamp() % DAY_SECONDS == 0:
             params["granularity"] = "day"
         for subscription_id in self._subscription_ids(customer_id):
-            body = _body(
+            body = sdk_body(
                 self._call(
                     self.client.subscriptions.with_raw_response.fetch_usage,
                     subscription_id,
@@ -381,8 +369,8 @@ class OrbProvider(RetryPolicy, BillingProvider):
                     yield MeterSummary(
                         provider_meter_id=provider_meter_id,
                         customer_id=customer_id,
-                        start=_parse(window["timeframe_start"]),
-                        end=_parse(window["timeframe_end"]),
+                        start=parse_time(window["timeframe_start"]),
+                        end=parse_time(window["timeframe_end"]),
                         value=value,
                     )
 
@@ -393,10 +381,10 @@ class OrbProvider(RetryPolicy, BillingProvider):
         while True:
             params: dict = {"external_customer_id": customer_id, "limit": 100}
             if created_since is not None:
-                params["invoice_date_gte"] = _iso(created_since)
+                params["invoice_date_gte"] = iso_utc(created_since)
             if cursor:
                 params["cursor"] = cursor
-            page = _body(self._call(self.client.invoices.with_raw_response.list, **params))
+            page = sdk_body(self._call(self.client.invoices.with_raw_response.list, **params))
             for invoice in page.get("data", []):
                 yield self._invoice(invoice, customer_id)
             cursor = (page.get("pagination_metadata") or {}).get("next_cursor")
@@ -406,7 +394,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
     def upcoming_invoice(self, *, customer_id: str) -> InvoiceData | None:
         for subscription_id in self._subscription_ids(customer_id):
             try:
-                body = _body(
+                body = sdk_body(
                     self._call(
                         self.client.invoices.with_raw_response.fetch_upcoming,
                         subscription_id=subscription_id,
@@ -422,12 +410,12 @@ class OrbProvider(RetryPolicy, BillingProvider):
         finalized invoices included: Orb has no credit note for usage), once per key."""
         from billing.money import from_minor_units
 
-        customer = _body(
+        customer = sdk_body(
             self._call(
                 self.client.customers.with_raw_response.fetch_by_external_id, credit.customer_id
             )
         )
-        body = _body(
+        body = sdk_body(
             self._call(
                 self.client.customers.balance_transactions.with_raw_response.create,
                 customer["id"],
@@ -467,8 +455,8 @@ class OrbProvider(RetryPolicy, BillingProvider):
                     quantity=None if line.get("quantity") is None else _number(line["quantity"]),
                     amount_minor=to_minor_units(_number(line.get("amount")), currency),
                     price_id=price.get("id") or "",
-                    period_start=_parse(line.get("start_date")),
-                    period_end=_parse(line.get("end_date")),
+                    period_start=parse_time(line.get("start_date")),
+                    period_end=parse_time(line.get("end_date")),
                     raw={**line, "billable_metric_id": metric.get("id", "")},
                     meter_code=self._meter_code(metric.get("id", "")),
                 )
@@ -484,7 +472,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
             total_minor=to_minor_units(_number(invoice.get("total")), currency),
             period_start=min(starts, default=None),
             period_end=max(ends, default=None),
-            created=_parse(invoice.get("created_at")),
+            created=parse_time(invoice.get("created_at")),
             lines=lines,
             raw={k: v for k, v in invoice.items() if k != "line_items"},
         )
