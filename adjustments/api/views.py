@@ -7,8 +7,6 @@ Manager in the admin. A repeated `idempotency_key` (per key) answers the first a
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -25,6 +23,7 @@ from adjustments.services import Actor, AdjustmentError, NotPermitted, adjustmen
 from alerts.models import Alert
 from metering.api.authentication import HasScope
 from metering.api.errors import ApiError
+from metering.api.paging import keyset_page
 from metering.api.serializers import ErrorSerializer
 from metering.api.views import BoundedJSONParser
 from metering.models import Account, Meter
@@ -116,13 +115,9 @@ class AccountAdjustmentsView(APIView):
         )
         if before is not None:
             rows = rows.filter(pk__lt=before)
-        page = list(rows[: limit + 1])
-        next_url = None
-        if len(page) > limit:
-            page = page[:limit]
-            query = {k: v for k, v in request.query_params.items() if k != "before"}
-            query["before"] = page[-1].pk
-            next_url = request.build_absolute_uri(f"{request.path}?{urlencode(query)}")
+        page, next_url = keyset_page(
+            request, rows, limit=limit, cursor_param="before", cursor_of=lambda a: a.pk
+        )
         return Response({"results": [_out(a) for a in page], "next": next_url})
 
     @extend_schema(
