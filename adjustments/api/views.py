@@ -23,7 +23,7 @@ from adjustments.services import Actor, AdjustmentError, NotPermitted, adjustmen
 from alerts.models import Alert
 from metering.api.authentication import HasScope
 from metering.api.errors import ApiError
-from metering.api.paging import keyset_page
+from metering.api.paging import keyset_page, page_limit
 from metering.api.serializers import ErrorSerializer
 from metering.api.views import BoundedJSONParser
 from metering.models import Account, Meter
@@ -105,7 +105,7 @@ class AccountAdjustmentsView(APIView):
     )
     def get(self, request, external_id: str):
         account = _account(external_id)
-        limit = min(_positive(request, "limit", PAGE_SIZE), MAX_PAGE_SIZE)
+        limit = page_limit(request, default=PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         before = _positive(request, "before", None)
         rows = (
             Adjustment.objects.filter(account=account)

@@ -125,3 +125,13 @@ def test_the_list_is_newest_first_and_paged_with_next(api_client, django_assert_
     rest = reader.get(page["next"]).json()
     assert [a["amount_minor"] for a in rest["results"]] == [100]
     assert rest["next"] is None
+
+
+@pytest.mark.parametrize("limit", ["0", "201", "ten"])
+def test_a_limit_out_of_range_is_refused_like_the_other_lists(api_client, limit):
+    s = scenario(per_day=300)
+    answer = _client(api_client, "read").get(_url(s.account), {"limit": limit})
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["code"] == "invalid_parameter"
+    assert body["errors"][0]["field"] == "limit"
