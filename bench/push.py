@@ -7,6 +7,7 @@ fake server of that platform, and count the HTTP calls.
     uv run python bench/push.py --provider orb   # Orb's /ingest (500 events per request)
     uv run python bench/push.py --provider lago  # Lago's /events/batch (100 per request)
     uv run python bench/push.py --provider metronome  # Metronome's /v1/ingest (100 per request)
+    uv run python bench/push.py --provider amberflo   # Amberflo's /ingest (100 per request)
 
 It works in its own database (`meterops_bench_push` on the server of $DATABASE_URL),
 recreated at each run. Steps:
@@ -44,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--accounts", type=int, default=10)
     parser.add_argument(
-        "--provider", choices=["stripe", "orb", "lago", "metronome"], default="stripe"
+        "--provider", choices=["stripe", "orb", "lago", "metronome", "amberflo"], default="stripe"
     )
     parser.add_argument("--v1", action="store_true", help="Stripe: v1 meter events only")
     parser.add_argument("--database", default="meterops_bench_push")
@@ -184,6 +185,17 @@ def platform(args):
             return fake.total(event_type="mo_api_calls", alias=account.external_id)
 
         return fake, adapter, counted, f"/v1/ingest, {adapter.batch_size} events per request"
+    if args.provider == "amberflo":
+        from billing.providers.amberflo import AmberfloProvider
+        from tests.billing.fakes.amberflo import FakeAmberflo
+
+        fake = FakeAmberflo()
+        adapter = AmberfloProvider(api_key=fake.api_key, base_url=fake.start())
+
+        def counted(account):
+            return fake.total(meter="mo_api_calls", customer=account.external_id)
+
+        return fake, adapter, counted, f"/ingest, {adapter.batch_size} records per request"
     from billing.providers.stripe import StripeProvider
     from tests.billing.fake_stripe import FakeStripe
 

@@ -420,7 +420,7 @@ BILLING_CLOSE_CHECKS = [
     ).split(",")
     if p.strip()
 ]
-BILLING_PROVIDERS = ("simulated", "stripe", "orb", "lago", "metronome")
+BILLING_PROVIDERS = ("simulated", "stripe", "orb", "lago", "metronome", "amberflo")
 if BILLING_PROVIDER not in BILLING_PROVIDERS:
     raise ImproperlyConfigured(f"BILLING_PROVIDER must be one of {', '.join(BILLING_PROVIDERS)}.")
 # A second platform read side by side during a migration ([9]): never pushed to, only read
@@ -463,6 +463,12 @@ METRONOME_API_BASE = os.environ.get("METRONOME_API_BASE", "")
 METRONOME_RETRY_AFTER_MAX = float(os.environ.get("METRONOME_RETRY_AFTER_MAX", "30"))
 if BILLING_PROVIDER == "metronome" and not METRONOME_API_KEY:
     raise ImproperlyConfigured("BILLING_PROVIDER=metronome needs METRONOME_API_KEY.")
+# Amberflo ([9]): its documented REST API (httpx) against AMBERFLO_BASE_URL.
+AMBERFLO_API_KEY = os.environ.get("AMBERFLO_API_KEY", "")
+AMBERFLO_BASE_URL = env_str("AMBERFLO_BASE_URL", "https://app.amberflo.io")
+AMBERFLO_RETRY_AFTER_MAX = float(os.environ.get("AMBERFLO_RETRY_AFTER_MAX", "30"))
+if BILLING_PROVIDER == "amberflo" and not AMBERFLO_API_KEY:
+    raise ImproperlyConfigured("BILLING_PROVIDER=amberflo needs AMBERFLO_API_KEY.")
 
 # --- Notifications (e-mail, team webhook, customer webhooks) ---
 # E-mail goes through Django's backend: the console while DEBUG is on, SMTP otherwise.

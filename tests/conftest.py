@@ -92,3 +92,18 @@ def metronome_fake(settings):
     settings.METRONOME_RETRY_AFTER_MAX = 30
     yield server
     server.stop()
+
+
+@pytest.fixture
+def amberflo_fake(settings):
+    """The suite's Amberflo-compatible server (tests/billing/fakes/amberflo.py), with
+    BILLING_PROVIDER=amberflo pointed at it."""
+    from tests.billing.fakes.amberflo import FakeAmberflo
+
+    server = FakeAmberflo()
+    settings.BILLING_PROVIDER = "amberflo"
+    settings.AMBERFLO_API_KEY = server.api_key
+    settings.AMBERFLO_BASE_URL = server.start()
+    settings.AMBERFLO_RETRY_AFTER_MAX = 30
+    yield server
+    server.stop()

@@ -21,6 +21,7 @@ class Provider(models.TextChoices):
     ORB = "orb", "Orb"
     LAGO = "lago", "Lago"
     METRONOME = "metronome", "Metronome"
+    AMBERFLO = "amberflo", "Amberflo"
 
 
 class ProviderMeter(models.Model):

@@ -3,8 +3,10 @@
 `get_provider()` picks the one named by settings.BILLING_PROVIDER: `simulated` (the default,
 kept in the database), `stripe` (the stripe SDK, STRIPE_API_KEY, STRIPE_API_BASE) or `orb`
 (the orb-billing SDK, ORB_API_KEY, ORB_API_BASE) or `lago` (the lago-python-client SDK,
-LAGO_API_KEY, LAGO_API_URL) or `metronome` (metronome-sdk, METRONOME_API_KEY, METRONOME_API_BASE). `platform_rules(name)` answers a
-platform's PlatformRules without building an adapter (the push ledger reads them).
+LAGO_API_KEY, LAGO_API_URL) or `metronome` (metronome-sdk, METRONOME_API_KEY, METRONOME_API_BASE)
+or `amberflo` (Amberflo's REST API with httpx, AMBERFLO_API_KEY, AMBERFLO_BASE_URL).
+`platform_rules(name)` answers a platform's PlatformRules without building an adapter (the
+push ledger reads them).
 """
 
 from __future__ import annotations
@@ -49,8 +51,15 @@ def get_provider(name: str | None = None, **options) -> BillingProvider:
         return MetronomeProvider(
             api_key=settings.METRONOME_API_KEY, api_base=settings.METRONOME_API_BASE, **options
         )
+    if name == "amberflo":
+        from billing.providers.amberflo import AmberfloProvider
+
+        options.setdefault("retry_after_cap", settings.AMBERFLO_RETRY_AFTER_MAX)
+        return AmberfloProvider(
+            api_key=settings.AMBERFLO_API_KEY, base_url=settings.AMBERFLO_BASE_URL, **options
+        )
     raise ValueError(
-        f"Unknown billing provider {name!r} (simulated, stripe, orb, lago or metronome)."
+        f"Unknown billing provider {name!r} (simulated, stripe, orb, lago, metronome or amberflo)."
     )
 
 
@@ -78,6 +87,10 @@ def platform_rules(name: str) -> PlatformRules:
         from billing.providers.metronome import METRONOME_RULES
 
         return METRONOME_RULES
+    if name == "amberflo":
+        from billing.providers.amberflo import AMBERFLO_RULES
+
+        return AMBERFLO_RULES
     return STRIPE_RULES
 
 

@@ -229,10 +229,67 @@ class MetronomeWorld:
         )
 
 
-@pytest.fixture(params=["orb", "lago", "metronome"])
+class AmberfloWorld:
+    """The Amberflo side of the proof: records are keyed by customerId (our external id),
+    read back per UTC day."""
+
+    def __init__(self, fake, settings) -> None:
+        self.fake = fake
+
+    def customer(self, account) -> str:
+        return account.external_id
+
+    def after_push(self, accounts) -> None:
+        pass
+
+    def inject(self, group: str, customers: set[str]) -> None:
+        fake = self.fake
+        with fake.lock:
+            mine = [e for e in fake.events if e.customer in customers]
+            if group == "drop":
+                for event in mine[::5]:
+                    fake.events.remove(event)
+            elif group == "duplicate":
+                fake.events.extend(replace(e, unique_id=f"{e.unique_id}-x") for e in mine[::5])
+            elif group == "skew":
+                for event in mine[::2]:
+                    event.timestamp -= 7200
+
+    def remap(self, account) -> None:
+        """The account's external id changed on our side; Amberflo has a customer under the
+        new id with nothing on it (the usage sits under the old one)."""
+        old = account.external_id
+        account.external_id = f"{old}-renamed"
+        account.save()
+        with self.fake.lock:
+            self.fake._create_customer(
+                {"customerId": account.external_id, "customerName": account.name}
+            )
+        return old
+
+    def rows(self, account, meter, period, customer: str):
+        lo, hi = period.starts_at.timestamp(), period.ends_at.timestamp()
+        return sorted(
+            (
+                e
+                for e in self.fake.events
+                if e.customer == customer
+                and e.meter == f"mo_{meter.code}"
+                and lo <= e.timestamp < hi
+            ),
+            key=lambda e: e.timestamp,
+        )
+
+
+@pytest.fixture(params=["orb", "lago", "metronome", "amberflo"])
 def world(request, settings):
     fake = request.getfixturevalue(f"{request.param}_fake")
-    worlds = {"orb": OrbWorld, "lago": LagoWorld, "metronome": MetronomeWorld}
+    worlds = {
+        "orb": OrbWorld,
+        "lago": LagoWorld,
+        "metronome": MetronomeWorld,
+        "amberflo": AmberfloWorld,
+    }
     return worlds[request.param](fake, settings)
 
 
