@@ -141,6 +141,10 @@ def preview_provider() -> BillingProvider:
     name = settings.BILLING_PROVIDER
     options = {"timeout": PAGE_TIMEOUT_SECONDS} if name == "stripe" else {}
     provider = get_provider(name, **options)
+    client = getattr(provider, "client", None)
+    if hasattr(client, "with_options"):
+        # The Stainless-generated SDKs (orb-billing, metronome-sdk) take a timeout per client.
+        provider.client = client.with_options(timeout=PAGE_TIMEOUT_SECONDS)
     if isinstance(provider, RetryPolicy):
         provider.max_retries = PAGE_MAX_RETRIES
         provider.backoff_cap = min(provider.backoff_cap, 1.0)

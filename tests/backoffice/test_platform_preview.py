@@ -197,6 +197,25 @@ def test_a_platform_that_fails_is_unavailable_not_a_server_error(fake, account):
     assert len(fake.calls("/v1/subscriptions")) == 2  # one request, one retry, no more
 
 
+def test_a_platform_slower_than_the_page_waits_is_unavailable(fake, account, monkeypatch):
+    import time
+
+    from billing import platform_preview
+
+    stripe_prices(fake, account, "12.5")
+    monkeypatch.setattr(platform_preview, "PAGE_TIMEOUT_SECONDS", 0.3)
+    fake.slow_seconds = 5.0
+
+    started = time.monotonic()
+    comparison = platform_preview_comparison(account)
+    waited = time.monotonic() - started
+
+    assert comparison.status is PreviewStatus.UNAVAILABLE
+    # One request and one retry of 0.3 s each and the backoff between them (about 1.1 s, and
+    # our projection on a busy machine), never a whole answer of 5 s.
+    assert waited < 5
+
+
 def test_a_customer_without_a_subscription_there_has_no_preview(fake, account):
     response = _fragment(_staff("Support"), account)
 

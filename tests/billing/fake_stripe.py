@@ -163,6 +163,8 @@ class FakeStripe:
         self.balance_transactions: list[dict] = []
         self.credit_notes: list[dict] = []
         self.subscriptions: dict[str, dict] = {}
+        # Every answer waits this long first (a slow platform).
+        self.slow_seconds = 0.0
         self.requests: list[dict] = []
         # Meter event summary requests: (meter, customer, start, end, grouping window or None).
         self.summary_requests: list[tuple[str, str, int, int, str | None]] = []
@@ -380,6 +382,11 @@ class FakeStripe:
     # --- request handling ---------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict, headers, raw: bytes) -> Answer:
+        if self.slow_seconds:
+            # A platform slower than the client will wait (outside the lock: others go on).
+            import time
+
+            time.sleep(self.slow_seconds)
         with self.lock:
             self.request_count += 1
             version = headers.get("Stripe-Version")
@@ -1047,7 +1054,10 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in answer.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (a test of its timeout)
 
     def do_GET(self):
         self._serve("GET")
