@@ -257,3 +257,35 @@ def test_every_role_that_views_accounts_sees_the_tab(fake, account, role):
 def test_staff_without_a_role_are_refused(fake, account):
     assert _fragment(_staff(), account).status_code == 403
     assert fake.calls("/v1/invoices/create_preview") == []
+
+
+def test_the_plan_fee_pairs_with_the_platforms_fixed_price_and_lines_on_no_meter_stay_apart(
+    fake, account
+):
+    from billing.models import Plan
+
+    Plan.objects.filter(code="calls").update(flat_fee_minor=49_00)
+    start, end = _period(account)
+    fake.add_subscription(
+        customer=account.provider_customer_id,
+        items=[
+            {"price": "price_calls", "event_name": "mo_calls", "unit_amount_decimal": "12.5"},
+            {"price": "price_base", "unit_amount": 49_00},
+            {"price": "price_support", "unit_amount": 10_00},
+        ],
+        period_start=start,
+        period_end=end,
+    )
+
+    comparison = platform_preview_comparison(account)
+
+    by_key = {line.key: line for line in comparison.lines}
+    assert (by_key["plan_fee"].ours_minor, by_key["plan_fee"].theirs_minor) == (49_00, 49_00)
+    assert (by_key["meter:calls"].ours_minor, by_key["meter:calls"].theirs_minor) == (100, 100)
+    [extra] = [line for key, line in by_key.items() if key.startswith("platform:")]
+    assert (extra.ours_minor, extra.theirs_minor, extra.title) == (None, 10_00, "price_support")
+    assert comparison.difference_minor == 10_00
+    assert comparison.sentence == (
+        "Stripe's preview is $10.00 more than our projection so far: price_support is billed "
+        "only there ($10.00)."
+    )
