@@ -26,6 +26,8 @@ from billing.explain import (
     short_date,
 )
 from billing.money import format_money
+from billing.platform_preview import difference_text, platform_preview_comparison
+from billing.pricing import format_quantity
 from billing.projection import ProjectedInvoice, ProjectionUnavailable, projected_invoice_build
 from billing.selectors import subscription_current
 from metering import periods
@@ -192,3 +194,55 @@ def account_hub(*, account: Account, user, now: dt.datetime | None = None) -> Ac
     )
     hub.actions = _actions(hub, user)
     return hub
+
+
+# --- the "platform preview" tab ------------------------------------------------------------------
+
+
+def _money_or_dash(minor: int | None, currency: str) -> str:
+    return "–" if minor is None else format_money(minor, currency)
+
+
+def _signed(minor: int, currency: str) -> str:
+    if not minor:
+        return "none"
+    return f"{'+' if minor > 0 else '-'}{format_money(abs(minor), currency)}"
+
+
+def platform_preview_section(*, account: Account, fresh: bool = False) -> dict:
+    """The tab's context: billing's comparison of our projection so far with the platform's
+    preview, as text for the page (every amount with its currency, quantities with units)."""
+    comparison = platform_preview_comparison(account, use_cache=not fresh)
+    if comparison is None:
+        return {"account": account, "comparison": None}
+    cur = comparison.currency
+    rows = [
+        {
+            "line": line,
+            "ours": _money_or_dash(line.ours_minor, cur),
+            "theirs": _money_or_dash(line.theirs_minor, cur),
+            "difference": _signed(line.difference_minor, cur),
+            "differs": bool(line.difference_minor),
+            "ours_quantity": "–"
+            if line.ours_quantity is None
+            else f"{format_quantity(line.ours_quantity)} {line.unit}".strip(),
+            "theirs_quantity": "–"
+            if line.theirs_quantity is None
+            else f"{format_quantity(line.theirs_quantity)} {line.unit}".strip(),
+        }
+        for line in comparison.lines
+    ]
+    return {
+        "account": account,
+        "comparison": comparison,
+        "rows": rows,
+        "ours_text": _money_or_dash(comparison.ours_minor, cur),
+        "projected_text": _money_or_dash(comparison.ours_projected_minor, cur),
+        "theirs_text": (
+            "–"
+            if comparison.theirs_minor is None
+            else format_money(comparison.theirs_minor, comparison.theirs_currency or cur)
+        ),
+        "difference_text": difference_text(comparison),
+        "read_at": comparison.read_at.astimezone(dt.UTC) if comparison.read_at else None,
+    }

@@ -5,8 +5,9 @@ the admin site. The account's page (the change view) is the hub: above the fold,
 changed in one sentence (billing.explain.bill_change_sentence), the projected invoice against
 the previous one, open alerts, open mismatches, a billing hold, adjustments and the actions the
 user's role allows (backoffice.hub); below, the details in tabs whose content is fetched from
-`<id>/hub/<section>/` when a tab is opened, so the first paint never waits for a chart. A search
-that finds exactly one account opens its page.
+`<id>/hub/<section>/` when a tab is opened, so the first paint never waits for a chart or for
+the billing platform (the "platform preview" tab, where the platform previews the upcoming
+invoice). A search that finds exactly one account opens its page.
 The account's active billing hold comes with its panel (alerts.admin_holds: the window warning
 and, for a Manager, the release form).
 """
@@ -23,8 +24,9 @@ from django.utils.http import urlencode
 
 from alerts.admin_holds import hold_panel_context
 from alerts.selectors import active_hold
-from backoffice.hub import account_hub
+from backoffice.hub import account_hub, platform_preview_section
 from billing.admin_projection import may_view_projection, projection_panel_context
+from billing.platform_preview import platform_has_preview
 from metering.admin import AccountAdmin
 from metering.admin_dashboard import account_usage_view
 from metering.models import Account
@@ -33,6 +35,7 @@ SECTIONS = {
     "charts": "admin/backoffice/account/_section_charts.html",
     "events": "admin/backoffice/account/_section_events.html",
     "invoice": "admin/backoffice/account/_section_invoice.html",
+    "preview": "admin/backoffice/account/_section_preview.html",
 }
 
 
@@ -75,6 +78,9 @@ class AccountHubAdmin(AccountAdmin):
             hub = account_hub(account=account, user=request.user)
             extra_context["hub"] = hub
             charts_query = f"?{urlencode({'breakdown': hub.breakdown})}" if hub.breakdown else ""
+            # The platform's own preview, where it has one (not the simulated provider): a tab
+            # of its own, so the first paint never waits for the platform.
+            previews = platform_has_preview()
             extra_context["sections"] = [
                 (
                     key,
@@ -86,8 +92,10 @@ class AccountHubAdmin(AccountAdmin):
                     ("charts", "Usage per day and breakdowns"),
                     ("invoice", "Projected invoice, line by line"),
                     ("events", "Recent events"),
+                    ("preview", "Platform preview"),
                 )
-                if key != "invoice" or may_view_projection(request.user)
+                if (key != "invoice" or may_view_projection(request.user))
+                and (key != "preview" or previews)
             ]
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -97,6 +105,14 @@ class AccountHubAdmin(AccountAdmin):
             raise Http404("No such section.")
         if not self.has_view_permission(request):
             raise PermissionDenied
+        if section == "preview":
+            account = get_object_or_404(Account, pk=account_id)
+            if not self.has_view_permission(request, account):
+                raise PermissionDenied
+            context = platform_preview_section(
+                account=account, fresh=request.GET.get("fresh") == "1"
+            )
+            return TemplateResponse(request, SECTIONS[section], context)
         if section == "invoice":
             if not may_view_projection(request.user):
                 raise PermissionDenied

@@ -30,6 +30,13 @@
   digits) is never sent there: it goes through v1 for a synchronous answer.
 - Amounts and quantities are read from the raw JSON as decimals (the SDK parses numbers into
   floats).
+- The upcoming-invoice preview is `POST /v1/invoices/create_preview` (the pinned version has no
+  `GET /v1/invoices/upcoming`: it was removed in 2025-03-31.basil, and since then a preview
+  names the subscription, not only the customer). The customer's subscriptions are listed
+  (`GET /v1/subscriptions?customer=`, not canceled ones) and the first one with something
+  upcoming is previewed; Stripe's `invoice_upcoming_none` (nothing to preview) is None.
+- `timeout` (seconds) bounds each HTTP request when set (the SDK's own default is 80 s): a page
+  that reads a preview must not hang on a slow platform.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -85,6 +93,10 @@ DUPLICATE_CODES = {"resource_already_exists", "duplicate_meter_event"}
 # v1's answer to a repeated identifier: a 400 without an error code, only this message.
 DUPLICATE_MESSAGE = re.compile(r"already exists with identifier", re.IGNORECASE)
 SESSION_EXPIRED_CODE = "billing_meter_event_session_expired"
+# create_preview's answer when the customer (or subscription) has no invoice to preview.
+UPCOMING_NONE_CODE = "invoice_upcoming_none"
+# Subscriptions that will not invoice again.
+ENDED_SUBSCRIPTION_STATUSES = {"canceled", "incomplete_expired"}
 DEFAULT_RETRY_AFTER_CAP = 30.0
 
 
@@ -154,6 +166,7 @@ class StripeProvider(RetryPolicy, BillingProvider):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         key_prefix: str | Callable[[], str] = "",
+        timeout: float | None = None,
     ) -> None:
         if not api_key:
             raise ProviderMisconfigured("STRIPE_API_KEY is not set.")
@@ -163,6 +176,7 @@ class StripeProvider(RetryPolicy, BillingProvider):
             stripe_version=STRIPE_API_VERSION,
             base_addresses={"api": base, "meter_events": base} if base else None,
             max_network_retries=0,
+            http_client=stripe.new_default_http_client(timeout=timeout) if timeout else None,
         )
         self._init_retry(
             max_retries=max_retries,
@@ -500,6 +514,58 @@ class StripeProvider(RetryPolicy, BillingProvider):
                 return
             params["starting_after"] = page["data"][-1]["id"]
 
+    def upcoming_invoice(self, *, customer_id: str) -> InvoiceData | None:
+        """Stripe's preview of the next invoice of the customer's first subscription that has
+        one (`POST /v1/invoices/create_preview` with `customer` and `subscription`), or None:
+        no customer id, no subscription that will invoice again, or Stripe answers
+        `invoice_upcoming_none`. A line of a metered price names our meter (the price's
+        `recurring.meter`, through the meter mapping)."""
+        if not customer_id:
+            return None
+        for subscription in self._subscriptions(customer_id):
+            try:
+                preview = self._call(
+                    self.client.v1.invoices.create_preview,
+                    {"customer": customer_id, "subscription": subscription["id"]},
+                )
+            except stripe.InvalidRequestError as exc:
+                if exc.code == UPCOMING_NONE_CODE:
+                    continue
+                raise ProviderError(f"Stripe: {exc.user_message or exc}") from exc
+            invoice = self._invoice(_exact(preview))
+            meters = _price_meters(subscription)
+            codes = _meter_codes(self.name, set(meters.values()))
+            return replace(
+                invoice,
+                lines=[
+                    replace(line, meter_code=codes.get(meters.get(line.price_id, ""), ""))
+                    for line in invoice.lines
+                ],
+            )
+        return None
+
+    def _subscriptions(self, customer_id: str) -> list[dict]:
+        """The customer's subscriptions that may invoice again, oldest first (Stripe lists
+        newest first and leaves canceled ones out unless asked)."""
+        params: dict = {"customer": customer_id, "limit": PAGE_SIZE}
+        found: list[dict] = []
+        while True:
+            try:
+                page = _exact(self._call(self.client.v1.subscriptions.list, params))
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status == 404:  # no such customer: nothing upcoming
+                    return []
+                raise ProviderError(f"Stripe: {exc.user_message or exc}") from exc
+            found.extend(page.get("data", []))
+            if not page.get("has_more") or not page.get("data"):
+                break
+            params["starting_after"] = page["data"][-1]["id"]
+        return [
+            subscription
+            for subscription in sorted(found, key=lambda s: (s.get("created") or 0, s["id"]))
+            if subscription.get("status") not in ENDED_SUBSCRIPTION_STATUSES
+        ]
+
     # --- credits -------------------------------------------------------------------------------
 
     def create_credit(self, credit: CreditRequest) -> CreditResult:
@@ -552,7 +618,7 @@ class StripeProvider(RetryPolicy, BillingProvider):
     def _invoice(self, invoice: dict) -> InvoiceData:
         embedded = invoice.get("lines") or {}
         lines = list(embedded.get("data", []))
-        if embedded.get("has_more") and lines:
+        if embedded.get("has_more") and lines and invoice.get("id"):
             params: dict = {"limit": PAGE_SIZE, "starting_after": lines[-1]["id"]}
             while True:
                 page = _exact(
@@ -563,7 +629,8 @@ class StripeProvider(RetryPolicy, BillingProvider):
                     break
                 params["starting_after"] = page["data"][-1]["id"]
         return InvoiceData(
-            invoice_id=invoice["id"],
+            # A preview may come without an id (older versions) or with an `upcoming_` one.
+            invoice_id=invoice.get("id") or f"upcoming-{invoice.get('customer') or ''}",
             customer_id=invoice.get("customer") or "",
             number=invoice.get("number") or "",
             status=invoice.get("status") or "",
@@ -577,6 +644,30 @@ class StripeProvider(RetryPolicy, BillingProvider):
         )
 
 
+def _price_meters(subscription: dict) -> dict[str, str]:
+    """Price id -> Stripe meter id of the subscription's metered prices."""
+    meters = {}
+    for item in (subscription.get("items") or {}).get("data", []):
+        price = item.get("price") or {}
+        meter = (price.get("recurring") or {}).get("meter")
+        if price.get("id") and meter:
+            meters[price["id"]] = meter
+    return meters
+
+
+def _meter_codes(provider: str, meter_ids: set[str]) -> dict[str, str]:
+    """Stripe meter id -> our meter's code, through the meter mapping (one query)."""
+    if not meter_ids:
+        return {}
+    from billing.models import ProviderMeter
+
+    return dict(
+        ProviderMeter.objects.filter(
+            provider=provider, provider_meter_id__in=meter_ids
+        ).values_list("provider_meter_id", "meter__code")
+    )
+
+
 def line_from_stripe(line: dict) -> InvoiceLineData:
     """An invoice line item, exact: quantity_decimal when Stripe gives it, else quantity."""
     quantity = line.get("quantity_decimal")
@@ -588,7 +679,7 @@ def line_from_stripe(line: dict) -> InvoiceLineData:
         price_id = line["price"].get("id", "")
     period = line.get("period") or {}
     return InvoiceLineData(
-        line_id=line["id"],
+        line_id=line.get("id") or "",
         description=line.get("description") or "",
         quantity=None if quantity is None else Decimal(str(quantity)),
         amount_minor=int(line.get("amount") or 0),

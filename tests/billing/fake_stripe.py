@@ -50,7 +50,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -162,6 +162,9 @@ class FakeStripe:
         self.invoices: list[dict] = []
         self.balance_transactions: list[dict] = []
         self.credit_notes: list[dict] = []
+        self.subscriptions: dict[str, dict] = {}
+        # Every answer waits this long first (a slow platform).
+        self.slow_seconds = 0.0
         self.requests: list[dict] = []
         # Meter event summary requests: (meter, customer, start, end, grouping window or None).
         self.summary_requests: list[tuple[str, str, int, int, str | None]] = []
@@ -313,9 +316,77 @@ class FakeStripe:
             self.invoices.append(invoice)
             return invoice
 
+    def add_subscription(
+        self,
+        *,
+        customer: str,
+        items: list[dict],
+        period_start: int,
+        period_end: int,
+        currency: str = "usd",
+        status: str = "active",
+    ) -> dict:
+        """A subscription whose items are {"price", "event_name", "unit_amount_decimal"}
+        (metered, on the meter of that event name) or {"price", "unit_amount", "quantity"}
+        (licensed, billed for the next period)."""
+        with self.lock:
+            subscription_id = f"sub_{secrets.token_hex(6)}"
+            out_items = []
+            for index, item in enumerate(items):
+                recurring = {"interval": "month", "interval_count": 1}
+                price = {
+                    "id": item["price"],
+                    "object": "price",
+                    "currency": currency,
+                    "billing_scheme": "per_unit",
+                    "recurring": recurring,
+                }
+                if "event_name" in item:
+                    recurring["usage_type"] = "metered"
+                    recurring["meter"] = self.meter_by_event(item["event_name"])["id"]
+                    price["unit_amount_decimal"] = item["unit_amount_decimal"]
+                    quantity = None
+                else:
+                    recurring["usage_type"] = "licensed"
+                    price["unit_amount"] = int(item["unit_amount"])
+                    price["unit_amount_decimal"] = str(item["unit_amount"])
+                    quantity = int(item.get("quantity", 1))
+                out_items.append(
+                    {
+                        "id": f"si_{subscription_id}_{index}",
+                        "object": "subscription_item",
+                        "price": price,
+                        "quantity": quantity,
+                        "current_period_start": period_start,
+                        "current_period_end": period_end,
+                        "subscription": subscription_id,
+                    }
+                )
+            subscription = {
+                "id": subscription_id,
+                "object": "subscription",
+                "customer": customer,
+                "status": status,
+                "currency": currency,
+                "created": int(self.now()) + len(self.subscriptions),
+                "items": {
+                    "object": "list",
+                    "url": f"/v1/subscription_items?subscription={subscription_id}",
+                    "has_more": False,
+                    "data": out_items,
+                },
+            }
+            self.subscriptions[subscription_id] = subscription
+            return subscription
+
     # --- request handling ---------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict, headers, raw: bytes) -> Answer:
+        if self.slow_seconds:
+            # A platform slower than the client will wait (outside the lock: others go on).
+            import time
+
+            time.sleep(self.slow_seconds)
         with self.lock:
             self.request_count += 1
             version = headers.get("Stripe-Version")
@@ -455,6 +526,8 @@ class FakeStripe:
                 return self._balance_transaction(match.group(1), form)
             if path == "/v1/credit_notes":
                 return self._credit_note(form)
+            if path == "/v1/invoices/create_preview":
+                return self._preview(form)
         if method == "GET":
             if path == "/v1/billing/meters":
                 return self._list(list(self.meters.values()), query, "/v1/billing/meters")
@@ -463,6 +536,8 @@ class FakeStripe:
                 return self._summaries(match.group(1), query)
             if path == "/v1/invoices":
                 return self._invoices(query)
+            if path == "/v1/subscriptions":
+                return self._subscriptions(query)
             match = re.fullmatch(r"/v1/invoices/([^/]+)/lines", path)
             if match:
                 return self._lines(match.group(1), query)
@@ -804,6 +879,128 @@ class FakeStripe:
         ]
         return self._list(summaries, query, f"/v1/billing/meters/{meter_id}/event_summaries")
 
+    def _subscriptions(self, query: dict) -> Answer:
+        customer = query.get("customer")
+        status = query.get("status")
+        items = [
+            sub
+            for sub in sorted(self.subscriptions.values(), key=lambda s: (-s["created"], s["id"]))
+            if (not customer or sub["customer"] == customer)
+            and (
+                status == "all"
+                or (sub["status"] == status if status else sub["status"] != "canceled")
+            )
+        ]
+        return self._list(items, query, "/v1/subscriptions")
+
+    def _preview(self, form: dict) -> Answer:
+        customer = form.get("customer", "")
+        subscription_id = form.get("subscription", "")
+        if not subscription_id:
+            # Since 2025-03-31.basil a preview names what it previews (no customer-wide one).
+            raise StripeError(
+                400,
+                "parameter_missing",
+                "You must pass subscription, subscription_details.items, schedule, "
+                "schedule_details.phases or invoice_items with customer.",
+            )
+        if customer and customer not in self.customers:
+            raise StripeError(404, "resource_missing", f"No such customer: '{customer}'")
+        subscription = self.subscriptions.get(subscription_id)
+        if subscription is None:
+            raise StripeError(404, "resource_missing", f"No such subscription: '{subscription_id}'")
+        if customer and subscription["customer"] != customer:
+            raise StripeError(
+                400,
+                "parameter_invalid",
+                f"The subscription {subscription_id} does not belong to customer {customer}.",
+            )
+        if subscription["status"] in ("canceled", "incomplete_expired", "paused"):
+            raise StripeError(
+                400,
+                "invoice_upcoming_none",
+                "No upcoming invoices for customer: " + subscription["customer"],
+            )
+        customer = subscription["customer"]
+        preview_id = f"upcoming_in_{secrets.token_hex(6)}"
+        lines, total, starts, ends = [], 0, [], []
+        for index, item in enumerate(subscription["items"]["data"]):
+            price = item["price"]
+            start, end = item["current_period_start"], item["current_period_end"]
+            if price["recurring"]["usage_type"] == "metered":
+                meter = self.meters[price["recurring"]["meter"]]
+                rows = [
+                    e
+                    for e in self.events
+                    if e.event_name == meter["event_name"]
+                    and e.customer == customer
+                    and start <= e.timestamp < min(end, int(self.now()) + FUTURE_WINDOW)
+                ]
+                quantity = self._aggregate(meter["default_aggregation"]["formula"], rows)
+                amount = int(
+                    (quantity * Decimal(price["unit_amount_decimal"])).quantize(
+                        Decimal(1), rounding=ROUND_HALF_UP
+                    )
+                )
+                period = {"start": start, "end": end}
+            else:
+                quantity = Decimal(item["quantity"])
+                amount = price["unit_amount"] * item["quantity"]
+                period = {"start": end, "end": end + (end - start)}
+            starts.append(start)
+            ends.append(end)
+            total += amount
+            lines.append(
+                {
+                    "id": f"il_tmp_{preview_id}_{index}",
+                    "object": "line_item",
+                    "amount": amount,
+                    "currency": subscription["currency"],
+                    "description": price["id"],
+                    "invoice": preview_id,
+                    "quantity": int(quantity),
+                    "quantity_decimal": plain(quantity),
+                    "period": period,
+                    "parent": {
+                        "type": "subscription_item_details",
+                        "subscription_item_details": {
+                            "subscription": subscription["id"],
+                            "subscription_item": item["id"],
+                            "proration": False,
+                        },
+                    },
+                    "pricing": {
+                        "type": "price_details",
+                        "price_details": {"price": price["id"], "product": "prod_x"},
+                        "unit_amount_decimal": price["unit_amount_decimal"],
+                    },
+                }
+            )
+        return Answer(
+            200,
+            {
+                "id": preview_id,
+                "object": "invoice",
+                "customer": customer,
+                "status": "draft",
+                "currency": subscription["currency"],
+                "number": None,
+                "billing_reason": "upcoming",
+                "total": total,
+                "subtotal": total,
+                "amount_due": total,
+                "created": int(self.now()),
+                "period_start": min(starts, default=int(self.now())),
+                "period_end": max(ends, default=int(self.now())),
+                "lines": {
+                    "object": "list",
+                    "url": f"/v1/invoices/{preview_id}/lines",
+                    "has_more": False,
+                    "data": lines,
+                },
+            },
+        )
+
     def _public(self, invoice: dict) -> dict:
         lines = invoice["all_lines"]
         return {
@@ -857,7 +1054,10 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in answer.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (a test of its timeout)
 
     def do_GET(self):
         self._serve("GET")
