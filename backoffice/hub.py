@@ -33,6 +33,7 @@ from billing.selectors import subscription_current
 from metering import periods
 from metering.models import Account
 from reconciliation.models import Mismatch
+from reconciliation.selectors import mismatch_counts_by_platform, platform_label
 
 # Bounded lists: the badges count everything, the page lists the first few.
 LIST_LIMIT = 10
@@ -71,6 +72,8 @@ class AccountHub:
     critical_count: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     mismatch_count: int = 0
+    # (platform label, open mismatches) side by side when a secondary platform is reconciled.
+    mismatch_platforms: list[tuple[str, int]] = field(default_factory=list)
     hold: BillingHold | None = None
     # The account's most recent adjustments (open ones first), newest first.
     adjustments: list[Adjustment] = field(default_factory=list)
@@ -183,6 +186,9 @@ def account_hub(*, account: Account, user, now: dt.datetime | None = None) -> Ac
     hub.mismatch_count = (
         len(hub.mismatches) if len(hub.mismatches) < LIST_LIMIT else mismatches.count()
     )
+    by_platform = mismatch_counts_by_platform(mismatches)
+    if len(by_platform) > 1:
+        hub.mismatch_platforms = [(platform_label(name), n) for name, n in by_platform]
     hub.hold = (
         BillingHold.objects.filter(account=account, status=BillingHold.Status.ACTIVE)
         .select_related("alert")

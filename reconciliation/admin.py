@@ -166,20 +166,30 @@ class AgeFilter(admin.SimpleListFilter):
 # --- the queue and the mismatch page -----------------------------------------------------------
 
 
-def _read_window_note() -> str:
-    """What the page says when the platform reads usage back coarser than per day ([9])."""
-    from django.conf import settings
-
-    from billing.providers import platform_rules
-
-    name = settings.BILLING_PROVIDER
-    if platform_rules(name).read_window != "period":
+def _read_window_note(name: str) -> str:
+    """What the page says when the mismatch's platform reads usage back coarser than per day
+    ([9])."""
+    if sel.reads_per_day(name):
         return ""
     return (
-        f"{name.capitalize()} reads usage back per billing period only, never per day: the "
-        "provider's number is the whole period's, the comparison and its causes are over the "
-        "period, and the provider column below stays empty (the days show ours and what we "
+        f"{sel.platform_label(name)} reads usage back per billing period only, never per day: "
+        "the provider's number is the whole period's, the comparison and its causes are over "
+        "the period, and the provider column below stays empty (the days show ours and what we "
         "reported)."
+    )
+
+
+def _common_window_note(names: list[str]) -> str:
+    """What the side-by-side section says when a platform reads coarser than the others: the
+    finest window all of them offer decides the drill-down."""
+    coarse = [n for n in names if not sel.reads_per_day(n)]
+    if len(names) < 2 or not coarse:
+        return ""
+    return (
+        f"{', '.join(sel.platform_label(n) for n in coarse)} only offer"
+        f"{'s' if len(coarse) == 1 else ''} the billing period as a window, so the platforms "
+        "are compared side by side over the whole period (the finest window they have in "
+        "common), not per UTC day."
     )
 
 
@@ -197,6 +207,7 @@ class MismatchAdmin(AuditedHistoryAdmin):
         "money_at_stake",
         "account",
         "meter",
+        "platform",
         "period_text",
         "status",
         "cause_summary",
@@ -207,6 +218,7 @@ class MismatchAdmin(AuditedHistoryAdmin):
     list_filter = (
         QueueFilter,
         CauseFilter,
+        ("provider", admin.AllValuesFieldListFilter),
         "meter",
         ("account__tier", admin.AllValuesFieldListFilter),
         ("period_start", admin.AllValuesFieldListFilter),
@@ -219,6 +231,7 @@ class MismatchAdmin(AuditedHistoryAdmin):
     action_form = MismatchActionForm
     actions = ("acknowledge_selected", "assign_selected", "resolve_selected", "repush_selected")
     change_form_template = "admin/reconciliation/mismatch/change_form.html"
+    change_list_template = "admin/reconciliation/mismatch/change_list.html"
     readonly_fields = (
         "account",
         "meter",
@@ -260,6 +273,10 @@ class MismatchAdmin(AuditedHistoryAdmin):
     @admin.display(description="Money at stake", ordering="delta_amount_minor")
     def money_at_stake(self, obj: Mismatch) -> str:
         return format_money(obj.delta_amount_minor, obj.currency)
+
+    @admin.display(description="Platform", ordering="provider")
+    def platform(self, obj: Mismatch) -> str:
+        return sel.platform_label(obj.provider)
 
     @admin.display(description="Period (last day included)", ordering="period_start")
     def period_text(self, obj: Mismatch) -> str:
@@ -408,6 +425,23 @@ class MismatchAdmin(AuditedHistoryAdmin):
             self.message_user(request, text, messages.SUCCESS)
         return HttpResponseRedirect(page)
 
+    def changelist_view(self, request, extra_context=None):
+        # Side by side at the top: each platform's to-do count (open or acknowledged), with a
+        # link to its own queue ("Stripe: 2 mismatches, Orb: 0").
+        base = reverse("admin:reconciliation_mismatch_changelist")
+        extra_context = dict(extra_context or {})
+        extra_context["platform_summary"] = [
+            {
+                "name": name,
+                "label": sel.platform_label(name),
+                "count": count,
+                "url": f"{base}?provider__exact={name}",
+                "read_only": sel.is_read_only_platform(name),
+            }
+            for name, count in sel.mismatch_counts_by_platform(Mismatch.objects.unresolved())
+        ]
+        return super().changelist_view(request, extra_context)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = dict(extra_context or {})
         mismatch = self.get_object(request, object_id)
@@ -450,16 +484,32 @@ class MismatchAdmin(AuditedHistoryAdmin):
         ]
         figure = charts.mismatch_days_figure(days, unit=unit, boundaries=boundaries)
         chart = figure_html(figure, div_id="mismatch-days")
+        platform = sel.platform_label(mismatch.provider)
+        read_only = sel.is_read_only_platform(mismatch.provider)
+        if read_only:
+            # No push ledger of its own: its "reported" is ours (see reconciliation.services).
+            reported = [("Reported", "n/a (read-only platform: Meterops pushes nothing to it)")]
+        else:
+            reported = [
+                (f"Reported ({platform} took it)", _qty(mismatch.reported, unit)),
+                ("Not taken yet (pending or failed)", _qty(mismatch.pending, unit)),
+                ("Too old to send", _qty(mismatch.too_old, unit)),
+            ]
         numbers = [
+            ("Platform", platform + (" (read-only, side by side)" if read_only else "")),
             ("Ours (our events)", _qty(mismatch.ours, unit)),
-            ("Reported (provider took it)", _qty(mismatch.reported, unit)),
-            ("Not taken yet (pending or failed)", _qty(mismatch.pending, unit)),
-            ("Too old to send", _qty(mismatch.too_old, unit)),
-            ("Provider recorded", _qty(mismatch.provider_value, unit)),
-            ("On the provider's invoice", _qty(mismatch.invoiced, unit)),
+            *reported,
+            (f"{platform} recorded", _qty(mismatch.provider_value, unit)),
+            (f"On {platform}'s invoice", _qty(mismatch.invoiced, unit)),
             ("Ours − provider", _qty(mismatch.delta, unit)),
-            ("Ours − reported", _qty(mismatch.delta_reported, unit)),
-            ("Reported − provider", _qty(mismatch.delta_provider, unit)),
+            *(
+                []
+                if read_only
+                else [
+                    ("Ours − reported", _qty(mismatch.delta_reported, unit)),
+                    ("Reported − provider", _qty(mismatch.delta_provider, unit)),
+                ]
+            ),
             ("Ours − invoiced", _qty(mismatch.delta_invoiced, unit)),
             ("Money at stake", format_money(mismatch.delta_amount_minor, mismatch.currency)),
         ]
@@ -475,9 +525,36 @@ class MismatchAdmin(AuditedHistoryAdmin):
         ]
         ledger = list(sel.ledger_entries_for_cell(mismatch=mismatch, limit=100))
         may = {action: _may(request, action) for action in PERMS}
+        # Nothing of ours goes to a read-only platform: there is nothing to re-push.
+        may["repush"] = may["repush"] and not read_only
+        side = sel.mismatch_side_by_side(mismatch=mismatch)
         return {
             "mismatch": mismatch,
-            "window_note": _read_window_note(),
+            "platform": platform,
+            "read_only": read_only,
+            "side_by_side": side,
+            "side_rows": [
+                {
+                    "label": sel.platform_label(p.name),
+                    "read_only": sel.is_read_only_platform(p.name),
+                    "mismatch": p.mismatch,
+                    "current": p.mismatch is not None and p.mismatch.pk == mismatch.pk,
+                    "recorded": _qty(p.mismatch.provider_value, unit) if p.mismatch else "",
+                    "delta": _qty(p.mismatch.delta, unit) if p.mismatch else "",
+                }
+                for p in side.platforms
+            ],
+            "side_days": [
+                {
+                    "day": d.day,
+                    "ours": _qty(d.ours, ""),
+                    "values": [_qty(v, "") for v in d.values],
+                    "off": d.off,
+                }
+                for d in side.days
+            ],
+            "common_window_note": _common_window_note([p.name for p in side.platforms]),
+            "window_note": _read_window_note(mismatch.provider),
             "unit": unit,
             "numbers": numbers,
             "causes": causes,
@@ -509,13 +586,14 @@ class ReconciliationRunAdmin(ReadOnlyModelAdmin):
     list_display = (
         "started_at",
         "account",
+        "provider",
         "status",
         "cells_compared",
         "mismatches_opened",
         "mismatches_resolved",
         "duration_ms",
     )
-    list_filter = ("status", "trigger")
+    list_filter = ("provider", "status", "trigger")
     list_select_related = ("account",)
     search_fields = ("account__external_id",)
     show_full_result_count = False

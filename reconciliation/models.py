@@ -3,8 +3,8 @@ recorded, per account, meter and billing period (a "cell"), and per UTC day.
 
 - ReconciliationThreshold: when a cell's gap is worth a person's time (global, or per meter).
 - ReconciliationRun: one run over one account (or the whole set), with its counts.
-- Mismatch: one per cell whose gap went over the threshold; reruns update the same row (a
-  unique constraint), and a cell found matching again is resolved automatically.
+- Mismatch: one per cell and platform whose gap went over the threshold; reruns update the
+  same row (a unique constraint), and a cell found matching again is resolved automatically.
 - MismatchDay: the cell's three numbers per UTC day (the provider counts UTC days), rewritten
   by every run that finds the cell over the threshold.
 
@@ -102,6 +102,9 @@ class ReconciliationRun(models.Model):
         related_name="reconciliation_runs",
         help_text="Empty: a run over several accounts.",
     )
+    # The platform compared against: the primary (BILLING_PROVIDER) or the read-only secondary
+    # (BILLING_PROVIDER_SECONDARY); each platform's run is recorded on its own.
+    provider = models.CharField(max_length=16, blank=True, verbose_name="platform")
     trigger = models.CharField(max_length=32, default="task")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     started_at = models.DateTimeField()
@@ -131,13 +134,17 @@ class MismatchQuerySet(models.QuerySet):
 
 
 class Mismatch(models.Model):
-    """One account × meter × billing period whose numbers differ by more than the threshold.
+    """One account × meter × billing period whose numbers differ by more than the threshold,
+    on one platform (`provider`: the primary, or the read-only secondary during a migration).
 
     `ours` is from our rollups in the meter's aggregation over the period's exact bounds;
     `reported` what the push ledger says the provider took (sent or acknowledged), `pending`
     what it has not taken yet (pending or failed), `too_old` what it never will; `provider`
     what the provider recorded over the same bounds; `invoiced` the quantity on its invoice
-    line once the period is closed. `delta` = ours − provider (the contract's delta).
+    line once the period is closed. `delta` = ours − provider (the contract's delta). A
+    read-only secondary platform has no push ledger of its own (Meterops never pushes to it):
+    its `reported` is ours (what it should hold) and pending/too_old are 0, so its whole gap is
+    on the platform's side.
     `causes` is ranked (the most likely first): [{"code", "score", "amount", "sentence",
     "evidence"}].
     """
@@ -168,7 +175,9 @@ class Mismatch(models.Model):
     period_end = models.DateField(help_text="Local day after the period (exclusive).")
     period_starts_at = models.DateTimeField()
     period_ends_at = models.DateTimeField()
-    provider = models.CharField(max_length=16)
+    # The platform this cell was compared against (see ReconciliationRun.provider): each
+    # platform has its own mismatch per cell, side by side.
+    provider = models.CharField(max_length=16, verbose_name="platform")
 
     ours = models.DecimalField(**QUANTITY)
     reported = models.DecimalField(**QUANTITY)
@@ -218,7 +227,8 @@ class Mismatch(models.Model):
         ordering = ["-delta_amount_minor", "-opened_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["account", "meter", "period"], name="mismatch_one_per_cell"
+                fields=["account", "meter", "period", "provider"],
+                name="mismatch_one_per_cell_and_platform",
             ),
             models.CheckConstraint(
                 condition=~models.Q(status="resolved") | ~models.Q(resolution=""),

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from billing.models import (
@@ -23,9 +24,11 @@ from billing.models import (
     Price,
     ProviderInvoiceLine,
     ProviderMeter,
+    ProviderUsageSummary,
     PushLedgerEntry,
 )
 from billing.pricing import PriceSpec
+from billing.providers import platform_rules
 from metering.models import Meter
 
 A = Meter.Aggregation
@@ -63,6 +66,49 @@ def window_days(starts_at: datetime, ends_at: datetime) -> tuple[date, date]:
 def is_utc_aligned(at: datetime) -> bool:
     at = at.astimezone(UTC)
     return (at.hour, at.minute, at.second, at.microsecond) == (0, 0, 0, 0)
+
+
+# --- which platforms ---------------------------------------------------------------------------
+
+
+def reconciliation_platforms() -> list[str]:
+    """The platforms reconciled, each on its own: the primary (BILLING_PROVIDER), then the
+    read-only secondary (BILLING_PROVIDER_SECONDARY) when one is set for a migration."""
+    names = [settings.BILLING_PROVIDER]
+    secondary = getattr(settings, "BILLING_PROVIDER_SECONDARY", "")
+    if secondary and secondary not in names:
+        names.append(secondary)
+    return names
+
+
+def is_read_only_platform(name: str) -> bool:
+    """Whether `name` is the read-only secondary: Meterops never pushes to it, so it has no
+    push ledger of its own."""
+    return bool(name) and name == getattr(settings, "BILLING_PROVIDER_SECONDARY", "")
+
+
+def platform_label(name: str) -> str:
+    return name.capitalize() if name else "–"
+
+
+def reads_per_day(name: str) -> bool:
+    """Whether the platform reads usage back per UTC day (or finer); Lago only per billing
+    period (PlatformRules.read_window "period")."""
+    return platform_rules(name).read_window != "period"
+
+
+def mismatch_counts_by_platform(queryset) -> list[tuple[str, int]]:
+    """(platform, mismatches in `queryset`) for every platform reconciled now (0 included),
+    then any other platform that still has some, in that order (one query)."""
+    counts = dict(
+        queryset.order_by()
+        .values_list("provider")
+        .annotate(n=Count("id"))
+        .values_list("provider", "n")
+    )
+    names = reconciliation_platforms()
+    names += sorted(set(counts) - set(names))
+    return [(name, counts.get(name, 0)) for name in names]
 
 
 # --- what to reconcile -------------------------------------------------------------------------
@@ -503,3 +549,76 @@ def mismatch_page_days(*, mismatch, events_url) -> list[PageDay]:
             )
         )
     return rows
+
+
+# --- the platforms side by side ----------------------------------------------------------------
+
+
+@dataclass
+class SidePlatform:
+    name: str
+    mismatch: object | None  # this cell's mismatch on that platform (None: none open or kept)
+
+
+@dataclass
+class SideDay:
+    day: date  # UTC
+    ours: Decimal | None
+    values: list[Decimal | None]  # one per platform, in SideBySide.platforms' order
+    off: bool  # a platform's day differs from ours (count and sum meters)
+
+
+@dataclass
+class SideBySide:
+    platforms: list[SidePlatform]
+    per_day: bool  # every platform reads per UTC day: the finest window they share
+    days: list[SideDay] = field(default_factory=list)
+
+
+def mismatch_side_by_side(*, mismatch) -> SideBySide:
+    """The mismatch's cell on every platform reconciled (the primary, the read-only secondary,
+    and the mismatch's own if it is neither any more): each one's mismatch for the same cell,
+    and, when every platform reads per UTC day, their stored day summaries next to ours over
+    the period's UTC cover days. When one only reads per billing period (Lago), the finest
+    common window is the period: no days (the page says so). Three queries at most."""
+    from reconciliation.models import Mismatch
+
+    names = reconciliation_platforms()
+    if mismatch.provider not in names:
+        names.append(mismatch.provider)
+    cells = {
+        m.provider: m
+        for m in Mismatch.objects.filter(
+            account_id=mismatch.account_id,
+            meter_id=mismatch.meter_id,
+            period_id=mismatch.period_id,
+            provider__in=names,
+        )
+    }
+    side = SideBySide(
+        platforms=[SidePlatform(name, cells.get(name)) for name in names],
+        per_day=all(reads_per_day(name) for name in names),
+    )
+    if len(names) < 2 or not side.per_day:
+        return side
+    first, end = cover_days(mismatch.period_starts_at, mismatch.period_ends_at)
+    ours = {d.day: d.ours for d in mismatch.days.filter(day__gte=first, day__lt=end)}
+    stored: dict[tuple[str, date], Decimal] = {
+        (provider, day): value
+        for provider, day, value in ProviderUsageSummary.objects.filter(
+            provider__in=names,
+            account_id=mismatch.account_id,
+            meter_id=mismatch.meter_id,
+            day__gte=first,
+            day__lt=end,
+        ).values_list("provider", "day", "value")
+    }
+    additive = mismatch.meter.aggregation in SUM_METERS
+    day = first
+    while day < end:
+        values = [stored.get((name, day)) for name in names]
+        mine = ours.get(day)
+        off = additive and any((v or Decimal(0)) != (mine or Decimal(0)) for v in values)
+        side.days.append(SideDay(day=day, ours=mine, values=values, off=off))
+        day += DAY
+    return side

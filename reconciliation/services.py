@@ -15,6 +15,15 @@ A cell is one account × meter × billing period. Its three numbers:
 max, latest and unique_count meters are compared as period values (what the provider's
 `last` meter holds), never as sums of days.
 
+Each platform is reconciled on its own, with its own runs and mismatches (`provider`): the
+primary (BILLING_PROVIDER) and, during a migration, the read-only secondary
+(BILLING_PROVIDER_SECONDARY). Meterops never pushes to the secondary, so it has no push ledger:
+its comparison is ours against what it recorded, its `reported` number stands in as ours (what
+it should hold, per UTC day too) with nothing pending, and its causes are the platform's side
+(customer mapping, meter configuration, day shift, missing or extra). Its pulls are planned
+from the primary's ledger (new usage there is new usage the team's feed brings it too), and it
+never holds a period's close.
+
 Reruns are idempotent: the same cell updates the same mismatch (a unique constraint, and the
 account's work runs under an advisory lock), a cell back within its threshold is resolved
 automatically, and a run that finds nothing new writes nothing.
@@ -36,7 +45,7 @@ from simple_history.utils import bulk_create_with_history
 from billing.models import BillingPeriod, PushLedgerEntry
 from billing.money import to_minor_units
 from billing.pricing import PriceSpec, price_usage
-from billing.providers import get_provider, platform_rules
+from billing.providers import get_provider, get_secondary_provider, platform_rules
 from billing.providers.base import BillingProvider, ProviderError
 from billing.services.pull import provider_customer_lookup, provider_summaries_pull
 from billing.services.push import ledger_retry_failed, meter_spec
@@ -199,11 +208,17 @@ PROVIDER_PROCESSING_DELAY = timedelta(hours=1)
 
 
 def _pull_plan(
-    *, provider_name: str, periods: list[BillingPeriod], meter_ids: dict[int, set[int]], now
+    *,
+    provider_name: str,
+    periods: list[BillingPeriod],
+    meter_ids: dict[int, set[int]],
+    now,
+    ledger_provider: str | None = None,
 ) -> dict[tuple[int, int], date | None]:
     """For each (period, meter) to pull, the first UTC day to pull from (None: skip the pull,
     nothing in it can have changed). A cell never pulled is pulled over its whole window. After
-    a pull, only ledger entries completed later (less the provider's processing delay) can
+    a pull, only ledger entries (of `ledger_provider`: the primary's for a read-only secondary)
+    completed later (less the provider's processing delay) can
     change what the provider holds: a cell with none (a closed and invoiced period pulled more
     than the delay after its last entry completed, or an open one that got nothing new) is not
     pulled again; otherwise the pull starts at the UTC day of the oldest such entry's usage."""
@@ -224,7 +239,7 @@ def _pull_plan(
             since = pulled_at - PROVIDER_PROCESSING_DELAY
             oldest = (
                 PushLedgerEntry.objects.filter(
-                    provider=provider_name,
+                    provider=ledger_provider or provider_name,
                     account_id=period.account_id,
                     meter_id=meter_id,
                     completed_at__gt=since,
@@ -254,7 +269,8 @@ def _pull_period(
     result: AccountResult,
 ) -> None:
     for meter_id in sorted(meter_ids):
-        if meter_id not in ctx.mappings or not customer_id:
+        # A read-only platform's meter is matched there by the pull itself (never created).
+        if (meter_id not in ctx.mappings and not ctx.read_only) or not customer_id:
             continue
         first = plan.get((period.pk, meter_id))
         if first is None:
@@ -292,17 +308,29 @@ class _Context:
     # (PlatformRules.read_window "period"), so its cells are compared over the whole period
     # and get no per-day drill-down (the causes are the period's, never a day shift).
     per_day: bool = True
+    provider_name: str = ""
+    # The read-only secondary platform: no push ledger (see the module's docstring).
+    read_only: bool = False
 
     @classmethod
     def load(cls, provider_name: str, thresholds=None) -> _Context:
+        read_only = sel.is_read_only_platform(provider_name)
         return cls(
             meters=Meter.objects.in_bulk(),
             mappings=sel.provider_meters(provider=provider_name),
             thresholds=thresholds if thresholds is not None else thresholds_load(),
             unique=sel.has_unique_meters(),
-            held=held_account_ids(),
+            # A billing hold keeps usage back from our push, not from the team's own feed.
+            held=set() if read_only else held_account_ids(),
             per_day=platform_rules(provider_name).read_window != "period",
+            provider_name=provider_name,
+            read_only=read_only,
         )
+
+    @property
+    def ledger_provider(self) -> str:
+        """Whose push ledger plans this platform's pulls."""
+        return _default_provider_name() if self.read_only else self.provider_name
 
     def prices_for(self, periods: list[BillingPeriod]) -> None:
         missing = {p.subscription.plan_id for p in periods} - set(self.prices)
@@ -327,13 +355,16 @@ class _Reads:
     day_cells: set = field(default_factory=set)  # (period id, meter id) read per UTC day
 
     @classmethod
-    def load(cls, periods: list[BillingPeriod], *, provider_name: str, unique: bool) -> _Reads:
-        """Everything but our per-UTC-day numbers, which only cells that differ need."""
+    def load(
+        cls, periods: list[BillingPeriod], *, provider_name: str, unique: bool, ledger: bool = True
+    ) -> _Reads:
+        """Everything but our per-UTC-day numbers, which only cells that differ need (and no
+        ledger for a platform without one)."""
         closed = [p for p in periods if p.state == BillingPeriod.State.CLOSED]
         return cls(
             ours_days={},
             ours_period=sel.ours_by_period(periods, unique=unique),
-            ledger=sel.ledger_for_periods(periods, provider=provider_name),
+            ledger=sel.ledger_for_periods(periods, provider=provider_name) if ledger else {},
             provider_days=sel.provider_days(periods, provider=provider_name),
             invoiced={
                 p.pk: sel.invoiced_quantities(
@@ -418,11 +449,14 @@ def _cells_for_period(
         meter = ctx.meters[meter_id]
         additive = meter.aggregation in sel.SUM_METERS
         mapping = ctx.mappings.get(meter_id)
-        cell_ledger = ledger.get(meter_id) or sel.LedgerCell()
         days_provider = prov_days.get(meter_id, {})
         provider_value = reads.provider_period[period.pk][meter_id]
         ours = ours_period.get(meter_id, ZERO)
         meter_days = ours_days.get(meter_id, {})
+        if ctx.read_only:
+            cell_ledger = _ours_as_reported(ours, meter_days)
+        else:
+            cell_ledger = ledger.get(meter_id) or sel.LedgerCell()
         empty = ZERO if additive else None
         days = []
         with_days = ctx.per_day and (period.pk, meter_id) in reads.day_cells
@@ -490,6 +524,16 @@ def _cells_for_period(
         }
         cells.append(Cell(meter=meter, numbers=numbers, days=days, over=over))
     return cells
+
+
+def _ours_as_reported(ours: Decimal, days: dict) -> sel.LedgerCell:
+    """A read-only platform's stand-in for the push ledger it does not have: it should hold
+    what we count, so its "reported" is ours (per UTC day too) and nothing is pending, failed
+    or too old; what it lacks or has in excess is on its side."""
+    return sel.LedgerCell(
+        done=ours,
+        done_by_day={day: d.value for day, d in days.items() if d.value is not None},
+    )
 
 
 def _iter_days(first: date, end: date):
@@ -616,6 +660,7 @@ def reconcile_accounts(
     thresholds: dict[int | None, Threshold] | None = None,
     ctx: _Context | None = None,
     period_ids: list[int] | None = None,
+    provider_name: str | None = None,
 ) -> AccountResult:
     """Compare every cell of the accounts' periods to reconcile (open, closing, or closed in
     the last 7 days; with `period_end_before`, only periods ending by that local date) and
@@ -626,12 +671,19 @@ def reconcile_accounts(
     already stored (and the UTC cover days for unaligned periods). The reads are batched over
     all the accounts' periods (a fixed number of queries), then the writes happen in one
     transaction under each account's advisory lock; a cell whose mismatch did not change is
-    not written (only its last_checked_at, in one statement)."""
+    not written (only its last_checked_at, in one statement).
+
+    The platform is `provider`'s, else `provider_name` (default: the primary); its mismatches
+    are its own (a read-only secondary's are compared without a push ledger)."""
     now = now or timezone.now()
+    if provider is not None:
+        provider_name = provider.name
+    provider_name = provider_name or _default_provider_name()
     if provider is None and pull:
-        provider = get_provider()
-    provider_name = provider.name if provider is not None else _default_provider_name()
+        provider = platform_provider(provider_name)
     ctx = ctx or _Context.load(provider_name, thresholds)
+    if ctx.read_only and provider is not None:
+        provider.read_only = True  # never written, whoever built it
     result = AccountResult()
     by_id = {a.pk: a for a in accounts}
     periods = sel.periods_to_reconcile(
@@ -656,11 +708,17 @@ def reconcile_accounts(
             period.pk: {
                 m
                 for m in set(ctx.prices.get(period.subscription.plan_id, {})) | set(ctx.mappings)
-                if m in ctx.mappings
+                if m in ctx.mappings or ctx.read_only
             }
             for period in periods
         }
-        plan = _pull_plan(provider_name=provider.name, periods=periods, meter_ids=to_pull, now=now)
+        plan = _pull_plan(
+            provider_name=provider.name,
+            periods=periods,
+            meter_ids=to_pull,
+            now=now,
+            ledger_provider=ctx.ledger_provider,
+        )
         for period in periods:
             _first, end = sel.window_days(period.starts_at, period.ends_at)
             _pull_period(
@@ -675,10 +733,15 @@ def reconcile_accounts(
                 now=now,
                 result=result,
             )
-    reads = _Reads.load(periods, provider_name=provider_name, unique=ctx.unique)
+        if ctx.read_only:
+            # The pull matched the platform's meters (never created): read them again.
+            ctx.mappings = sel.provider_meters(provider=provider_name)
+    reads = _Reads.load(
+        periods, provider_name=provider_name, unique=ctx.unique, ledger=not ctx.read_only
+    )
     unresolved = set(
         Mismatch.objects.unresolved()
-        .filter(period__in=periods)
+        .filter(period__in=periods, provider=provider_name)
         .values_list("period_id", "meter_id")
     )
     need_days = []
@@ -719,7 +782,9 @@ def reconcile_accounts(
             )
         existing = {
             (m.period_id, m.meter_id): m
-            for m in Mismatch.objects.filter(period__in=[p for p, _ in computed])
+            for m in Mismatch.objects.filter(
+                period__in=[p for p, _ in computed], provider=provider_name
+            )
         }
         for period, cells in computed:
             result.periods += 1
@@ -768,6 +833,15 @@ def _default_provider_name() -> str:
     return settings.BILLING_PROVIDER
 
 
+def platform_provider(name: str) -> BillingProvider:
+    """The adapter of platform `name`: the read-only one for the secondary."""
+    if sel.is_read_only_platform(name):
+        secondary = get_secondary_provider()
+        if secondary is not None:
+            return secondary
+    return get_provider(name)
+
+
 def reconciliation_run(
     *,
     accounts: list[Account] | None = None,
@@ -780,15 +854,20 @@ def reconciliation_run(
     thresholds: dict[int | None, Threshold] | None = None,
     ctx: _Context | None = None,
     period_ids: list[int] | None = None,
+    provider_name: str | None = None,
 ) -> ReconciliationRun:
-    """Reconcile one account (or a batch of them) and record the run: started, finished,
+    """Reconcile one account (or a batch of them) against one platform (`provider`'s, else
+    `provider_name`, default the primary) and record the run: the platform, started, finished,
     periods, cells compared, mismatches opened, updated and resolved, duration; the run names
     the account when there is one. A run that fails is recorded as failed, with its error, and
     the error is raised again."""
     accounts = list(accounts or []) + ([account] if account is not None else [])
+    provider_name = provider.name if provider is not None else provider_name
+    provider_name = provider_name or _default_provider_name()
     started = time.monotonic()
     run = ReconciliationRun.objects.create(
         account=accounts[0] if len(accounts) == 1 else None,
+        provider=provider_name,
         trigger=trigger,
         started_at=timezone.now(),
     )
@@ -803,6 +882,7 @@ def reconciliation_run(
             thresholds=thresholds,
             ctx=ctx,
             period_ids=period_ids,
+            provider_name=provider_name,
         )
     except Exception as exc:
         run.status = ReconciliationRun.Status.FAILED
@@ -838,33 +918,74 @@ def reconciliation_run_all(
     trigger: str = "command",
     batch: int = BATCH_ACCOUNTS,
     progress: Callable[[int, int, ReconciliationRun], None] | None = None,
+    platforms: list[str] | None = None,
 ) -> tuple[AccountResult, list[ReconciliationRun]]:
     """Reconcile the given accounts (default: every account with a period to reconcile) in
-    batches of `batch` accounts, one recorded run per batch (`batch=1`: one per account), as
-    `manage.py reconcile` does. `progress(accounts done, accounts in all, run)` after each."""
+    batches of `batch` accounts, one recorded run per batch (`batch=1`: one per account) and
+    platform (default: the primary, then the read-only secondary when one is set), as
+    `manage.py reconcile` does. `progress(accounts done, accounts in all, run)` after each.
+    A secondary platform that fails is recorded as a failed run and skipped, never the
+    primary's reconciliation."""
     now = now or timezone.now()
     ids = account_ids or sel.accounts_to_reconcile(now=now, period_end_before=period_end_before)
-    provider = get_provider() if pull else None
-    provider_name = provider.name if provider is not None else _default_provider_name()
-    ctx = _Context.load(provider_name)
     total = AccountResult()
     runs = []
     accounts = list(Account.objects.filter(pk__in=ids).order_by("pk"))
+    total.accounts = len(accounts)
+    for provider_name in platforms or sel.reconciliation_platforms():
+        runs.extend(
+            _run_platform(
+                provider_name=provider_name,
+                accounts=accounts,
+                total=total,
+                now=now,
+                pull=pull,
+                period_end_before=period_end_before,
+                trigger=trigger,
+                batch=batch,
+                progress=progress,
+            )
+        )
+    return total, runs
+
+
+def _run_platform(
+    *,
+    provider_name: str,
+    accounts: list[Account],
+    total: AccountResult,
+    now: datetime,
+    pull: bool,
+    period_end_before: date | None,
+    trigger: str,
+    batch: int,
+    progress: Callable[[int, int, ReconciliationRun], None] | None,
+) -> list[ReconciliationRun]:
+    provider = platform_provider(provider_name) if pull else None
+    ctx = _Context.load(provider_name)
+    runs = []
     done = 0
     for start in range(0, len(accounts), max(batch, 1)):
         chunk = accounts[start : start + max(batch, 1)]
-        run = reconciliation_run(
-            accounts=chunk,
-            provider=provider,
-            now=now,
-            pull=pull,
-            period_end_before=period_end_before,
-            trigger=trigger,
-            ctx=ctx,
-        )
+        try:
+            run = reconciliation_run(
+                accounts=chunk,
+                provider=provider,
+                provider_name=provider_name,
+                now=now,
+                pull=pull,
+                period_end_before=period_end_before,
+                trigger=trigger,
+                ctx=ctx,
+            )
+        except ProviderError as exc:
+            if not ctx.read_only:
+                raise
+            logger.warning("reconciliation against the secondary %s failed: %s", provider_name, exc)
+            done += len(chunk)
+            continue
         total.add(
             AccountResult(
-                accounts=len(chunk),
                 periods=run.periods,
                 cells=run.cells_compared,
                 opened=run.mismatches_opened,
@@ -879,7 +1000,31 @@ def reconciliation_run_all(
         done += len(chunk)
         if progress is not None:
             progress(done, len(accounts), run)
-    return total, runs
+    return runs
+
+
+def reconciliation_run_platforms(
+    *, account: Account, period_end_before: date | None = None, trigger: str = "task"
+) -> list[ReconciliationRun]:
+    """Reconcile one account against each platform (the primary, then the read-only secondary
+    when one is set), one recorded run each, pulling first. The secondary failing is recorded
+    (a failed run) and logged; the primary failing raises."""
+    runs = []
+    for provider_name in sel.reconciliation_platforms():
+        try:
+            runs.append(
+                reconciliation_run(
+                    account=account,
+                    provider_name=provider_name,
+                    period_end_before=period_end_before,
+                    trigger=trigger,
+                )
+            )
+        except ProviderError as exc:
+            if not sel.is_read_only_platform(provider_name):
+                raise
+            logger.warning("reconciliation against the secondary %s failed: %s", provider_name, exc)
+    return runs
 
 
 # --- before a period closes ---------------------------------------------------------------------
@@ -892,10 +1037,13 @@ def reconciliation_period_close_check(
     should be held: one sentence per unresolved mismatch over its threshold, largest money
     first; empty when it may close. Meant for the period roll, which billing cannot import:
     it would reach this through a setting (see the README's Reconciliation section). Recorded
-    as a run with trigger `period_close`."""
+    as a run with trigger `period_close`. Only the primary platform (or `provider`) is
+    checked: a read-only secondary never holds a close."""
+    provider_name = provider.name if provider is not None else _default_provider_name()
     reconciliation_run(
         account=period.account,
         provider=provider,
+        provider_name=provider_name,
         now=now,
         trigger="period_close",
         # Only this period, whatever its state (the roll calls this while it is closing).
@@ -903,7 +1051,7 @@ def reconciliation_period_close_check(
     )
     blocking = (
         Mismatch.objects.unresolved()
-        .filter(period=period, over_threshold=True)
+        .filter(period=period, over_threshold=True, provider=provider_name)
         .select_related("meter")
         .order_by("-delta_amount_minor", "pk")
     )

@@ -28,13 +28,14 @@ def reconcile_all(self, period_end_before: str | None = None) -> int:
 
 @shared_task(**TRANSIENT)
 def reconcile_account_task(self, account_id: int, period_end_before: str | None = None) -> int:
-    """Reconcile one account (pulling the provider's summaries first); returns the run's id."""
+    """Reconcile one account against each platform (pulling their summaries first: the
+    primary, then the read-only secondary when one is set); returns the primary's run id."""
     from metering.models import Account
-    from reconciliation.services import reconciliation_run
+    from reconciliation.services import reconciliation_run_platforms
 
     account = Account.objects.filter(pk=account_id).first()
     if account is None:
         return 0
     before = dt.date.fromisoformat(period_end_before) if period_end_before else None
-    run = reconciliation_run(account=account, period_end_before=before, trigger="task")
-    return run.pk
+    runs = reconciliation_run_platforms(account=account, period_end_before=before, trigger="task")
+    return runs[0].pk

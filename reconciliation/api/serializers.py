@@ -44,6 +44,13 @@ class MismatchSerializer(serializers.Serializer):
         help_text="What the largest gap is worth at the account's prices, in minor units."
     )
     currency = serializers.CharField()
+    platform = serializers.CharField(
+        help_text=(
+            "The billing platform this cell was compared against: the primary "
+            "(BILLING_PROVIDER) or the read-only secondary (BILLING_PROVIDER_SECONDARY). "
+            "`provider` is that platform's number."
+        )
+    )
     days = MismatchDaySerializer(many=True)
 
 

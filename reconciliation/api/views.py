@@ -1,7 +1,10 @@
 """GET /api/v1/reconciliation/mismatches (scope `read`).
 
 Filters: `status` (open, acknowledged, resolved; default open), `account` (external id),
-`meter` (code), `cause` (a cause code anywhere in the ranking), `limit` (1-500, default 100).
+`meter` (code), `cause` (a cause code anywhere in the ranking), `platform` (the billing
+platform compared against: the primary, or the read-only secondary during a migration),
+`limit` (1-500, default 100). Each result names its `platform`; `provider` stays the
+platform's number (the contract).
 Sorted by money at stake, largest first; paged with an opaque `cursor` in `next`.
 """
 
@@ -61,6 +64,7 @@ def mismatch_out(m: Mismatch) -> dict:
         "delta": _text(m.delta),
         "delta_amount_minor": m.delta_amount_minor,
         "currency": m.currency,
+        "platform": m.provider,
         "days": [
             {
                 "day": d.day.isoformat(),
@@ -82,8 +86,10 @@ class MismatchListView(APIView):
         description=(
             "Cells (account × meter × billing period) where our usage, what we reported to the "
             "billing provider and what it recorded differ by more than the threshold, with "
-            "ranked causes and the three numbers per UTC day. Decimals are strings. Without "
-            "filters: the open mismatches, largest money at stake first. Scope: `read`."
+            "ranked causes and the three numbers per UTC day. Decimals are strings. Each "
+            "platform reconciled (the primary, and a read-only secondary during a migration) "
+            "has its own mismatches, named by `platform`. Without filters: the open "
+            "mismatches, largest money at stake first. Scope: `read`."
         ),
         parameters=[
             OpenApiParameter(
@@ -92,6 +98,11 @@ class MismatchListView(APIView):
             OpenApiParameter("account", OpenApiTypes.STR, description="The account's external id."),
             OpenApiParameter("meter", OpenApiTypes.STR, description="The meter's code."),
             OpenApiParameter("cause", OpenApiTypes.STR, enum=list(Cause.values)),
+            OpenApiParameter(
+                "platform",
+                OpenApiTypes.STR,
+                description="The billing platform compared against (e.g. stripe, orb).",
+            ),
             OpenApiParameter("limit", OpenApiTypes.INT, description="1-500, default 100."),
             OpenApiParameter("cursor", OpenApiTypes.STR, description="From `next`."),
         ],
@@ -117,6 +128,8 @@ class MismatchListView(APIView):
             mismatches = mismatches.filter(account__external_id=params["account"])
         if params.get("meter"):
             mismatches = mismatches.filter(meter__code=params["meter"])
+        if params.get("platform"):
+            mismatches = mismatches.filter(provider=params["platform"])
         cause = params.get("cause")
         if cause:
             if cause not in Cause.values:

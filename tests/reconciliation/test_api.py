@@ -39,6 +39,7 @@ FIELDS = {
     "delta",
     "delta_amount_minor",
     "currency",
+    "platform",
     "days",
 }
 
@@ -96,6 +97,7 @@ def test_lists_open_mismatches_by_money_with_the_contract_fields(
     assert isinstance(first["ours"], str) and isinstance(first["delta"], str)
     assert Decimal(first["delta"]) == Decimal(first["ours"]) - Decimal(first["provider"])
     assert first["invoiced"] is None and first["currency"] == "USD"
+    assert first["platform"] == "simulated"
     assert first["causes"][0]["code"] == "provider_missing"
     day = first["days"][0]
     assert set(day) == {"day", "ours", "reported", "provider"}

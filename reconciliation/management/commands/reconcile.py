@@ -5,6 +5,8 @@ manage.py reconcile --account acme                    # one account (external id
 manage.py reconcile --period-end-before 2026-12-01    # only periods ending by that local date
 manage.py reconcile --no-pull                         # use the provider summaries already pulled
 manage.py reconcile --batch 1                         # one recorded run per account
+
+With BILLING_PROVIDER_SECONDARY set, each platform is reconciled in turn (its own runs).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from billing.providers.base import ProviderError
 from metering.models import Account
+from reconciliation.selectors import is_read_only_platform
 from reconciliation.services import reconciliation_run_all
 
 
@@ -70,8 +73,12 @@ class Command(BaseCommand):
 
         def progress(done: int, total: int, run) -> None:
             if options["verbosity"] >= 1:
+                # A read-only secondary platform's runs follow the primary's: say whose.
+                secondary = (
+                    f"[{run.provider}, read-only] " if is_read_only_platform(run.provider) else ""
+                )
                 self.stdout.write(
-                    f"[{done}/{total} accounts] {run.cells_compared} cell(s), "
+                    f"{secondary}[{done}/{total} accounts] {run.cells_compared} cell(s), "
                     f"{run.mismatches_opened} opened, {run.mismatches_updated} updated, "
                     f"{run.mismatches_resolved} resolved ({run.duration_ms} ms)"
                 )
