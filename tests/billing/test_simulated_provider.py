@@ -183,8 +183,11 @@ def test_identifiers_are_deduplicated_for_24_hours_only_like_stripe(meter):
 def test_usage_outside_the_35_day_window_is_refused(meter):
     provider = SimulatedProvider(faults=FaultSettings())
 
-    [old] = provider.report_usage(items(1, at=NOW - timedelta(days=36)))
-    [future] = provider.report_usage(items(1, start=1, at=NOW + timedelta(minutes=10)))
+    # The clock now, not NOW (read when the module was imported, which on a loaded machine can
+    # be more than ten minutes before this test runs).
+    now = datetime.now(UTC).replace(microsecond=0)
+    [old] = provider.report_usage(items(1, at=now - timedelta(days=36)))
+    [future] = provider.report_usage(items(1, start=1, at=now + timedelta(minutes=10)))
 
     assert old.status is ItemStatus.TOO_OLD
     assert future.status is ItemStatus.REJECTED and future.code == "timestamp_in_future"
