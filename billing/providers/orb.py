@@ -386,7 +386,8 @@ class OrbProvider(RetryPolicy, BillingProvider):
         """Per customer: a backfill over the usage's timeframe (added to the existing events),
         the usage ingested into it with its own keys, the backfill closed."""
         out: list[ItemResult] = []
-        oldest = datetime.now(UTC) - (self.rules.backfill_window or BACKFILL_WINDOW)
+        window = self.rules.backfill_window or BACKFILL_WINDOW
+        oldest = datetime.now(UTC) - window
         by_customer: dict[str, list[UsageItem]] = defaultdict(list)
         for item in items:
             if item.timestamp < oldest:
@@ -396,7 +397,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
                         ItemStatus.TOO_OLD,
                         code="outside_backfill_window",
                         message="Older than the usage Orb takes by a backfill "
-                        f"({self.rules.backfill_window.days} days); not sent.",
+                        f"({window.days} days); not sent.",
                         response={"not_sent": True},
                     )
                 )
@@ -469,7 +470,10 @@ class OrbProvider(RetryPolicy, BillingProvider):
         """An open backfill of the customer covering [start, end): one left open by an earlier
         (killed) run, else a new one. (None, Orb's reason) when Orb refuses to make one."""
         now = datetime.now(UTC)
-        orb_id = self._orb_customer_id(customer)
+        try:
+            orb_id = self._orb_customer_id(customer)
+        except orb.NotFoundError:
+            return None, f"no customer {customer} at Orb"
         for backfill in self._pending_backfills(orb_id):
             close_time = parse_time(backfill.get("close_time"))
             if (
@@ -492,7 +496,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
                     replace_existing_events=False,
                 )
             )
-        except (orb.BadRequestError, orb.ConflictError) as exc:
+        except (orb.BadRequestError, orb.ConflictError, orb.NotFoundError) as exc:
             body = _error_body(exc)
             return None, str(body.get("title") or exc)
         return backfill, ""
