@@ -205,6 +205,16 @@ class PlatformRules:
     max_value_digits: int | None = MAX_VALUE_DIGITS
     # How usage is corrected at the platform, in a sentence (for the README and the admin).
     corrections: str = ""
+    # Usage older than `past_window` the platform still takes through a backfill (Orb), back to
+    # now - backfill_window; None: no backfill, `past_window` is the limit.
+    backfill_window: timedelta | None = None
+
+    @property
+    def oldest_accepted(self) -> timedelta | None:
+        """How far back usage reaches the platform by any means (None: no limit)."""
+        if self.past_window is None or self.backfill_window is None:
+            return self.past_window
+        return max(self.past_window, self.backfill_window)
 
 
 STRIPE_RULES = PlatformRules(

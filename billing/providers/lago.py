@@ -66,6 +66,9 @@ DEFAULT_RETRY_AFTER_CAP = 30.0
 LAGO_RULES = PlatformRules(
     key_field="transaction_id",
     key_retention=None,
+    # Lago documents no limit on an event's timestamp (none given: the time of receipt). Usage
+    # of a period counts while its invoice is open or a draft (the grace period); a finalized
+    # invoice is locked, so such usage is kept by Lago but not billed.
     past_window=None,
     future_tolerance=timedelta(minutes=5),
     batch_size=BATCH_MAX,

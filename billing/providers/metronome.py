@@ -59,7 +59,9 @@ DAY_SECONDS = 86_400
 METRONOME_RULES = PlatformRules(
     key_field="transaction_id",
     key_retention=timedelta(days=34),
-    past_window=None,
+    # "Historical events can be backdated up to 34 days" (the ingest reference): older usage
+    # is recorded too_old by the ledger, never sent.
+    past_window=timedelta(days=34),
     future_tolerance=timedelta(minutes=5),
     batch_size=INGEST_BATCH,
     rate_limit_per_second=None,

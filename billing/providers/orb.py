@@ -13,8 +13,21 @@ are Orb's API reference):
   events (too old / refused) and sends the others again in a request of their own (Orb's key
   makes that safe whether or not the 4xx ingested them). A 5xx is retried in its entirety.
 - `timestamp < now - grace period` (set per Orb account: ORB_GRACE_PERIOD_HOURS) and more
-  than 5 minutes ahead are validation errors; older usage needs a backfill, which Meterops
-  does not run: the ledger records such usage too_old before sending it.
+  than 5 minutes ahead are validation errors. Older usage goes through a backfill ("adding
+  ... past events, even those that are older than the ingestion grace period"), per customer:
+  `POST /events/backfills` {external_customer_id, timeframe_start, timeframe_end (at most 31
+  days apart by default, and no later than the grace boundary), replace_existing_events
+  false: added to the existing events}, then `POST /ingest?backfill_id=` with the usual
+  idempotency keys (Orb ingests a key at most once, backfill or not: a resend is a
+  duplicate), then `POST /events/backfills/{id}/close`; Orb reflects the backfill
+  asynchronously (status pending -> reflected), so the entries are `sent`, not acknowledged.
+  A backfill left open by a killed run is found again (pending, not closed, covering the
+  timeframe) and reused, else Orb closes it itself at its close_time (a day after creation);
+  one overlapping a pending backfill is refused by Orb: those entries are sent again later.
+  Usage older than the backfill window (ORB_RULES.backfill_window, the documented 31-day
+  span) is recorded too_old by the ledger before sending it. Orb leaves issued invoices as
+  they are: a backfill into a period already invoiced at Orb changes its usage, not that
+  invoice.
 - `?debug=true` adds `debug: {duplicate: [...], ingested: [...]}`: a key Orb already had is
   answered DUPLICATE (counted), a new one RECORDED.
 - Orb publishes no hard rate limit; a 429 (and 5xx, network errors) is retried with backoff,
@@ -24,8 +37,10 @@ are Orb's API reference):
   created with it (and timezone UTC, so Orb's "customer local midnight" days are UTC days);
   events name the customer by `external_customer_id`, so nothing is stored on our account.
 - Meters are billable metrics (`POST /metrics`, SQL over events, on an item): sum meters
-  `SELECT SUM(value) ...`, period-to-date ("last") meters `SELECT MAX(value) ...` (exact for
-  our max and unique_count meters, whose period-to-date value never falls).
+  `SELECT SUM(value) ...`, period-to-date ("last") meters `SELECT LATEST_BY(value,
+  timestamp) ...` (Orb's documented function: "the latest value of value_property ordered by
+  time_based_property"), so a gauge that falls is billed at its last value, not its highest.
+  A metric made before with MAX(value) is matched by its metadata and kept as it is.
 - Read-back is `GET /subscriptions/{id}/usage` with `granularity=day` over UTC midnights, or
   over exactly [start, end) without granularity otherwise, for every active subscription of
   the customer (no subscription: Orb bills none of the usage, nothing to read).
@@ -40,8 +55,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orb
@@ -70,6 +87,12 @@ from billing.providers.retry import RetryPolicy
 DAY_SECONDS = 86_400
 INGEST_BATCH = 500
 DEFAULT_RETRY_AFTER_CAP = 30.0
+# "By default, Orb allows backfills up to 31 days in duration at a time": the oldest usage the
+# adapter backfills, so that one backfill per customer spans a run's late usage.
+BACKFILL_WINDOW = timedelta(days=31)
+# Usage this close to the grace boundary goes live (a backfill may not reach past it): should
+# it cross the boundary on the way, Orb's refusal sends it by a backfill on a later run.
+BACKFILL_MARGIN = timedelta(seconds=60)
 
 ORB_RULES = PlatformRules(
     key_field="idempotency_key",
@@ -82,6 +105,7 @@ ORB_RULES = PlatformRules(
     max_value_digits=None,
     corrections="amend (PUT /events/{id}) or deprecate an event, within the current billing "
     "period or the previous one's grace period; older: a backfill",
+    backfill_window=BACKFILL_WINDOW,
 )
 
 
@@ -114,8 +138,8 @@ def json_number(value: Decimal) -> int | float:
 
 
 def metric_sql(spec: MeterSpec) -> str:
-    aggregate = "MAX" if spec.aggregation == "last" else "SUM"
-    return f"SELECT {aggregate}(value) FROM events WHERE event_name = '{spec.event_name}'"
+    aggregate = "LATEST_BY(value, timestamp)" if spec.aggregation == "last" else "SUM(value)"
+    return f"SELECT {aggregate} FROM events WHERE event_name = '{spec.event_name}'"
 
 
 class OrbProvider(RetryPolicy, BillingProvider):
@@ -142,7 +166,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
         if not api_key:
             raise ProviderMisconfigured("ORB_API_KEY is not set.")
         self.client = orb.Orb(api_key=api_key, base_url=api_base or None, max_retries=0)
-        self.rules = PlatformRules(**{**ORB_RULES.__dict__, "past_window": grace_period})
+        self.rules = replace(ORB_RULES, past_window=grace_period)
         self._init_retry(
             max_retries=max_retries,
             backoff_base=backoff_base,
@@ -152,6 +176,7 @@ class OrbProvider(RetryPolicy, BillingProvider):
         )
         self.batch_size = batch_size
         self._customers: set[str] = set()
+        self._orb_ids: dict[str, str] = {}
         self._subscriptions: dict[str, list[str]] = {}
 
     # --- the one retry policy (billing/providers/retry.py) -----------------------------------
@@ -251,40 +276,72 @@ class OrbProvider(RetryPolicy, BillingProvider):
         }
 
     def report_usage(self, items: Sequence[UsageItem]) -> list[ItemResult]:
+        """Live usage in ingest requests; usage past the grace period (or refused by Orb as
+        past it) through a backfill per customer."""
         if self.read_only:
             raise ProviderMisconfigured("Orb is the read-only secondary platform here.")
         results: dict[str, ItemResult] = {}
-        for start in range(0, len(items), self.batch_size):
-            for result in self._ingest(list(items[start : start + self.batch_size])):
+        boundary = self._grace_boundary()
+        live = [i for i in items if i.timestamp >= boundary - BACKFILL_MARGIN]
+        late = [i for i in items if i.timestamp < boundary - BACKFILL_MARGIN]
+        for start in range(0, len(live), self.batch_size):
+            for result in self._ingest(list(live[start : start + self.batch_size])):
                 results[result.identifier] = result
+        by_identifier = {i.identifier: i for i in items}
+        # What Orb refused as past its grace period (its clock, its account's setting) goes by
+        # a backfill as well.
+        late += [
+            by_identifier[identifier]
+            for identifier, result in results.items()
+            if result.code == "outside_grace_period"
+        ]
+        for result in self._backfill(late):
+            results[result.identifier] = result
         return [results[i.identifier] for i in items]
 
-    def _ingest(self, items: list[UsageItem]) -> list[ItemResult]:
+    def _grace_boundary(self) -> datetime:
+        return datetime.now(UTC) - self.rules.past_window
+
+    def _ingest(self, items: list[UsageItem], backfill: dict | None = None) -> list[ItemResult]:
         if self.halted:
             return [ItemResult(i.identifier, ItemStatus.RETRY, message=self.halted) for i in items]
+        options: dict = {}
+        if backfill is not None:
+            options["backfill_id"] = backfill["id"]
         try:
             raw = self._call(
                 self.client.events.with_raw_response.ingest,
                 events=[self._event(i) for i in items],
                 extra_query={"debug": "true"},
+                **options,
             )
         except ProviderUnavailable as exc:
             return [ItemResult(i.identifier, ItemStatus.RETRY, message=str(exc)) for i in items]
         except orb.BadRequestError as exc:
-            return self._validation_failed(items, exc)
+            return self._validation_failed(items, exc, backfill)
         body = sdk_body(raw)
         duplicates = set((body.get("debug") or {}).get("duplicate") or [])
+        if backfill is None:
+            counted, response = ItemStatus.RECORDED, {"api": "ingest"}
+        else:
+            # Reflected by Orb after the close, asynchronously: sent, not yet acknowledged.
+            counted = ItemStatus.ACCEPTED
+            response = {"api": "ingest", "backfill_id": backfill["id"]}
         return [
             ItemResult(
                 i.identifier,
-                ItemStatus.DUPLICATE if i.identifier in duplicates else ItemStatus.RECORDED,
+                ItemStatus.DUPLICATE
+                if i.identifier in duplicates and backfill is None
+                else counted,
                 code="duplicate_idempotency_key" if i.identifier in duplicates else "",
-                response={"api": "ingest"},
+                response=response,
             )
             for i in items
         ]
 
-    def _validation_failed(self, items: list[UsageItem], exc: orb.BadRequestError) -> list:
+    def _validation_failed(
+        self, items: list[UsageItem], exc: orb.BadRequestError, backfill: dict | None = None
+    ) -> list:
         body = _error_body(exc)
         failed = {
             f.get("idempotency_key"): f.get("validation_errors") or []
@@ -321,7 +378,141 @@ class OrbProvider(RetryPolicy, BillingProvider):
         rest = [i for i in items if i.identifier not in failed]
         # Orb did not mark the refused request's keys as processed in any case we rely on:
         # the others go again on their own (their keys make that safe either way).
-        return out + (self._ingest(rest) if rest else [])
+        return out + (self._ingest(rest, backfill) if rest else [])
+
+    # --- backfills (usage past the grace period) ------------------------------------------------
+
+    def _backfill(self, items: list[UsageItem]) -> list[ItemResult]:
+        """Per customer: a backfill over the usage's timeframe (added to the existing events),
+        the usage ingested into it with its own keys, the backfill closed."""
+        out: list[ItemResult] = []
+        window = self.rules.backfill_window or BACKFILL_WINDOW
+        oldest = datetime.now(UTC) - window
+        by_customer: dict[str, list[UsageItem]] = defaultdict(list)
+        for item in items:
+            if item.timestamp < oldest:
+                out.append(
+                    ItemResult(
+                        item.identifier,
+                        ItemStatus.TOO_OLD,
+                        code="outside_backfill_window",
+                        message="Older than the usage Orb takes by a backfill "
+                        f"({window.days} days); not sent.",
+                        response={"not_sent": True},
+                    )
+                )
+            else:
+                by_customer[item.customer_id].append(item)
+        for customer, group in by_customer.items():
+            group.sort(key=lambda i: i.timestamp)
+            start = group[0].timestamp.replace(microsecond=0)
+            end = group[-1].timestamp.replace(microsecond=0) + timedelta(seconds=1)
+            if self.halted:
+                out += [
+                    ItemResult(i.identifier, ItemStatus.RETRY, message=self.halted) for i in group
+                ]
+                continue
+            try:
+                backfill, refused = self._open_backfill(customer, start, end)
+            except ProviderUnavailable as exc:
+                out += [ItemResult(i.identifier, ItemStatus.RETRY, message=str(exc)) for i in group]
+                continue
+            if backfill is None:
+                out += [
+                    ItemResult(
+                        i.identifier,
+                        ItemStatus.RETRY,
+                        code="backfill_refused",
+                        message=f"Orb refused the backfill: {refused} (sent again later)"[:500],
+                    )
+                    for i in group
+                ]
+                continue
+            results: list[ItemResult] = []
+            for n in range(0, len(group), self.batch_size):
+                results += self._ingest(group[n : n + self.batch_size], backfill)
+            closed = self._close_backfill(backfill)
+            out += [
+                replace(r, response={**r.response, "backfill_closed": closed})
+                if r.response.get("backfill_id")
+                else r
+                for r in results
+            ]
+        return out
+
+    def _orb_customer_id(self, external_id: str) -> str:
+        if external_id not in self._orb_ids:
+            customer = sdk_body(
+                self._call(
+                    self.client.customers.with_raw_response.fetch_by_external_id, external_id
+                )
+            )
+            self._orb_ids[external_id] = customer["id"]
+        return self._orb_ids[external_id]
+
+    def _pending_backfills(self, orb_customer_id: str) -> Iterator[dict]:
+        cursor = None
+        while True:
+            params: dict = {"customer_id": orb_customer_id, "status": "pending", "limit": 100}
+            if cursor:
+                params["cursor"] = cursor
+            page = sdk_body(
+                self._call(self.client.events.backfills.with_raw_response.list, **params)
+            )
+            yield from page.get("data", [])
+            cursor = (page.get("pagination_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return
+
+    def _open_backfill(
+        self, customer: str, start: datetime, end: datetime
+    ) -> tuple[dict | None, str]:
+        """An open backfill of the customer covering [start, end): one left open by an earlier
+        (killed) run, else a new one. (None, Orb's reason) when Orb refuses to make one."""
+        now = datetime.now(UTC)
+        try:
+            orb_id = self._orb_customer_id(customer)
+        except orb.NotFoundError:
+            return None, f"no customer {customer} at Orb"
+        for backfill in self._pending_backfills(orb_id):
+            close_time = parse_time(backfill.get("close_time"))
+            if (
+                not backfill.get("replace_existing_events")
+                and (close_time is None or close_time > now)
+                and parse_time(backfill["timeframe_start"]) <= start
+                and end <= parse_time(backfill["timeframe_end"])
+            ):
+                return backfill, ""
+        # No idempotency key: Orb would replay a backfill that a killed run has closed since
+        # (ingesting into it is refused); an open one is found above, a closed one still
+        # reflecting makes Orb refuse an overlapping backfill, and the usage goes next run.
+        try:
+            backfill = sdk_body(
+                self._call(
+                    self.client.events.backfills.with_raw_response.create,
+                    external_customer_id=customer,
+                    timeframe_start=iso_utc(start),
+                    timeframe_end=iso_utc(end),
+                    replace_existing_events=False,
+                )
+            )
+        except (orb.BadRequestError, orb.ConflictError, orb.NotFoundError) as exc:
+            body = _error_body(exc)
+            return None, str(body.get("title") or exc)
+        return backfill, ""
+
+    def _close_backfill(self, backfill: dict) -> bool:
+        """Close it so that Orb reflects it; False when Orb could not be told now (it then
+        closes the backfill itself at its close_time, a day after creation)."""
+        try:
+            self._call(
+                self.client.events.backfills.with_raw_response.close,
+                backfill["id"],
+                idempotency_key=f"mo-close-{backfill['id']}"[:64],
+            )
+        except (ProviderUnavailable, orb.APIStatusError):
+            return False
+        return True
 
     # --- reads ---------------------------------------------------------------------------------
 

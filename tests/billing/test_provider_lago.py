@@ -393,3 +393,21 @@ def test_a_credit_is_refused_with_a_plain_message_and_nothing_reaches_lago(lago_
     with pytest.raises(ProviderError, match="Credits are not built for lago yet"):
         get_provider().create_credit(request)
     assert not [c for c in lago_fake.calls() if "credit" in json.dumps(c)]
+
+
+def test_lago_takes_usage_of_any_age_so_nothing_is_too_old(lago_fake, account, calls):
+    """Lago documents no limit on an event's timestamp: a year-old entry is sent, not
+    recorded too_old (whether a finalized invoice bills it is Lago's to say)."""
+    old = make_event(account, calls, Decimal(1), hours_ago(400 * 24))
+    recent = make_event(account, calls, Decimal(1), hours_ago(1))
+
+    result = usage_push()
+
+    entries = {e.event_id: e for e in PushLedgerEntry.objects.all()}
+    assert entries[old.pk].status == entries[recent.pk].status == Status.ACKNOWLEDGED
+    assert result.too_old == 0
+    sent = [
+        e["transaction_id"] for b in batches(lago_fake) for e in json.loads(b["body"])["events"]
+    ]
+    assert entries[old.pk].identifier in sent
+    assert platform_rules("lago").past_window is None

@@ -247,3 +247,21 @@ def test_a_customer_unknown_to_metronome_reads_nothing_and_creates_nothing(metro
     assert adapter.lookup_customer(external_id="nobody") == ""
     assert list(adapter.list_invoices(customer_id="nobody")) == []
     assert metronome_fake.customers == {}
+
+
+def test_usage_backdated_past_metronomes_34_days_is_too_old_and_never_sent(
+    metronome_fake, account, calls
+):
+    inside = make_event(account, calls, Decimal(1), hours_ago(33 * 24))
+    outside = make_event(account, calls, Decimal(1), hours_ago(34 * 24 + 1))
+
+    result = usage_push()
+
+    entries = {e.event_id: e for e in PushLedgerEntry.objects.all()}
+    assert entries[inside.pk].status == Status.ACKNOWLEDGED
+    assert entries[outside.pk].status == Status.TOO_OLD and entries[outside.pk].attempts == 0
+    assert result.too_old == 1
+    sent = b"".join(c["body"] for c in ingests(metronome_fake))
+    assert entries[inside.pk].identifier.encode() in sent
+    assert entries[outside.pk].identifier.encode() not in sent
+    assert platform_rules("metronome").past_window == timedelta(days=34)

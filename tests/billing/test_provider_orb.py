@@ -115,22 +115,108 @@ def test_a_resend_of_a_counted_event_is_answered_duplicate_and_counted_once(
     assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 1
 
 
-def test_usage_older_than_the_grace_period_is_recorded_too_old_and_never_sent(
+def backfill_ingests(fake: FakeOrb) -> list[dict]:
+    return [c for c in fake.calls("/v1/ingest") if c["query"].get("backfill_id")]
+
+
+def test_usage_past_the_grace_period_goes_by_a_backfill_and_counts_once_reflected(
     orb_fake, account, calls
 ):
-    make_event(account, calls, Decimal(1), hours_ago(13))  # grace period 12 hours
+    late = make_event(account, calls, Decimal(1), hours_ago(13))  # grace period 12 hours
     make_event(account, calls, Decimal(1), hours_ago(1))
 
     result = usage_push()
 
-    statuses = dict(PushLedgerEntry.objects.values_list("timestamp", "status"))
-    assert sorted(statuses.values()) == [Status.ACKNOWLEDGED, Status.TOO_OLD]
+    by_event = {e.event_id: e for e in PushLedgerEntry.objects.all()}
+    backfilled = by_event.pop(late.pk)
+    assert [e.status for e in by_event.values()] == [Status.ACKNOWLEDGED]
+    # Sent, not acknowledged: Orb reflects a closed backfill asynchronously.
+    assert backfilled.status == Status.SENT and result.sent == 1 and result.too_old == 0
+    (backfill,) = orb_fake.backfills.values()
+    assert backfilled.response["backfill_id"] == backfill["id"]
+    assert backfilled.response["backfill_closed"] is True
+    assert backfill["external"] == "orb-acme" and backfill["replace_existing_events"] is False
+    assert backfill["timeframe_start"] <= backfilled.timestamp.timestamp()
+    assert backfilled.timestamp.timestamp() < backfill["timeframe_end"]
+    (ingest,) = backfill_ingests(orb_fake)
+    assert backfilled.identifier.encode() in ingest["body"]  # its key, unchanged
+    assert len(orb_fake.calls("/v1/events/backfills/", method="POST")) == 1  # the close
+    # Pending until Orb has reflected it, then counted: once.
+    assert backfill["status"] == "pending"
+    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 1
+    orb_fake.reflect_backfills()
+    assert backfill["status"] == "reflected"
+    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 2
+    assert orb_fake.count_key(backfilled.identifier) == 1
+
+    again = usage_push()
+
+    assert again.attempted == 0 and len(orb_fake.backfills) == 1
+    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 2
+
+
+def test_a_reverted_backfill_no_longer_counts(orb_fake, account, calls):
+    make_event(account, calls, Decimal(1), hours_ago(20))
+    usage_push()
+    orb_fake.reflect_backfills()
+    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 1
+    (backfill,) = orb_fake.backfills.values()
+
+    get_provider().client.events.backfills.revert(backfill["id"])
+
+    assert backfill["status"] == "pending_revert"
+    orb_fake.reflect_backfills()
+    assert backfill["status"] == "reverted"
+    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 0
+
+
+def test_usage_older_than_orbs_backfill_window_stays_too_old_and_is_never_sent(
+    orb_fake, account, calls
+):
+    make_event(account, calls, Decimal(1), hours_ago(32 * 24))  # backfills reach 31 days
+    make_event(account, calls, Decimal(1), hours_ago(30 * 24))
+    make_event(account, calls, Decimal(1), hours_ago(1))
+
+    result = usage_push()
+
+    statuses = sorted(PushLedgerEntry.objects.values_list("status", flat=True))
+    assert statuses == [Status.ACKNOWLEDGED, Status.SENT, Status.TOO_OLD]
     assert result.too_old == 1
-    assert len(ingested_keys(orb_fake)) == 1
-    assert platform_rules("orb").past_window == timedelta(hours=12)
+    too_old = PushLedgerEntry.objects.get(status=Status.TOO_OLD)
+    assert too_old.error_code == "older_than_push_window" and too_old.attempts == 0
+    assert too_old.identifier.encode() not in b"".join(
+        c["body"] for c in orb_fake.calls("/v1/ingest")
+    )
+    rules = platform_rules("orb")
+    assert rules.past_window == timedelta(hours=12)
+    assert rules.backfill_window == rules.oldest_accepted == timedelta(days=31)
 
 
-def test_a_grace_period_longer_at_us_than_at_orb_gets_orbs_validation_answer(
+def test_a_backfill_overlapping_one_orb_still_reflects_waits_for_a_later_run(
+    orb_fake, account, calls
+):
+    orb_fake.reflect_seconds = 3600
+    at = hours_ago(20)
+    make_event(account, calls, Decimal(1), at)
+    usage_push()  # a closed backfill over [at, at + 1s), still pending at Orb
+    make_event(account, calls, Decimal(1), at)
+
+    result = usage_push()
+
+    waiting = PushLedgerEntry.objects.get(status=Status.PENDING)
+    assert waiting.error_code == "backfill_refused" and result.retry_later == 1
+    assert "overlaps" in waiting.response["message"]
+    orb_fake.reflect_backfills()
+
+    usage_push()
+
+    waiting.refresh_from_db()
+    assert waiting.status == Status.SENT and len(orb_fake.backfills) == 2
+    orb_fake.reflect_backfills()
+    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 2
+
+
+def test_a_grace_period_longer_at_us_than_at_orb_sends_orbs_refusals_by_a_backfill(
     settings, orb_fake, account, calls
 ):
     settings.ORB_GRACE_PERIOD_HOURS = 48  # misconfigured: Orb's account keeps 12 hours
@@ -142,13 +228,14 @@ def test_a_grace_period_longer_at_us_than_at_orb_gets_orbs_validation_answer(
 
     by_event = {e.event_id: e for e in PushLedgerEntry.objects.all()}
     refused = by_event.pop(old.pk)
-    assert refused.status == Status.TOO_OLD and refused.error_code == "outside_grace_period"
-    assert "grace period" in refused.response["message"]
+    assert refused.status == Status.SENT and refused.response["backfill_id"]
     assert {e.status for e in by_event.values()} == {Status.ACKNOWLEDGED}
-    # Orb ingested nothing of the refused request; the other two went in one more request.
-    assert [c["status"] for c in orb_fake.calls("/v1/ingest")] == [400, 200]
-    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 2
-    assert result.too_old == 1 and result.acknowledged == 2
+    # Orb ingested nothing of the refused request; the other two went in one more request,
+    # the refused one by a backfill.
+    assert [c["status"] for c in orb_fake.calls("/v1/ingest")] == [400, 200, 200]
+    orb_fake.reflect_backfills()
+    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 3
+    assert result.sent == 1 and result.acknowledged == 2
 
 
 def test_rate_limited_requests_are_retried_honouring_retry_after(orb_fake, account, calls):
@@ -212,13 +299,20 @@ CHILD = textwrap.dedent(
 
     if os.environ.get("KILL") == "1":
         push_send._record_results = record_then_die
+    if os.environ.get("KILL") == "before_close":
+        from billing.providers.orb import OrbProvider
+
+        def die_before_close(self, backfill):
+            os._exit(17)  # ingested into the backfill; neither closed nor recorded
+
+        OrbProvider._close_backfill = die_before_close
     result = usage_push()
     print("acknowledged", result.acknowledged)
     """
 )
 
 
-def _child(fake: FakeOrb, *, kill: bool) -> subprocess.CompletedProcess:
+def _child(fake: FakeOrb, *, kill: bool | str) -> subprocess.CompletedProcess:
     settings_dict = connection.settings_dict
     url = (
         f"postgres://{settings_dict['USER']}:{settings_dict['PASSWORD'] or ''}@"
@@ -231,7 +325,7 @@ def _child(fake: FakeOrb, *, kill: bool) -> subprocess.CompletedProcess:
         "BILLING_PROVIDER": "orb",
         "ORB_API_KEY": fake.api_key,
         "ORB_API_BASE": fake.url,
-        "KILL": "1" if kill else "0",
+        "KILL": kill if isinstance(kill, str) else ("1" if kill else "0"),
     }
     return subprocess.run(
         [sys.executable, "-c", CHILD.format(root=str(ROOT))],
@@ -269,6 +363,46 @@ def test_a_push_killed_after_orb_answered_is_counted_once_after_the_rerun(orb_fa
     assert all(orb_fake.count_key(e.identifier) == 1 for e in PushLedgerEntry.objects.all())
     ingests = orb_fake.calls("/v1/ingest")
     assert len(ingests) == 2 and ingests[0]["body"] == ingests[1]["body"]  # the very same request
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kill", ["before_close", "1"])
+def test_a_backfill_push_killed_after_orb_answered_counts_each_event_once_after_the_rerun(
+    orb_fake, kill
+):
+    """Killed after the events went into the backfill: before closing it (the rerun finds it
+    open and uses it again) or after closing it (Orb refuses an overlapping backfill while it
+    reflects; the run after sends them again)."""
+    orb_fake.reflect_seconds = 3600  # longer than the child processes take
+    account = AccountFactory(external_id="orb-late", name="Late")
+    storage = MeterFactory(code="storage", aggregation=Meter.Aggregation.SUM, value_property="gb")
+    make_events(account, storage, Decimal("0.5"), [hours_ago(14 + n / 60) for n in range(10)])
+
+    killed = _child(orb_fake, kill=kill)
+
+    assert killed.returncode == 17, killed.stderr
+    assert PushLedgerEntry.objects.filter(status=Status.PENDING).count() == 10
+    (first,) = orb_fake.backfills.values()
+    assert first["events_ingested"] == 10
+
+    rerun = _child(orb_fake, kill=False)
+    if kill == "1":
+        assert rerun.returncode == 0, rerun.stderr
+        assert PushLedgerEntry.objects.filter(status=Status.PENDING).count() == 10
+        orb_fake.reflect_backfills()  # Orb has reflected the closed one
+        rerun = _child(orb_fake, kill=False)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert set(PushLedgerEntry.objects.values_list("status", flat=True)) == {Status.SENT}
+    # Orb had every key from the killed run: each answered a duplicate, none counted twice.
+    assert set(PushLedgerEntry.objects.values_list("error_code", flat=True)) == {
+        "duplicate_idempotency_key"
+    }
+    orb_fake.reflect_backfills()
+    assert all(b["status"] == "reflected" for b in orb_fake.backfills.values())
+    assert orb_fake.total(event_name="mo_storage", customer="orb-late") == Decimal("5")
+    assert all(orb_fake.count_key(e.identifier) == 1 for e in PushLedgerEntry.objects.all())
+    assert len(orb_fake.backfills) == (1 if kill == "before_close" else 2)
 
 
 # --- reading back ----------------------------------------------------------------------------------
@@ -411,6 +545,24 @@ def test_values_go_as_json_numbers_with_their_exact_digits(orb_fake):
     assert orb_fake.total(event_name="mo_calls", customer="exact") == sum(values)
     with pytest.raises(ValueError):
         json_number(Decimal("0.12345678901234567890"))
+
+
+def test_a_falling_gauge_is_billed_at_its_last_value_not_its_highest(orb_fake, account):
+    seats = MeterFactory(code="seats", aggregation=Meter.Aggregation.LATEST, value_property="n")
+    make_event(account, seats, Decimal("10"), hours_ago(3))
+    usage_push()
+    make_event(account, seats, Decimal("4"), hours_ago(2))
+
+    usage_push()
+
+    metric = orb_fake.metric_by_event("mo_seats")
+    assert metric["sql"] == (
+        "SELECT LATEST_BY(value, timestamp) FROM events WHERE event_name = 'mo_seats'"
+    )
+    assert [e.value for e in orb_fake.counted(event_name="mo_seats")] == [10, 4]
+    orb_fake.subscribe("orb-acme", unit_prices={metric["id"]: Decimal("1")})
+    preview = get_provider().upcoming_invoice(customer_id="orb-acme")
+    assert [li.quantity for li in preview.lines] == [Decimal("4")]  # MAX(value) would bill 10
 
 
 # --- the mapping in the admin -------------------------------------------------------------------

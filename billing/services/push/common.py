@@ -70,12 +70,13 @@ class PushResult:
 
 def too_old_cutoff(now: datetime, provider_name: str | None = None) -> datetime:
     """Usage older than this is not sent: the platform's accepted window (its
-    PlatformRules.past_window; Stripe's 35 days when no provider is named) less a margin."""
+    PlatformRules.past_window, or its backfill_window where the platform takes older usage
+    by a backfill; Stripe's 35 days when no provider is named) less a margin."""
     window = PUSH_WINDOW
     if provider_name is not None:
         from billing.providers import platform_rules
 
-        window = platform_rules(provider_name).past_window
+        window = platform_rules(provider_name).oldest_accepted
         if window is None:
             return datetime.min.replace(tzinfo=now.tzinfo)
     return now - window + EDGE_MARGIN

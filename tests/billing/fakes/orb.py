@@ -17,13 +17,26 @@ adapter drives against it through ORB_API_BASE = `<url>/v1`). It enforces what O
   answered 429 (Orb's `#429-too-many-requests` error type) with a Retry-After header;
 - customers by external id (`GET /customers/external_customer_id/{id}`; a second customer
   with the same external id is a 400 `#400-duplicate-resource-creation`), items, billable
-  metrics defined by SQL (`SELECT SUM(value)|MAX(value)|COUNT(*) FROM events WHERE
-  event_name = '...'`; other SQL is refused: the fake evaluates only these);
+  metrics defined by SQL (`SELECT SUM(value)|MAX(value)|COUNT(*)|LATEST_BY(value, timestamp)
+  FROM events WHERE event_name = '...'`, LATEST_BY being Orb's "latest value of
+  value_property ordered by time_based_property"; other SQL is refused: the fake evaluates
+  only these);
 - subscriptions (made by tests with `subscribe`; every metric is on every subscription's
   plan, at the unit price the test gives) and `GET /subscriptions/{id}/usage` with a custom
   timeframe, `granularity=day` windows at the customer's (UTC) midnight, every window listed
   even when empty, or one window over exactly the timeframe;
 - events deprecated (`PUT /events/{key}/deprecate`) no longer count;
+- backfills: `POST /events/backfills` (scoped to a customer by customer_id or
+  external_customer_id, or account-wide; timeframe_start < timeframe_end at most 31 days apart
+  and, without a deprecation_filter, no later than the grace boundary; refused when it
+  overlaps a backfill in pending or pending_revert of the same customer or an account-wide
+  one; close_time defaults to a day after creation), `POST /ingest?backfill_id=` (events
+  inside the backfill's timeframe and scope, of any age; the same key, backfill or not, is
+  ingested once: a duplicate), `POST .../close` (Orb then reflects it asynchronously: the
+  status stays `pending` for `reflect_seconds`, then `reflected`; an open backfill past its
+  close_time closes itself), `POST .../revert`, `GET /events/backfills[/{id}]`. Events of a
+  backfill count once it is reflected (and no more once reverted); a reflected backfill with
+  replace_existing_events deprecates the other events of its scope and timeframe;
 - invoices (made by tests with `create_invoice`) listed per external customer, newest first,
   cursor-paged; `GET /invoices/upcoming?subscription_id=` priced from the current usage;
 - `POST /customers/{id}/balance_transactions` (credits).
@@ -49,7 +62,8 @@ DAY = 86_400
 FUTURE_WINDOW = 300
 ERR = "https://docs.withorb.com/reference/error-responses#"
 SQL = re.compile(
-    r"^SELECT (SUM\(value\)|MAX\(value\)|COUNT\(\*\)) FROM events WHERE event_name = '([^']+)'$"
+    r"^SELECT (SUM\(value\)|MAX\(value\)|COUNT\(\*\)|LATEST_BY\(value, timestamp\)) "
+    r"FROM events WHERE event_name = '([^']+)'$"
 )
 
 
@@ -62,6 +76,7 @@ class OrbEvent:
     properties: dict
     received: float
     deprecated: bool = False
+    backfill_id: str = ""
 
     @property
     def value(self) -> Decimal:
@@ -95,8 +110,11 @@ class FakeOrb:
         grace_seconds: int = 12 * 3600,
         rate_limit_every: int = 0,
         retry_after: str | None = "0",
+        reflect_seconds: float = 30.0,
     ) -> None:
         self.api_key = api_key
+        self.reflect_seconds = reflect_seconds
+        self.backfills: dict[str, dict] = {}
         self.grace_seconds = grace_seconds
         self.rate_limit_every = rate_limit_every
         self.retry_after = retry_after
@@ -169,13 +187,47 @@ class FakeOrb:
         )
 
     def counted(self, *, event_name: str | None = None, customer: str | None = None):
-        return [
-            e
-            for e in self.events
-            if not e.deprecated
-            and (event_name is None or e.event_name == event_name)
-            and (customer is None or e.customer == customer)
-        ]
+        with self.lock:
+            self._tick()
+            return [
+                e
+                for e in self.events
+                if not e.deprecated
+                and self._in_billing(e)
+                and (event_name is None or e.event_name == event_name)
+                and (customer is None or e.customer == customer)
+            ]
+
+    def _in_billing(self, event: OrbEvent) -> bool:
+        if event.backfill_id and self.backfills[event.backfill_id]["status"] != "reflected":
+            return False  # pending (not reflected yet), or reverted
+        for backfill in self.backfills.values():
+            if (
+                backfill["replace_existing_events"]
+                and backfill["status"] == "reflected"
+                and backfill["id"] != event.backfill_id
+                and backfill["timeframe_start"] <= event.timestamp < backfill["timeframe_end"]
+                and (backfill["external"] is None or backfill["external"] == event.customer)
+            ):
+                return False
+        return True
+
+    def reflect_backfills(self) -> None:
+        """As if Orb had finished reflecting every closed backfill (and undoing reverted ones)."""
+        self.advance(self.reflect_seconds)
+        with self.lock:
+            self._tick()
+
+    def _tick(self) -> None:
+        now = self.now()
+        for backfill in self.backfills.values():
+            if backfill["status"] == "pending" and backfill["close_time"] <= now:
+                if now >= backfill["close_time"] + self.reflect_seconds:
+                    backfill["status"] = "reflected"
+            elif backfill["status"] == "pending_revert" and now >= (
+                backfill["reverted_at"] + self.reflect_seconds
+            ):
+                backfill["status"] = "reverted"
 
     def total(self, *, event_name: str, customer: str) -> Decimal:
         return sum(
@@ -256,6 +308,7 @@ class FakeOrb:
 
     def handle(self, method: str, path: str, query: dict, headers, raw: bytes) -> Answer:
         with self.lock:
+            self._tick()
             self.request_count += 1
             record = {
                 "method": method,
@@ -325,6 +378,39 @@ class FakeOrb:
                 return self._invoices(query)
             case "GET", ["invoices", "upcoming"]:
                 return self._upcoming(query)
+            case "POST", ["events", "backfills"]:
+                return self._create_backfill(body)
+            case "GET", ["events", "backfills"]:
+                rows = [
+                    self._public_backfill(b)
+                    for b in sorted(self.backfills.values(), key=lambda b: -b["created_at"])
+                    if (not query.get("status") or b["status"] == query["status"])
+                    and (not query.get("customer_id") or b["customer_id"] == query["customer_id"])
+                ]
+                return self._page(rows, query)
+            case "GET", ["events", "backfills", bid]:
+                return Answer(200, self._public_backfill(self._backfill(bid)))
+            case "POST", ["events", "backfills", bid, "close"]:
+                backfill = self._backfill(bid)
+                if backfill["status"] != "pending" or backfill["close_time"] <= self.now():
+                    raise OrbError(
+                        400, "400-request-validation-errors", "The backfill is already closed"
+                    )
+                backfill["close_time"] = self.now()
+                return Answer(200, self._public_backfill(backfill))
+            case "POST", ["events", "backfills", bid, "revert"]:
+                backfill = self._backfill(bid)
+                now = self.now()
+                if backfill["status"] == "pending" and backfill["close_time"] > now:
+                    backfill["status"] = "reverted"  # never closed: nothing to undo
+                elif backfill["status"] == "reflected":
+                    backfill["status"] = "pending_revert"
+                else:
+                    raise OrbError(
+                        400, "400-request-validation-errors", "The backfill cannot be reverted"
+                    )
+                backfill["reverted_at"] = now
+                return Answer(200, self._public_backfill(backfill))
             case "PUT", ["events", key, "deprecate"]:
                 event = self.keys.get(key)
                 if event is None:
@@ -432,6 +518,107 @@ class FakeOrb:
 
     # --- ingest ------------------------------------------------------------------------------
 
+    # --- backfills ----------------------------------------------------------------------------
+
+    def _backfill(self, bid: str) -> dict:
+        backfill = self.backfills.get(bid)
+        if backfill is None:
+            raise OrbError(404, "404-resource-not-found", "Backfill not found")
+        return backfill
+
+    def _create_backfill(self, body: dict) -> Answer:
+        now = self.now()
+        try:
+            start, end = _ts(body["timeframe_start"]), _ts(body["timeframe_end"])
+        except (KeyError, ValueError, AttributeError):
+            raise OrbError(
+                400,
+                "400-request-validation-errors",
+                "timeframe_start and timeframe_end are required",
+                validation_errors=["timeframe"],
+            ) from None
+        problems = []
+        if not start < end:
+            problems.append("timeframe_start must be before timeframe_end")
+        if end - start > 31 * DAY:
+            problems.append("Backfills may span at most 31 days")
+        if not body.get("deprecation_filter") and end > now - self.grace_seconds:
+            problems.append("timeframe_end may not be later than the grace period boundary")
+        if problems:
+            raise OrbError(
+                400, "400-request-validation-errors", problems[0], validation_errors=problems
+            )
+        customer = None
+        if body.get("customer_id"):
+            customer = self.customers.get(body["customer_id"])
+            if customer is None:
+                raise OrbError(404, "404-resource-not-found", "Customer not found")
+        elif body.get("external_customer_id"):
+            customer = self._customer_by_external(body["external_customer_id"])
+        for other in self.backfills.values():
+            if (
+                other["status"] in ("pending", "pending_revert")
+                and (customer is None or other["customer_id"] in (None, customer["id"]))
+                and other["timeframe_start"] < end
+                and start < other["timeframe_end"]
+            ):
+                raise OrbError(
+                    400,
+                    "400-request-validation-errors",
+                    f"The timeframe overlaps backfill {other['id']}, which is {other['status']}",
+                    validation_errors=["overlapping backfill"],
+                )
+        close_time = _ts(body["close_time"]) if body.get("close_time") else now + DAY
+        backfill = {
+            "id": f"bf_{secrets.token_hex(6)}",
+            "status": "pending",
+            "created_at": now,
+            "timeframe_start": start,
+            "timeframe_end": end,
+            "close_time": close_time,
+            "customer_id": customer["id"] if customer else None,
+            "external": customer["external_customer_id"] if customer else None,
+            "replace_existing_events": bool(body.get("replace_existing_events", True)),
+            "deprecation_filter": body.get("deprecation_filter"),
+            "reverted_at": None,
+            "events_ingested": 0,
+        }
+        self.backfills[backfill["id"]] = backfill
+        return Answer(201, self._public_backfill(backfill))
+
+    @staticmethod
+    def _public_backfill(backfill: dict) -> dict:
+        return {
+            "id": backfill["id"],
+            "status": backfill["status"],
+            "created_at": _iso(backfill["created_at"]),
+            "timeframe_start": _iso(backfill["timeframe_start"]),
+            "timeframe_end": _iso(backfill["timeframe_end"]),
+            "close_time": _iso(backfill["close_time"]),
+            "customer_id": backfill["customer_id"],
+            "replace_existing_events": backfill["replace_existing_events"],
+            "deprecation_filter": backfill["deprecation_filter"],
+            "reverted_at": _iso(backfill["reverted_at"]) if backfill["reverted_at"] else None,
+            "events_ingested": backfill["events_ingested"],
+        }
+
+    def _validate_backfilled(self, event: dict, now: float, backfill: dict) -> list[str]:
+        """A backfill's event: of any age, inside the backfill's timeframe and scope."""
+        errors = [e for e in self._validate(event, now) if "grace period" not in e]
+        try:
+            ts = _ts(event.get("timestamp") or "")
+        except ValueError:
+            return errors
+        if not backfill["timeframe_start"] <= ts < backfill["timeframe_end"]:
+            errors.append("timestamp is outside the timeframe of the backfill")
+        customer = event.get("external_customer_id") or event.get("customer_id")
+        if backfill["external"] is not None and customer not in (
+            backfill["external"],
+            backfill["customer_id"],
+        ):
+            errors.append("the event's customer is outside the scope of the backfill")
+        return errors
+
     def _validate(self, event: dict, now: float) -> list[str]:
         errors = []
         if bool(event.get("customer_id")) == bool(event.get("external_customer_id")):
@@ -478,10 +665,24 @@ class FakeOrb:
                     validation_errors=[f"idempotency_key {key} repeated with a different body"],
                 )
             seen[key] = text
+        backfill = None
+        if query.get("backfill_id"):
+            backfill = self._backfill(query["backfill_id"])
+            if backfill["status"] != "pending" or backfill["close_time"] <= now:
+                raise OrbError(
+                    400,
+                    "400-request-validation-errors",
+                    f"Backfill {backfill['id']} is closed: it accepts no more events",
+                    validation_errors=["backfill closed"],
+                )
         failed = [
             {"idempotency_key": e.get("idempotency_key", ""), "validation_errors": errs}
             for e in events
-            if (errs := self._validate(e, now))
+            if (
+                errs := self._validate(e, now)
+                if backfill is None
+                else self._validate_backfilled(e, now, backfill)
+            )
         ]
         if failed:
             raise OrbError(
@@ -504,7 +705,10 @@ class FakeOrb:
                 timestamp=_ts(event["timestamp"]),
                 properties=dict(event["properties"]),
                 received=now,
+                backfill_id=backfill["id"] if backfill else "",
             )
+            if backfill is not None:
+                backfill["events_ingested"] += 1
             self.events.append(row)
             self.keys[key] = row
             ingested.append(key)
@@ -538,6 +742,10 @@ class FakeOrb:
             return Decimal(len(rows))
         if metric["aggregate"] == "max":
             return max((e.value for e in rows), default=Decimal(0))
+        if metric["aggregate"] == "latest_by":
+            # LATEST_BY(value, timestamp): the value of the latest event (ties: the last in).
+            latest = max(rows, key=lambda e: (e.timestamp, e.received), default=None)
+            return latest.value if latest else Decimal(0)
         return sum((e.value for e in rows), Decimal(0))
 
     def _usage(self, sid: str, query: dict) -> Answer:
