@@ -4,20 +4,45 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('adjustments', '0002_audit'),
+        ("adjustments", "0002_audit"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='adjustment',
-            name='provider_route',
-            field=models.CharField(blank=True, choices=[('', '—'), ('simulated_credit', 'Simulated provider credit'), ('balance_transaction', 'Customer balance transaction'), ('credit_note', 'Credit note on the invoice'), ('balance_increment', 'Balance increment (next invoice)'), ('wallet_grant', 'Granted wallet credits (next invoice)'), ('credit_grant', 'Credit grant (next invoice)'), ('usage_push', 'Correction events pushed as usage')], max_length=24),
+            model_name="adjustment",
+            name="provider_route",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("", "—"),
+                    ("simulated_credit", "Simulated provider credit"),
+                    ("balance_transaction", "Customer balance transaction"),
+                    ("credit_note", "Credit note on the invoice"),
+                    ("balance_increment", "Balance increment (next invoice)"),
+                    ("wallet_grant", "Granted wallet credits (next invoice)"),
+                    ("credit_grant", "Credit grant (next invoice)"),
+                    ("usage_push", "Correction events pushed as usage"),
+                ],
+                max_length=24,
+            ),
         ),
         migrations.AlterField(
-            model_name='historicaladjustment',
-            name='provider_route',
-            field=models.CharField(blank=True, choices=[('', '—'), ('simulated_credit', 'Simulated provider credit'), ('balance_transaction', 'Customer balance transaction'), ('credit_note', 'Credit note on the invoice'), ('balance_increment', 'Balance increment (next invoice)'), ('wallet_grant', 'Granted wallet credits (next invoice)'), ('credit_grant', 'Credit grant (next invoice)'), ('usage_push', 'Correction events pushed as usage')], max_length=24),
+            model_name="historicaladjustment",
+            name="provider_route",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("", "—"),
+                    ("simulated_credit", "Simulated provider credit"),
+                    ("balance_transaction", "Customer balance transaction"),
+                    ("credit_note", "Credit note on the invoice"),
+                    ("balance_increment", "Balance increment (next invoice)"),
+                    ("wallet_grant", "Granted wallet credits (next invoice)"),
+                    ("credit_grant", "Credit grant (next invoice)"),
+                    ("usage_push", "Correction events pushed as usage"),
+                ],
+                max_length=24,
+            ),
         ),
     ]
