@@ -458,7 +458,8 @@ class LagoProvider(RetryPolicy, BillingProvider):
         credits from the next subscription invoice after tax, so its total due is lowered by
         exactly the amount (a coupon is deducted before tax: with VAT it lowers the total by
         more; a credit note needs an invoice's fees and Lago's premium licence). The balance
-        left over carries to the invoices after.
+        left over carries to the invoices after. A credit on an invoiced period
+        (`invoice_id` set) lowers the next invoice too, as Orb's does.
 
         Lago has no idempotency key: the credit is found again by our key in the wallet
         transaction's metadata before it is granted, and a failed or lost grant is never

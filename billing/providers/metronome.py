@@ -451,7 +451,8 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
         current draft invoice's period (so the next invoice draws it down, usage already in
         the period included) and lasting ten years (a balance left over carries on, as
         Stripe's and Orb's do). `uniqueness_key` is our key: a repeat answers 409 and the
-        grant is found again by it."""
+        grant is found again by it. A credit on an invoiced period (`invoice_id` set) is
+        drawn down by the next invoice too (no credit on a finalized Metronome invoice)."""
         if self.read_only:
             raise ProviderMisconfigured("Metronome is the read-only secondary platform here.")
         if credit.amount_minor <= 0:
