@@ -110,6 +110,8 @@ class Adjustment(models.Model):
         BALANCE_TRANSACTION = "balance_transaction", "Customer balance transaction"
         CREDIT_NOTE = "credit_note", "Credit note on the invoice"
         BALANCE_INCREMENT = "balance_increment", "Balance increment (next invoice)"
+        WALLET_GRANT = "wallet_grant", "Granted wallet credits (next invoice)"
+        CREDIT_GRANT = "credit_grant", "Credit grant (next invoice)"
         USAGE_PUSH = "usage_push", "Correction events pushed as usage"
 
     ReasonCode = ReasonCode

@@ -248,6 +248,8 @@ class CreditRoute(enum.StrEnum):
     BALANCE_TRANSACTION = "balance_transaction"  # open period: the next invoice is lowered
     CREDIT_NOTE = "credit_note"  # a finalized invoice is credited
     BALANCE_INCREMENT = "balance_increment"  # Orb: the balance applies to the next invoice
+    WALLET_GRANT = "wallet_grant"  # Lago: granted (free) wallet credits, on the next invoice
+    CREDIT_GRANT = "credit_grant"  # Metronome: a credit grant, drawn down by the next invoice
 
 
 @dataclass(frozen=True)
@@ -362,8 +364,8 @@ class BillingProvider(PlatformReads, abc.ABC):
         """Credit the customer once per idempotency key: the same request again answers the
         first credit. Raises ProviderUnavailable (retry later) or ProviderError (refused).
 
-        An adapter without credits (Lago and Metronome for now) refuses every credit: the
-        adjustment is then `failed` with this message, and nothing reaches the platform."""
+        An adapter without credits refuses every credit: the adjustment is then `failed`
+        with this message, and nothing reaches the platform."""
         raise ProviderError(
             f"Credits are not built for {self.name} yet: apply this credit in {self.name} itself."
         )

@@ -28,6 +28,12 @@ and the push ledger honour it:
   whole billing period.
 - Invoices `GET /invoices?external_customer_id=` (page-numbered), with their fees; the
   upcoming-invoice preview is the current usage's amounts.
+- Credits are granted (free) credits on the customer's Meterops wallet (`POST /wallets` once,
+  code `meterops_credits`, one credit = one unit of the currency; then `POST
+  /wallet_transactions` with `granted_credits` as a decimal string and our key in its
+  `metadata`): Lago deducts wallet credits from the next invoice after tax. Lago has no
+  idempotency key, so the grant is looked up by that metadata (`GET
+  /wallets/{id}/wallet_transactions`) before it is made, and never retried blindly.
 """
 
 from __future__ import annotations
@@ -42,10 +48,15 @@ from lago_python_client.client import Client
 from lago_python_client.exceptions import LagoApiError, LagoRateLimitError
 from lago_python_client.models import BillableMetric, Customer
 from lago_python_client.models.event import BatchEvent, Event
+from lago_python_client.models.wallet import Wallet
+from lago_python_client.models.wallet_transaction import WalletTransaction
 
 from billing.providers.answers import parse_time
 from billing.providers.base import (
     BillingProvider,
+    CreditRequest,
+    CreditResult,
+    CreditRoute,
     InvoiceData,
     InvoiceLineData,
     ItemResult,
@@ -53,6 +64,7 @@ from billing.providers.base import (
     MeterSpec,
     MeterSummary,
     PlatformRules,
+    ProviderError,
     ProviderMeterInfo,
     ProviderMisconfigured,
     ProviderUnavailable,
@@ -62,6 +74,10 @@ from billing.providers.retry import RetryPolicy, seconds
 
 BATCH_MAX = 100
 DEFAULT_RETRY_AFTER_CAP = 30.0
+# Credits: the customer's one Meterops wallet (a wallet code is unique per customer) and the
+# wallet transaction metadata key holding our credit's idempotency key.
+WALLET_CODE = "meterops_credits"
+CREDIT_KEY = "meterops_credit"
 
 LAGO_RULES = PlatformRules(
     key_field="transaction_id",
@@ -437,3 +453,152 @@ class LagoProvider(RetryPolicy, BillingProvider):
             lines=lines,
             raw={k: v for k, v in invoice.items() if k != "fees"},
         )
+
+    # --- credits ([7]): granted wallet credits --------------------------------------------------
+
+    def create_credit(self, credit: CreditRequest) -> CreditResult:
+        """Granted (free) credits on the customer's Meterops wallet: Lago deducts wallet
+        credits from the next subscription invoice after tax, so its total due is lowered by
+        exactly the amount (a coupon is deducted before tax: with VAT it lowers the total by
+        more; a credit note needs an invoice's fees and Lago's premium licence). The balance
+        left over carries to the invoices after. A credit on an invoiced period
+        (`invoice_id` set) lowers the next invoice too, as Orb's does.
+
+        Lago has no idempotency key: the credit is found again by our key in the wallet
+        transaction's metadata before it is granted, and a failed or lost grant is never
+        retried blindly (it is looked up again first)."""
+        from billing.money import from_minor_units
+
+        if self.read_only:
+            raise ProviderMisconfigured("Lago is the read-only secondary platform here.")
+        if credit.amount_minor <= 0:
+            raise ProviderError("A Lago credit must be a positive amount.")
+        wallet = self._credit_wallet(credit)
+        if Decimal(str(wallet.get("rate_amount") or "0")) != 1:
+            raise ProviderError(
+                f"The Lago wallet {WALLET_CODE} of {credit.customer_id} values a credit at "
+                f"{wallet.get('rate_amount')}, not 1 {wallet.get('currency')}: grant this "
+                "credit in Lago itself."
+            )
+        if (wallet.get("currency") or "").upper() != credit.currency.upper():
+            raise ProviderError(
+                f"The Lago wallet of {credit.customer_id} is in {wallet.get('currency')}, "
+                f"the credit in {credit.currency}."
+            )
+        granted = format(from_minor_units(credit.amount_minor, credit.currency), "f")
+        metadata = [
+            {"key": CREDIT_KEY, "value": credit.idempotency_key},
+            *({"key": k, "value": str(v)} for k, v in credit.provider_metadata().items()),
+        ]
+        attempt = 0
+        while True:
+            found = self._credit_transaction(wallet["lago_id"], credit.idempotency_key)
+            if found is not None:
+                return CreditResult(
+                    credit_id=found.get("lago_id") or "",
+                    route=CreditRoute.WALLET_GRANT,
+                    response=found,
+                )
+            try:
+                answer = self._call_once(
+                    self.client.wallet_transactions.create,
+                    WalletTransaction(
+                        wallet_id=wallet["lago_id"],
+                        granted_credits=granted,
+                        name=credit.description[:255],
+                        metadata=metadata,
+                    ),
+                )
+            except ProviderUnavailable as exc:
+                # The grant may have been made and its answer lost: look it up, then retry.
+                if attempt >= self.max_retries:
+                    raise
+                delay = self._delay(exc.__cause__ or exc, attempt)
+                self.retries += 1
+                self.slept.append(delay)
+                self._sleep(delay)
+                attempt += 1
+                continue
+            except LagoApiError as exc:
+                raise ProviderError(f"Lago refused the credit: {exc!r}") from exc
+            rows = [_as_dict(t) for t in answer.get("wallet_transactions") or []]
+            mine = [t for t in rows if _number(t.get("credit_amount")) == Decimal(granted)]
+            row = (mine or rows or [{}])[0]
+            return CreditResult(
+                credit_id=row.get("lago_id") or "", route=CreditRoute.WALLET_GRANT, response=row
+            )
+
+    def _call_once(self, fn: Callable, *args):
+        """One request, never repeated by the retry policy (a transient failure raises
+        ProviderUnavailable at once): for a create Lago cannot deduplicate."""
+        retries, self.max_retries = self.max_retries, 0
+        try:
+            return self._call(fn, *args)
+        finally:
+            self.max_retries = retries
+
+    def _credit_wallet(self, credit: CreditRequest) -> dict:
+        """The customer's Meterops wallet (code `meterops_credits`, one credit = one unit of
+        the currency), created on the first credit. The code is unique per customer, so a
+        repeated create answers 422 and the wallet is found again."""
+        found = self._find_wallet(credit.customer_id)
+        if found is not None:
+            return found
+        try:
+            wallet = self._call(
+                self.client.wallets.create,
+                Wallet(
+                    external_customer_id=credit.customer_id,
+                    name="Meterops credits",
+                    code=WALLET_CODE,
+                    rate_amount="1",
+                    currency=credit.currency.upper(),
+                ),
+            )
+        except LagoApiError as exc:
+            found = self._find_wallet(credit.customer_id) if exc.status_code == 422 else None
+            if found is None:
+                raise ProviderError(f"Lago refused the Meterops wallet: {exc!r}") from exc
+            return found
+        return _as_dict(wallet)
+
+    def _find_wallet(self, customer_id: str) -> dict | None:
+        page = 1
+        while page:
+            try:
+                answer = self._call(
+                    self.client.wallets.find_all,
+                    {"external_customer_id": customer_id, "page": page, "per_page": 100},
+                )
+            except LagoApiError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+            for wallet in answer.get("wallets") or []:
+                wallet = _as_dict(wallet)
+                if wallet.get("code") == WALLET_CODE:
+                    if wallet.get("status") != "active":
+                        raise ProviderError(
+                            f"The Lago wallet {WALLET_CODE} of {customer_id} is "
+                            f"{wallet.get('status')}: credits cannot be granted on it."
+                        )
+                    return wallet
+            page = (answer.get("meta") or {}).get("next_page")
+        return None
+
+    def _credit_transaction(self, wallet_id: str, key: str) -> dict | None:
+        """The wallet's inbound transaction whose metadata carries our credit's key."""
+        page = 1
+        while page:
+            answer = self._call(
+                self.client.wallet_transactions.find_all,
+                wallet_id,
+                {"transaction_type": "inbound", "page": page, "per_page": 100},
+            )
+            for row in answer.get("wallet_transactions") or []:
+                row = _as_dict(row)
+                pairs = {m.get("key"): m.get("value") for m in row.get("metadata") or []}
+                if pairs.get(CREDIT_KEY) == key and row.get("status") != "failed":
+                    return row
+            page = (answer.get("meta") or {}).get("next_page")
+        return None

@@ -22,6 +22,12 @@ and the push ledger honour it:
   takes), per Metronome customer id and billable metric: read_window "utc_day".
 - Invoices `GET /v1/customers/{id}/invoices` (totals in the credit type's unit, cents for
   USD); lines carry a product id, not a billable metric.
+- The upcoming invoice is the customer's DRAFT invoice for the current period (`GET
+  /v1/customers/{id}/invoices?status=DRAFT`), which Metronome keeps current as usage arrives.
+- Credits are credit grants (`POST /v1/credits/createGrant`: `grant_amount` in the
+  currency's pricing unit, USD (cents) for USD, so the integer minor units exactly;
+  `paid_amount` 0; `uniqueness_key` our key, a repeat answering 409 and the grant found
+  again by `POST /v1/credits/listGrants`).
 - Numbers are read from the raw JSON as decimals (the SDK's models hold floats).
 """
 
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import metronome
@@ -37,6 +43,9 @@ import metronome
 from billing.providers.answers import iso_utc, parse_time, sdk_body
 from billing.providers.base import (
     BillingProvider,
+    CreditRequest,
+    CreditResult,
+    CreditRoute,
     InvoiceData,
     InvoiceLineData,
     ItemResult,
@@ -44,6 +53,7 @@ from billing.providers.base import (
     MeterSpec,
     MeterSummary,
     PlatformRules,
+    ProviderError,
     ProviderMeterInfo,
     ProviderMisconfigured,
     ProviderUnavailable,
@@ -55,6 +65,9 @@ from billing.providers.retry import RetryPolicy
 INGEST_BATCH = 100
 DEFAULT_RETRY_AFTER_CAP = 30.0
 DAY_SECONDS = 86_400
+# Credits: a grant outlives any period (what is left carries on) and is drawn down first.
+GRANT_LIFETIME = timedelta(days=3650)
+GRANT_PRIORITY = 1
 
 METRONOME_RULES = PlatformRules(
     key_field="transaction_id",
@@ -346,4 +359,144 @@ class MetronomeProvider(RetryPolicy, BillingProvider):
             created=parse_time(invoice.get("issued_at") or invoice.get("created_at")),
             lines=lines,
             raw={k: v for k, v in invoice.items() if k != "line_items"},
+        )
+
+    # --- the upcoming invoice and credits ([7]) --------------------------------------------------
+
+    def _draft_invoice(self, metronome_id: str) -> dict | None:
+        """The customer's DRAFT usage invoice for the period holding now (Metronome keeps it
+        up to date as usage arrives), else its newest draft; None without one."""
+        drafts: list[dict] = []
+        cursor = None
+        while True:
+            params: dict = {"customer_id": metronome_id, "status": "DRAFT", "limit": 100}
+            if cursor:
+                params["next_page"] = cursor
+            page = sdk_body(
+                self._call(self.client.v1.customers.invoices.with_raw_response.list, **params)
+            )
+            drafts.extend(i for i in page.get("data", []) if i.get("status") == "DRAFT")
+            cursor = page.get("next_page")
+            if not cursor:
+                break
+        if not drafts:
+            return None
+        now = datetime.now(UTC)
+
+        def current(invoice: dict) -> bool:
+            start = parse_time(invoice.get("start_timestamp"))
+            end = parse_time(invoice.get("end_timestamp"))
+            return bool(start and end and start <= now < end)
+
+        return next(
+            (i for i in drafts if current(i) and i.get("type") == "USAGE"),
+            next((i for i in drafts if current(i)), drafts[0]),
+        )
+
+    def upcoming_invoice(self, *, customer_id: str) -> InvoiceData | None:
+        """The current period's DRAFT invoice (`GET /v1/customers/{id}/invoices?status=
+        DRAFT`): Metronome's own running total, credit grants drawn down included."""
+        metronome_id = self._customer_id(customer_id)
+        if not metronome_id:
+            return None
+        draft = self._draft_invoice(metronome_id)
+        return None if draft is None else self._invoice(draft, customer_id)
+
+    def _credit_type_id(self, currency: str) -> str:
+        """The fiat pricing unit of `currency` in its minor unit ("USD (cents)"), from
+        `GET /v1/credit-types/list`: the grant is then exactly `amount_minor` of it."""
+        from metering.currencies import currency_minor_unit
+
+        cursor = None
+        while True:
+            params: dict = {"limit": 100}
+            if cursor:
+                params["next_page"] = cursor
+            page = sdk_body(
+                self._call(self.client.v1.pricing_units.with_raw_response.list, **params)
+            )
+            for unit in page.get("data", []):
+                name = unit.get("name") or ""
+                if (
+                    unit.get("is_currency")
+                    and name.split(" ")[0].upper() == currency.upper()
+                    and ("(cents)" in name) == (currency_minor_unit(currency) == 2)
+                ):
+                    return unit["id"]
+            cursor = page.get("next_page")
+            if not cursor:
+                break
+        raise ProviderError(
+            f"Metronome has no {currency} pricing unit in the currency's minor unit: apply this "
+            "credit in Metronome itself."
+        )
+
+    def _grant_by_key(self, metronome_id: str, key: str) -> dict | None:
+        cursor = None
+        while True:
+            params: dict = {"customer_ids": [metronome_id], "limit": 100}
+            if cursor:
+                params["next_page"] = cursor
+            page = sdk_body(
+                self._call(self.client.v1.credit_grants.with_raw_response.list, **params)
+            )
+            for grant in page.get("data", []):
+                if grant.get("uniqueness_key") == key:
+                    return grant
+            cursor = page.get("next_page")
+            if not cursor:
+                return None
+
+    def create_credit(self, credit: CreditRequest) -> CreditResult:
+        """A credit grant (`POST /v1/credits/createGrant`, free: paid_amount 0) of exactly
+        `amount_minor` in the currency's pricing unit, effective from the start of the
+        current draft invoice's period (so the next invoice draws it down, usage already in
+        the period included) and lasting ten years (a balance left over carries on, as
+        Stripe's and Orb's do). `uniqueness_key` is our key: a repeat answers 409 and the
+        grant is found again by it. A credit on an invoiced period (`invoice_id` set) is
+        drawn down by the next invoice too (no credit on a finalized Metronome invoice)."""
+        if self.read_only:
+            raise ProviderMisconfigured("Metronome is the read-only secondary platform here.")
+        if credit.amount_minor <= 0:
+            raise ProviderError("A Metronome credit must be a positive amount.")
+        metronome_id = self._customer_id(credit.customer_id)
+        if not metronome_id:
+            raise ProviderError(f"Metronome has no customer {credit.customer_id}.")
+        credit_type = self._credit_type_id(credit.currency)
+        draft = self._draft_invoice(metronome_id)
+        start = parse_time((draft or {}).get("start_timestamp"))
+        if start is None:
+            now = datetime.now(UTC)
+            start = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        try:
+            body = sdk_body(
+                self._call(
+                    self.client.v1.credit_grants.with_raw_response.create,
+                    customer_id=metronome_id,
+                    name=credit.description[:255] or "Meterops credit",
+                    grant_amount={"amount": credit.amount_minor, "credit_type_id": credit_type},
+                    paid_amount={"amount": 0, "credit_type_id": credit_type},
+                    priority=GRANT_PRIORITY,
+                    effective_at=iso_utc(start),
+                    expires_at=iso_utc(start + GRANT_LIFETIME),
+                    reason=f"{credit.reason_code} ({credit.reference})",
+                    credit_grant_type="meterops_credit",
+                    uniqueness_key=credit.idempotency_key,
+                )
+            )
+        except metronome.ConflictError as exc:
+            grant = self._grant_by_key(metronome_id, credit.idempotency_key)
+            if grant is None:
+                raise ProviderError(
+                    "Metronome already used this credit's uniqueness key for a grant it no "
+                    f"longer lists (voided?): {exc}"
+                ) from exc
+            return CreditResult(
+                credit_id=grant["id"], route=CreditRoute.CREDIT_GRANT, response=grant
+            )
+        except metronome.BadRequestError as exc:
+            raise ProviderError(f"Metronome refused the credit grant: {exc}") from exc
+        data = body.get("data") or {}
+        return CreditResult(
+            credit_id=data.get("id", ""), route=CreditRoute.CREDIT_GRANT, response=body
         )

@@ -18,10 +18,19 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from lago_python_client.models.wallet import Wallet
 
 from billing.models import ProviderInvoice, ProviderMeter, PushLedgerEntry
 from billing.providers import get_provider, platform_rules
-from billing.providers.base import CreditRequest, ItemStatus, ProviderError, UsageItem
+from billing.providers.base import (
+    CreditRequest,
+    CreditRoute,
+    ItemStatus,
+    ProviderError,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    UsageItem,
+)
 from billing.services.pull import provider_pull
 from billing.services.push import usage_push
 from metering.models import Meter
@@ -379,20 +388,116 @@ def test_the_pull_keeps_a_period_on_its_first_day_wherever_the_pull_starts(
     assert rows == [(first, Decimal("2.00"))]
 
 
-def test_a_credit_is_refused_with_a_plain_message_and_nothing_reaches_lago(lago_fake):
-    request = CreditRequest(
-        reference="adjustment-1",
-        idempotency_key="mo-credit-1",
-        customer_id="acme",
+def _credit(key: str = "mo-credit-1", amount_minor: int = 1234, **extra) -> CreditRequest:
+    return CreditRequest(
+        reference="adj-1",
+        idempotency_key=key,
+        customer_id="lago-acme",
         currency="USD",
-        amount_minor=500,
-        reason_code="goodwill",
-        description="Goodwill",
+        amount_minor=amount_minor,
+        reason_code="outage_sla",
+        description="Outage credit",
+        **extra,
     )
 
-    with pytest.raises(ProviderError, match="Credits are not built for lago yet"):
-        get_provider().create_credit(request)
-    assert not [c for c in lago_fake.calls() if "credit" in json.dumps(c)]
+
+def test_a_credit_is_granted_wallet_credits_once_per_key(lago_fake, account):
+    adapter = get_provider(sleep=lambda s: None)
+    adapter.ensure_customer(external_id="lago-acme", name="Acme")
+
+    credit = adapter.create_credit(_credit())
+    again = adapter.create_credit(_credit())
+    other = adapter.create_credit(_credit("mo-credit-2", amount_minor=5))
+
+    assert credit.route == CreditRoute.WALLET_GRANT and credit.credit_id == again.credit_id
+    assert other.credit_id != credit.credit_id
+    (wallet,) = lago_fake.wallets.values()
+    assert (wallet["code"], wallet["rate_amount"], wallet["currency"]) == (
+        "meterops_credits",
+        "1",
+        "USD",
+    )
+    grants = lago_fake.granted("lago-acme")
+    assert [(g["credit_amount"], g["transaction_status"]) for g in grants] == [
+        ("12.34", "granted"),
+        ("0.05", "granted"),
+    ]
+    assert wallet["credits_balance"] == "12.39" and wallet["balance_cents"] == 1239
+    pairs = {m["key"]: m["value"] for m in grants[0]["metadata"]}
+    assert pairs["meterops_credit"] == "mo-credit-1" and pairs["meterops_adjustment"] == "adj-1"
+    assert len(lago_fake.calls("/api/v1/wallets", method="POST")) == 1
+    assert len(lago_fake.calls("/api/v1/wallet_transactions", method="POST")) == 2
+
+
+def test_a_lost_grant_answer_is_looked_up_not_granted_again(lago_fake, account):
+    slept: list[float] = []
+    adapter = get_provider(sleep=slept.append)
+    adapter.ensure_customer(external_id="lago-acme", name="Acme")
+    lago_fake.lose_next("/api/v1/wallets")  # the wallet is made, its answer lost
+    lago_fake.lose_next("/api/v1/wallet_transactions")  # the grant is made, its answer lost
+
+    credit = adapter.create_credit(_credit())
+
+    (grant,) = lago_fake.granted("lago-acme")
+    assert credit.credit_id == grant["lago_id"] and grant["credit_amount"] == "12.34"
+    assert len(lago_fake.wallets) == 1
+    posts = lago_fake.calls("/api/v1/wallet_transactions", method="POST")
+    assert [p["status"] for p in posts] == [502]  # looked up after the loss, not sent again
+    assert len(slept) == 2  # one wait after each lost answer
+
+
+def test_lago_down_is_unavailable_and_a_later_retry_grants_once(lago_fake, account):
+    adapter = get_provider(sleep=lambda s: None, max_retries=2)
+    adapter.ensure_customer(external_id="lago-acme", name="Acme")
+    adapter.create_credit(_credit("mo-credit-0", amount_minor=1))
+    (wallet_id,) = lago_fake.wallets
+    # The lookup before the grant fails every attempt: nothing is granted blindly.
+    lago_fake.lose_next(f"/api/v1/wallets/{wallet_id}/wallet_transactions", 3)
+
+    with pytest.raises(ProviderUnavailable):
+        adapter.create_credit(_credit())
+    assert len(lago_fake.granted("lago-acme")) == 1
+    assert len(lago_fake.calls("/api/v1/wallet_transactions", method="POST")) == 1
+    retried = get_provider(sleep=lambda s: None).create_credit(_credit())
+
+    _first, grant = lago_fake.granted("lago-acme")
+    assert retried.credit_id == grant["lago_id"] and grant["credit_amount"] == "12.34"
+
+
+def test_a_credit_lowers_lagos_next_invoice_by_exactly_its_amount(lago_fake, account, storage):
+    adapter = get_provider()
+    adapter.ensure_customer(external_id="lago-acme", name="Acme")
+    adapter.create_credit(_credit(amount_minor=1000))
+
+    first = lago_fake.create_invoice(
+        external_customer_id="lago-acme", lines=[("mo_storage", 3, 700)], currency="USD"
+    )
+    second = lago_fake.create_invoice(
+        external_customer_id="lago-acme", lines=[("mo_storage", 3, 700)], currency="USD"
+    )
+
+    assert (first["prepaid_credit_amount_cents"], first["total_amount_cents"]) == (700, 0)
+    assert (second["prepaid_credit_amount_cents"], second["total_amount_cents"]) == (300, 400)
+
+
+def test_a_wallet_not_worth_one_unit_a_credit_or_a_read_only_lago_refuses(lago_fake, account):
+    adapter = get_provider()
+    adapter.ensure_customer(external_id="lago-acme", name="Acme")
+    adapter.client.wallets.create(
+        Wallet(
+            external_customer_id="lago-acme",
+            code="meterops_credits",
+            rate_amount="0.5",
+            currency="USD",
+        )
+    )
+
+    with pytest.raises(ProviderError, match=r"values a credit at 0\.5"):
+        adapter.create_credit(_credit())
+    adapter.read_only = True
+    with pytest.raises(ProviderMisconfigured):
+        adapter.create_credit(_credit())
+    assert not lago_fake.calls("/api/v1/wallet_transactions", method="POST")
 
 
 def test_lago_takes_usage_of_any_age_so_nothing_is_too_old(lago_fake, account, calls):

@@ -20,10 +20,12 @@ from django.db import connection
 
 from billing.models import ProviderInvoice, ProviderMeter, ProviderUsageSummary, PushLedgerEntry
 from billing.providers import get_provider, platform_rules
+from billing.providers.answers import parse_time
+from billing.providers.base import CreditRequest, CreditRoute, ProviderError
 from billing.services.pull import provider_pull
 from billing.services.push import usage_push
 from metering.models import Meter
-from tests.billing.fakes.metronome import FakeMetronome
+from tests.billing.fakes.metronome import USD_CENTS, FakeMetronome
 from tests.billing.test_push import hours_ago, make_event, make_events
 from tests.metering.factories import AccountFactory, MeterFactory
 
@@ -247,6 +249,118 @@ def test_a_customer_unknown_to_metronome_reads_nothing_and_creates_nothing(metro
     assert adapter.lookup_customer(external_id="nobody") == ""
     assert list(adapter.list_invoices(customer_id="nobody")) == []
     assert metronome_fake.customers == {}
+
+
+# --- the upcoming invoice and credits --------------------------------------------------------------
+
+
+def _credit(key: str = "mo-credit-1", amount_minor: int = 1234, currency: str = "USD"):
+    return CreditRequest(
+        reference="adj-1",
+        idempotency_key=key,
+        customer_id="met-acme",
+        currency=currency,
+        amount_minor=amount_minor,
+        reason_code="outage_sla",
+        description="Outage credit",
+    )
+
+
+def test_the_upcoming_invoice_is_the_draft_of_the_current_period(metronome_fake, account):
+    adapter = get_provider()
+    assert adapter.upcoming_invoice(customer_id="met-acme") is None  # no customer yet
+    adapter.ensure_customer(external_id="met-acme", name="Acme")
+    assert adapter.upcoming_invoice(customer_id="met-acme") is None  # no draft
+    metronome_fake.create_invoice(alias="met-acme", lines=[("Storage", Decimal(1), 999)])
+    now = datetime.now(UTC).timestamp()
+    metronome_fake.create_invoice(  # last period's draft, not yet finalized
+        alias="met-acme",
+        lines=[("Storage", 1, 5)],
+        status="DRAFT",
+        start=now - 40 * 86_400,
+        end=now - 10 * 86_400,
+    )
+    draft = metronome_fake.create_invoice(
+        alias="met-acme",
+        lines=[("Storage", Decimal("10.5"), 1050), ("Calls", Decimal(3), 7)],
+        status="DRAFT",
+    )
+
+    preview = adapter.upcoming_invoice(customer_id="met-acme")
+
+    assert preview.invoice_id == draft["id"] and preview.status == "DRAFT"
+    assert (preview.total_minor, preview.currency) == (1057, "USD")
+    assert [(li.description, li.quantity, li.amount_minor) for li in preview.lines] == [
+        ("Storage", Decimal("10.5"), 1050),
+        ("Calls", Decimal(3), 7),
+    ]
+    assert preview.period_start.timestamp() == parse_time(draft["start_timestamp"]).timestamp()
+    assert metronome_fake.calls("/v1/customers/")[-1]["query"]["status"] == "DRAFT"
+
+
+def test_a_credit_is_one_credit_grant_per_key_drawn_down_by_the_draft(metronome_fake, account):
+    adapter = get_provider()
+    adapter.ensure_customer(external_id="met-acme", name="Acme")
+    draft = metronome_fake.create_invoice(
+        alias="met-acme", lines=[("Storage", Decimal(20), 2000)], status="DRAFT"
+    )
+
+    credit = adapter.create_credit(_credit())
+    again = adapter.create_credit(_credit())
+
+    assert credit.route == CreditRoute.CREDIT_GRANT and credit.credit_id == again.credit_id
+    (grant,) = metronome_fake.grants_of("met-acme")
+    assert grant["id"] == credit.credit_id and grant["uniqueness_key"] == "mo-credit-1"
+    assert grant["grant_amount"] == {
+        "amount": 1234,
+        "credit_type": {"id": USD_CENTS, "name": "USD (cents)"},
+    }
+    assert grant["paid_amount"]["amount"] == 0
+    assert grant["effective_at"] == draft["start_timestamp"]  # the current period's start
+    assert [c["status"] for c in metronome_fake.calls("/v1/credits/createGrant")] == [200, 409]
+    preview = adapter.upcoming_invoice(customer_id="met-acme")
+    assert preview.total_minor == 2000 - 1234
+    assert preview.raw["invoice_adjustments"][0]["credit_grant_id"] == credit.credit_id
+
+
+def test_a_lost_grant_answer_is_retried_under_the_uniqueness_key_and_granted_once(
+    metronome_fake, account
+):
+    slept: list[float] = []
+    adapter = get_provider(sleep=slept.append)
+    adapter.ensure_customer(external_id="met-acme", name="Acme")
+    metronome_fake.lose_next("/v1/credits/createGrant")
+
+    credit = adapter.create_credit(_credit())
+
+    (grant,) = metronome_fake.grants_of("met-acme")
+    assert credit.credit_id == grant["id"] and len(slept) == 1
+    assert [c["status"] for c in metronome_fake.calls("/v1/credits/createGrant")] == [502, 409]
+
+
+def test_a_credit_metronome_cannot_hold_exactly_is_refused(metronome_fake, account):
+    adapter = get_provider()
+    adapter.ensure_customer(external_id="met-acme", name="Acme")
+
+    with pytest.raises(ProviderError, match="no GBP pricing unit"):
+        adapter.create_credit(_credit(currency="GBP"))
+    yen = adapter.create_credit(_credit("k-jpy", amount_minor=500, currency="JPY"))
+    (grant,) = metronome_fake.grants
+    assert grant["id"] == yen.credit_id and grant["grant_amount"]["amount"] == 500
+    assert grant["grant_amount"]["credit_type"]["name"] == "JPY"  # whole yen, no cents
+    with pytest.raises(ProviderError, match="no customer"):
+        adapter.create_credit(
+            CreditRequest(
+                reference="adj-2",
+                idempotency_key="k",
+                customer_id="nobody",
+                currency="USD",
+                amount_minor=1,
+                reason_code="goodwill",
+                description="",
+            )
+        )
+    assert len(metronome_fake.grants) == 1
 
 
 def test_usage_backdated_past_metronomes_34_days_is_too_old_and_never_sent(

@@ -21,7 +21,18 @@ through the official `lago-python-client` SDK (LAGO_API_URL = the fake's root; t
   the period holding now, `GET /customers/{id}/past_usage` the closed ones (newest first,
   page-numbered, `billable_metric_code` filters charges): per billing period only;
 - invoices (made by tests with `create_invoice`), `GET /invoices?external_customer_id=`,
-  newest first, page-numbered.
+  newest first, page-numbered;
+- wallets: `POST /wallets` (the customer must exist, 404 otherwise; `code` unique per
+  customer: 422 `value_already_exist`; at most 5 active wallets; the currency must be the
+  customer's once it has one: 422 `currencies_does_not_match`), `GET
+  /wallets?external_customer_id=` (page-numbered); `POST /wallet_transactions` with
+  `granted_credits` (settled at once, inbound, `source: manual`) and `paid_credits`
+  (pending until paid), each answered in a list, with their `metadata` (key/value pairs);
+  `GET /wallets/{id}/wallet_transactions` (newest first, filter `transaction_type`). Lago
+  has no idempotency key: the same request twice grants twice. `create_invoice` deducts
+  active wallets' balances (priority order) from the total after tax, as Lago does;
+- `lose_next(path, count)`: the next requests to a path are carried out and their answer is
+  lost (a 502, as from a gateway that timed out), for retry tests.
 """
 
 from __future__ import annotations
@@ -92,9 +103,12 @@ class FakeLago:
         self.keys: dict[tuple[str, str], LagoEvent] = {}
         self.subscriptions: dict[str, dict] = {}
         self.invoices: list[dict] = []
+        self.wallets: dict[str, dict] = {}
+        self.wallet_transactions: list[dict] = []
         self.requests: list[dict] = []
         self.request_count = 0
         self.forced: deque[int] = deque()
+        self.lost: dict[str, int] = {}
         self._server: ThreadingHTTPServer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -128,6 +142,24 @@ class FakeLago:
     def fail_next(self, count: int, status: int = 429) -> None:
         with self.lock:
             self.forced.extend([status] * count)
+
+    def lose_next(self, path: str, count: int = 1) -> None:
+        """Carry out the next `count` requests to `path` and lose their answers (502)."""
+        with self.lock:
+            self.lost[path] = self.lost.get(path, 0) + count
+
+    def granted(self, external_customer_id: str) -> list[dict]:
+        """The granted (inbound) wallet transactions of a customer, oldest first."""
+        wallets = {
+            w["lago_id"]
+            for w in self.wallets.values()
+            if w["external_customer_id"] == external_customer_id
+        }
+        return [
+            t
+            for t in self.wallet_transactions
+            if t["lago_wallet_id"] in wallets and t["transaction_type"] == "inbound"
+        ]
 
     def calls(self, path_prefix: str = "", method: str | None = None) -> list[dict]:
         return [
@@ -209,6 +241,7 @@ class FakeLago:
                 for code, units, amount in lines
             ]
             total = sum(f["amount_cents"] for f in fees)
+            prepaid = self._consume_wallets(external_customer_id, currency, total)
             invoice = {
                 "lago_id": f"inv_{secrets.token_hex(6)}",
                 "number": f"LAG-{len(self.invoices) + 1:04d}",
@@ -227,9 +260,9 @@ class FakeLago:
                 "progressive_billing_credit_amount_cents": 0,
                 "sub_total_excluding_taxes_amount_cents": total,
                 "sub_total_including_taxes_amount_cents": total,
-                "total_amount_cents": total,
-                "total_due_amount_cents": total,
-                "prepaid_credit_amount_cents": 0,
+                "total_amount_cents": total - prepaid,
+                "total_due_amount_cents": total - prepaid,
+                "prepaid_credit_amount_cents": prepaid,
                 "external_customer_id": external_customer_id,
                 "fees": fees,
             }
@@ -268,6 +301,10 @@ class FakeLago:
                 answer = self._route(method, path, query, raw)
             except LagoError as exc:
                 answer = exc.answer
+            if self.lost.get(path):
+                self.lost[path] -= 1
+                record["done"] = answer.status
+                answer = LagoError(502, "Bad Gateway", "bad_gateway").answer
             record["status"] = answer.status
             return answer
 
@@ -300,6 +337,14 @@ class FakeLago:
                 return self._past_usage(customer, query)
             case "GET", ["invoices"]:
                 return self._invoices(query)
+            case "POST", ["wallets"]:
+                return self._create_wallet(body.get("wallet") or {})
+            case "GET", ["wallets"]:
+                return self._list_wallets(query)
+            case "POST", ["wallet_transactions"]:
+                return self._create_wallet_transactions(body.get("wallet_transaction") or {})
+            case "GET", ["wallets", wallet_id, "wallet_transactions"]:
+                return self._list_wallet_transactions(wallet_id, query)
         raise LagoError(404, "Not Found", "route_not_found")
 
     # --- events ------------------------------------------------------------------------------
@@ -515,3 +560,215 @@ class FakeLago:
             for i in rows[(page - 1) * per_page : page * per_page]
         ]
         return Answer(200, {"invoices": chunk, "meta": self._meta(page, pages, rows)})
+
+    # --- wallets and prepaid credits ------------------------------------------------------------
+
+    @staticmethod
+    def _invalid(field: str, code: str) -> LagoError:
+        return LagoError(422, "Unprocessable Entity", "validation_errors", {field: [code]})
+
+    @staticmethod
+    def _credits(value, field: str) -> Decimal:
+        try:
+            credits = Decimal(str(value if value not in (None, "") else 0))
+        except ArithmeticError:
+            raise FakeLago._invalid(field, "invalid_value") from None
+        if credits < 0 or credits != credits.quantize(Decimal("0.00001")):
+            raise FakeLago._invalid(field, "invalid_value")
+        return credits
+
+    def _create_wallet(self, body: dict) -> Answer:
+        external = body.get("external_customer_id")
+        customer = self.customers.get(external or "")
+        if customer is None:
+            raise LagoError(404, "Not Found", "customer_not_found")
+        try:
+            rate = Decimal(str(body.get("rate_amount")))
+        except ArithmeticError:
+            raise self._invalid("rate_amount", "invalid_value") from None
+        if rate <= 0:
+            raise self._invalid("rate_amount", "invalid_value")
+        currency = body.get("currency")
+        if not currency:
+            raise self._invalid("currency", "value_is_mandatory")
+        if customer.get("currency") and customer["currency"] != currency:
+            raise self._invalid("currency", "currencies_does_not_match")
+        mine = [w for w in self.wallets.values() if w["external_customer_id"] == external]
+        code = body.get("code") or f"wallet_{len(mine) + 1}"
+        if any(w["code"] == code for w in mine):
+            raise self._invalid("code", "value_already_exist")
+        if sum(1 for w in mine if w["status"] == "active") >= 5:
+            raise self._invalid("customer", "wallet_limit_reached")
+        customer["currency"] = currency
+        now = _iso(time.time())
+        wallet = {
+            "lago_id": f"wal_{secrets.token_hex(6)}",
+            "lago_customer_id": customer["lago_id"],
+            "external_customer_id": external,
+            "status": "active",
+            "currency": currency,
+            "name": body.get("name"),
+            "code": code,
+            "priority": int(body.get("priority") or 50),
+            "rate_amount": plain(rate),
+            "credits_balance": "0.0",
+            "balance_cents": 0,
+            "consumed_credits": "0.0",
+            "created_at": now,
+            "expiration_at": body.get("expiration_at"),
+            "last_balance_sync_at": None,
+            "last_consumed_credit_at": None,
+            "terminated_at": None,
+            "ongoing_balance_cents": 0,
+            "ongoing_usage_balance_cents": 0,
+            "credits_ongoing_balance": "0.0",
+            "credits_ongoing_usage_balance": "0.0",
+        }
+        self.wallets[wallet["lago_id"]] = wallet
+        self._transactions(
+            wallet,
+            paid=self._credits(body.get("paid_credits"), "paid_credits"),
+            granted=self._credits(body.get("granted_credits"), "granted_credits"),
+            metadata=body.get("transaction_metadata") or [],
+            name=body.get("transaction_name"),
+        )
+        return Answer(200, {"wallet": wallet})
+
+    def _list_wallets(self, query: dict) -> Answer:
+        external = query.get("external_customer_id")
+        if external not in self.customers:
+            raise LagoError(404, "Not Found", "customer_not_found")
+        rows = [w for w in self.wallets.values() if w["external_customer_id"] == external]
+        return Answer(200, self._page("wallets", rows, query))
+
+    def _create_wallet_transactions(self, body: dict) -> Answer:
+        wallet = self.wallets.get(body.get("wallet_id") or "")
+        if wallet is None:
+            raise LagoError(404, "Not Found", "wallet_not_found")
+        if wallet["status"] != "active":
+            raise self._invalid("wallet_id", "wallet_is_terminated")
+        paid = self._credits(body.get("paid_credits"), "paid_credits")
+        granted = self._credits(body.get("granted_credits"), "granted_credits")
+        made = self._transactions(
+            wallet,
+            paid=paid,
+            granted=granted,
+            metadata=body.get("metadata") or [],
+            name=body.get("name"),
+        )
+        return Answer(200, {"wallet_transactions": made})
+
+    def _transactions(
+        self, wallet: dict, *, paid: Decimal, granted: Decimal, metadata: list, name
+    ) -> list[dict]:
+        for pair in metadata:
+            if not isinstance(pair, dict) or set(pair) != {"key", "value"}:
+                raise self._invalid("metadata", "invalid_key_value_pair")
+        made = []
+        for kind, credits in (("purchased", paid), ("granted", granted)):
+            if not credits:
+                continue
+            settled = kind == "granted"  # paid credits wait for their invoice's payment
+            amount = credits * Decimal(wallet["rate_amount"])
+            now = _iso(time.time())
+            row = {
+                "lago_id": f"wtr_{secrets.token_hex(6)}",
+                "lago_wallet_id": wallet["lago_id"],
+                "lago_invoice_id": None,
+                "lago_credit_note_id": None,
+                "lago_voided_invoice_id": None,
+                "status": "settled" if settled else "pending",
+                "source": "manual",
+                "transaction_status": kind,
+                "transaction_type": "inbound",
+                "amount": plain(amount),
+                "credit_amount": plain(credits),
+                "remaining_amount_cents": None,
+                "remaining_credit_amount": None,
+                "priority": wallet["priority"],
+                "settled_at": now if settled else None,
+                "failed_at": None,
+                "created_at": now,
+                "metadata": [dict(pair) for pair in metadata],
+                "name": name,
+                "invoice_requires_successful_payment": False,
+                "purchase_order_number": None,
+                "payment_method": None,
+                "applied_invoice_custom_sections": None,
+            }
+            if settled:
+                self._add_balance(wallet, credits)
+            self.wallet_transactions.append(row)
+            made.append(row)
+        return made
+
+    @staticmethod
+    def _add_balance(wallet: dict, credits: Decimal) -> None:
+        balance = Decimal(wallet["credits_balance"]) + credits
+        cents = int((balance * Decimal(wallet["rate_amount"]) * 100).to_integral_value())
+        wallet.update(
+            credits_balance=plain(balance),
+            balance_cents=cents,
+            credits_ongoing_balance=plain(balance),
+            ongoing_balance_cents=cents,
+        )
+
+    def _list_wallet_transactions(self, wallet_id: str, query: dict) -> Answer:
+        if wallet_id not in self.wallets:
+            raise LagoError(404, "Not Found", "wallet_not_found")
+        rows = [
+            t
+            for t in reversed(self.wallet_transactions)
+            if t["lago_wallet_id"] == wallet_id
+            and query.get("transaction_type") in (None, t["transaction_type"])
+            and query.get("status") in (None, t["status"])
+        ]
+        return Answer(200, self._page("wallet_transactions", rows, query))
+
+    def _page(self, key: str, rows: list, query: dict) -> dict:
+        page = int(query.get("page") or 1)
+        per_page = int(query.get("per_page") or 20)
+        pages = max(1, -(-len(rows) // per_page))
+        chunk = rows[(page - 1) * per_page : page * per_page]
+        return {key: chunk, "meta": self._meta(page, pages, rows)}
+
+    def _consume_wallets(self, external_customer_id: str, currency: str, total: int) -> int:
+        """Prepaid credits deducted from an invoice's total (after tax), active wallets in
+        priority order, each recorded as a settled outbound transaction."""
+        used = 0
+        wallets = sorted(
+            (
+                w
+                for w in self.wallets.values()
+                if w["external_customer_id"] == external_customer_id
+                and w["status"] == "active"
+                and w["currency"] == currency
+            ),
+            key=lambda w: (w["priority"], w["created_at"]),
+        )
+        for wallet in wallets:
+            take = min(wallet["balance_cents"], total - used)
+            if take <= 0:
+                continue
+            credits = Decimal(take) / 100 / Decimal(wallet["rate_amount"])
+            self._add_balance(wallet, -credits)
+            wallet["consumed_credits"] = plain(Decimal(wallet["consumed_credits"]) + credits)
+            now = _iso(time.time())
+            self.wallet_transactions.append(
+                {
+                    "lago_id": f"wtr_{secrets.token_hex(6)}",
+                    "lago_wallet_id": wallet["lago_id"],
+                    "status": "settled",
+                    "source": "manual",
+                    "transaction_status": "invoiced",
+                    "transaction_type": "outbound",
+                    "amount": plain(Decimal(take) / 100),
+                    "credit_amount": plain(credits),
+                    "settled_at": now,
+                    "created_at": now,
+                    "metadata": [],
+                    "name": None,
+                }
+            )
+            used += take
+        return used

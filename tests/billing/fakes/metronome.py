@@ -17,7 +17,18 @@ Metronome documents:
 - `POST /v1/usage`: bounds on UTC midnights (400 otherwise), `window_size` DAY (every day
   listed, empty ones with value null), HOUR or NONE, per customer id and billable metric,
   cursor-paged by `next_page`;
-- invoices (made by tests with `create_invoice`): `GET /v1/customers/{id}/invoices`.
+- invoices (made by tests with `create_invoice`, FINALIZED or DRAFT): `GET
+  /v1/customers/{id}/invoices` (filter `status`); a DRAFT invoice draws down the customer's
+  credit grants effective in its period (priority order) as `invoice_adjustments` with the
+  grant's id and a negative total, and its `total` is net of them;
+- pricing units `GET /v1/credit-types/list` (the fiat ones: USD (cents) with its documented
+  id, EUR (cents), JPY);
+- credit grants `POST /v1/credits/createGrant` (customer_id, name, grant_amount,
+  paid_amount, priority and expires_at required: 400 otherwise; an unknown customer or
+  pricing unit: 400; a `uniqueness_key` already used: 409 and nothing made) and `POST
+  /v1/credits/listGrants` (by `customer_ids`, voided grants left out, cursor-paged);
+- `lose_next(path, count)`: the next requests to a path are carried out and their answer is
+  lost (a 502), for retry tests.
 """
 
 from __future__ import annotations
@@ -37,6 +48,13 @@ from tests.billing.fake_stripe import Answer, _Handler
 
 DAY = 86_400
 DEDUPE_SECONDS = 34 * DAY
+USD_CENTS = "2714e483-4ff1-48e4-9e25-ac732e8f24f2"
+PRICING_UNITS = [
+    {"id": USD_CENTS, "name": "USD (cents)", "is_currency": True},
+    {"id": "5ae401dc-a648-4b49-9ac3-391bb5bc4d7b", "name": "EUR (cents)", "is_currency": True},
+    {"id": "1d5b4a35-5e4e-4b8a-8c87-b4f3b2b0e1a9", "name": "JPY", "is_currency": True},
+    {"id": "9f1b2c3d-0000-4000-8000-00000000c0de", "name": "AI credits", "is_currency": False},
+]
 
 
 @dataclass
@@ -79,8 +97,10 @@ class FakeMetronome:
         self.events: list[MetronomeEvent] = []
         self.seen: dict[str, float] = {}  # transaction_id -> when first taken
         self.invoices: list[dict] = []
+        self.grants: list[dict] = []
         self.requests: list[dict] = []
         self.forced: deque[int] = deque()
+        self.lost: dict[str, int] = {}
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> str:
@@ -114,6 +134,15 @@ class FakeMetronome:
         with self.lock:
             self.forced.extend([status] * count)
 
+    def lose_next(self, path: str, count: int = 1) -> None:
+        """Carry out the next `count` requests to `path` and lose their answers (502)."""
+        with self.lock:
+            self.lost[path] = self.lost.get(path, 0) + count
+
+    def grants_of(self, alias: str) -> list[dict]:
+        customer = self.customer_by_alias(alias)
+        return [g for g in self.grants if customer and g["customer_id"] == customer["id"]]
+
     def calls(self, path_prefix: str = "", method: str | None = None) -> list[dict]:
         return [
             r
@@ -138,20 +167,34 @@ class FakeMetronome:
     def count_key(self, transaction_id: str) -> int:
         return sum(1 for e in self.events if e.transaction_id == transaction_id)
 
-    def create_invoice(self, *, alias: str, lines: list[tuple[str, Decimal, int]]) -> dict:
-        """An issued invoice: lines of (name, quantity, total in cents)."""
+    def create_invoice(
+        self,
+        *,
+        alias: str,
+        lines: list[tuple[str, Decimal, int]],
+        status: str = "FINALIZED",
+        start: float | None = None,
+        end: float | None = None,
+    ) -> dict:
+        """An invoice: lines of (name, quantity, total in cents). FINALIZED (issued, over
+        the 30 days before now by default) or DRAFT (the period holding now by default)."""
         with self.lock:
             now = time.time() + len(self.invoices)
+            if status == "DRAFT" and start is None:
+                start = now - now % DAY - 10 * DAY
+                end = start + 30 * DAY
+            start = now - 30 * DAY if start is None else start
+            end = now if end is None else end
             customer = self.customer_by_alias(alias)
             invoice = {
                 "id": f"inv_{secrets.token_hex(6)}",
                 "customer_id": customer["id"],
                 "type": "USAGE",
-                "status": "FINALIZED",
-                "credit_type": {"id": "usd", "name": "USD (cents)"},
-                "start_timestamp": _iso(now - 30 * DAY),
-                "end_timestamp": _iso(now),
-                "issued_at": _iso(now),
+                "status": status,
+                "credit_type": {"id": USD_CENTS, "name": "USD (cents)"},
+                "start_timestamp": _iso(start),
+                "end_timestamp": _iso(end),
+                "issued_at": _iso(now) if status != "DRAFT" else None,
                 "line_items": [
                     {
                         "name": name,
@@ -159,9 +202,9 @@ class FakeMetronome:
                         "quantity": quantity,
                         "total": cents,
                         "product_id": f"prod_{name}",
-                        "credit_type": {"id": "usd", "name": "USD (cents)"},
-                        "starting_at": _iso(now - 30 * DAY),
-                        "ending_before": _iso(now),
+                        "credit_type": {"id": USD_CENTS, "name": "USD (cents)"},
+                        "starting_at": _iso(start),
+                        "ending_before": _iso(end),
                     }
                     for name, quantity, cents in lines
                 ],
@@ -188,6 +231,10 @@ class FakeMetronome:
                 answer = self._route(method, path, query, raw)
             except MetronomeError as exc:
                 answer = exc.answer
+            if self.lost.get(path):
+                self.lost[path] -= 1
+                record["done"] = answer.status
+                answer = MetronomeError(502, "Bad Gateway").answer
             record["status"] = answer.status
             return answer
 
@@ -212,8 +259,19 @@ class FakeMetronome:
             case "POST", ["v1", "usage"]:
                 return self._usage(body, query)
             case "GET", ["v1", "customers", customer_id, "invoices"]:
-                rows = [i for i in reversed(self.invoices) if i["customer_id"] == customer_id]
+                rows = [
+                    self._render(i)
+                    for i in reversed(self.invoices)
+                    if i["customer_id"] == customer_id
+                    and query.get("status") in (None, i["status"])
+                ]
                 return Answer(200, {"data": rows, "next_page": None})
+            case "GET", ["v1", "credit-types", "list"]:
+                return Answer(200, {"data": PRICING_UNITS, "next_page": None})
+            case "POST", ["v1", "credits", "createGrant"]:
+                return self._create_grant(body)
+            case "POST", ["v1", "credits", "listGrants"]:
+                return self._list_grants(body, query)
         raise MetronomeError(404, f"No route {method} {path}")
 
     def _ingest(self, events) -> Answer:
@@ -319,3 +377,135 @@ class FakeMetronome:
         chunk = data[offset : offset + 100]
         more = offset + 100 < len(data)
         return Answer(200, {"data": chunk, "next_page": str(offset + 100) if more else None})
+
+    # --- credit grants --------------------------------------------------------------------------
+
+    def _create_grant(self, body: dict) -> Answer:
+        required = ("customer_id", "name", "grant_amount", "paid_amount", "priority", "expires_at")
+        missing = [k for k in required if body.get(k) in (None, "")]
+        if missing:
+            raise MetronomeError(400, f"missing {', '.join(missing)}")
+        if body["customer_id"] not in self.customers:
+            raise MetronomeError(400, "customer not found")
+        units = {u["id"]: u for u in PRICING_UNITS}
+        amounts = {}
+        for field in ("grant_amount", "paid_amount"):
+            value = body[field]
+            unit = units.get(value.get("credit_type_id") or USD_CENTS)
+            if unit is None:
+                raise MetronomeError(400, f"{field}: unknown credit type")
+            amounts[field] = {
+                "amount": value.get("amount"),
+                "credit_type": {"id": unit["id"], "name": unit["name"]},
+            }
+        key = body.get("uniqueness_key")
+        if key and any(g["uniqueness_key"] == key for g in self.grants):
+            raise MetronomeError(409, "A credit grant with this uniqueness key already exists")
+        effective = body.get("effective_at") or _iso(time.time())
+        if _ts(body["expires_at"]) <= _ts(effective):
+            raise MetronomeError(400, "expires_at must be after effective_at")
+        grant = {
+            "id": f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-grant",
+            "customer_id": body["customer_id"],
+            "name": body["name"],
+            "reason": body.get("reason"),
+            "priority": body["priority"],
+            "effective_at": _iso(_ts(effective)),
+            "expires_at": _iso(_ts(body["expires_at"])),
+            "credit_grant_type": body.get("credit_grant_type"),
+            "custom_fields": body.get("custom_fields") or {},
+            "uniqueness_key": key,
+            "invoice_id": None,
+            "products": [],
+            "deductions": [],
+            "pending_deductions": [],
+            "voided": False,
+            **amounts,
+        }
+        self.grants.append(grant)
+        return Answer(200, {"data": {"id": grant["id"]}})
+
+    def _public_grant(self, grant: dict) -> dict:
+        amount = grant["grant_amount"]["amount"]
+        return {
+            **{k: v for k, v in grant.items() if k != "voided"},
+            "balance": {
+                "effective_at": grant["expires_at"],
+                "excluding_pending": amount,
+                "including_pending": amount - self._drawn(grant),
+            },
+        }
+
+    def _list_grants(self, body: dict, query: dict) -> Answer:
+        customers = body.get("customer_ids")
+        rows = [
+            self._public_grant(g)
+            for g in self.grants
+            if not g["voided"] and (not customers or g["customer_id"] in customers)
+        ]
+        offset = int(query.get("next_page") or 0)
+        limit = int(query.get("limit") or 25)
+        more = offset + limit < len(rows)
+        return Answer(
+            200,
+            {
+                "data": rows[offset : offset + limit],
+                "next_page": str(offset + limit) if more else None,
+            },
+        )
+
+    def _applicable(self, invoice: dict) -> list[dict]:
+        start, end = _ts(invoice["start_timestamp"]), _ts(invoice["end_timestamp"])
+        return sorted(
+            (
+                g
+                for g in self.grants
+                if g["customer_id"] == invoice["customer_id"]
+                and not g["voided"]
+                and _ts(g["effective_at"]) < end
+                and _ts(g["expires_at"]) > start
+                and g["grant_amount"]["credit_type"]["id"] == invoice["credit_type"]["id"]
+            ),
+            key=lambda g: (g["priority"], g["effective_at"]),
+        )
+
+    def _draws(self, invoice: dict) -> list[tuple[dict, int]]:
+        left = sum(line["total"] for line in invoice["line_items"])
+        draws = []
+        for grant in self._applicable(invoice):
+            take = min(int(grant["grant_amount"]["amount"]), left)
+            if take > 0:
+                draws.append((grant, take))
+                left -= take
+        return draws
+
+    def _drawn(self, grant: dict) -> int:
+        return sum(
+            take
+            for invoice in self.invoices
+            if invoice["status"] == "DRAFT"
+            for g, take in self._draws(invoice)
+            if g is grant
+        )
+
+    def _render(self, invoice: dict) -> dict:
+        """A DRAFT invoice as Metronome shows it now: credit grants drawn down."""
+        if invoice["status"] != "DRAFT":
+            return invoice
+        adjustments = [
+            {
+                "name": grant["name"],
+                "total": -take,
+                "credit_type": invoice["credit_type"],
+                "credit_grant_id": grant["id"],
+                "credit_grant_custom_fields": grant["custom_fields"],
+            }
+            for grant, take in self._draws(invoice)
+        ]
+        subtotal = sum(line["total"] for line in invoice["line_items"])
+        return {
+            **invoice,
+            "invoice_adjustments": adjustments,
+            "subtotal": subtotal,
+            "total": subtotal + sum(a["total"] for a in adjustments),
+        }
