@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 from psycopg import errors as pg_errors
 
 EventKey = tuple[int, str, str]  # (account_id, source, transaction_id)
@@ -169,23 +169,26 @@ def events_insert(*, rows: list[tuple], received_at: datetime) -> dict[EventKey,
     """
     if not rows:
         return {}
-    with _cursor() as cur:
+    # The setting is transaction-local: in autocommit it would be gone before the insert (and
+    # the triggers would queue a second inbox row). Inside the caller's atomic block this opens
+    # nothing.
+    with transaction.atomic(savepoint=False), _cursor() as cur:
         cur.execute(SKIP_INSERT_TRIGGERS)
         cur.execute(
             INSERT_EVENTS, {"rows": orjson.dumps(rows).decode(), "received_at": received_at}
         )
         inserted = cur.fetchall()
         cur.execute(KEEP_INSERT_TRIGGERS)
-    if inserted:
-        _id, _a, _s, _t, accounts_found, meters_found = inserted[0]
-        if not accounts_found:
-            raise pg_errors.ForeignKeyViolation(
-                "a usage event refers to an account that does not exist"
-            )
-        if not meters_found:
-            raise pg_errors.ForeignKeyViolation(
-                "a usage event refers to a meter that does not exist"
-            )
+        if inserted:  # raised inside the block, so that it rolls the rows back
+            _id, _a, _s, _t, accounts_found, meters_found = inserted[0]
+            if not accounts_found:
+                raise pg_errors.ForeignKeyViolation(
+                    "a usage event refers to an account that does not exist"
+                )
+            if not meters_found:
+                raise pg_errors.ForeignKeyViolation(
+                    "a usage event refers to a meter that does not exist"
+                )
     return {(a, s, t): event_id for event_id, a, s, t, _accounts, _meters in inserted}
 
 

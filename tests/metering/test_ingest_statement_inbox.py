@@ -190,3 +190,23 @@ def test_an_account_deleted_while_the_api_statement_inserts_leaves_no_orphan(fir
     else:
         assert not Account.objects.filter(pk=account.pk).exists()
         assert not UsageEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_statement_outside_a_transaction_still_writes_one_inbox_row_and_refuses_all():
+    """In autocommit the transaction-local setting must still cover the insert (no second inbox
+    row from the trigger), and a refused statement must leave nothing committed."""
+    account, meter = AccountFactory(), MeterFactory()
+    received = timezone.now()
+    with pytest.raises(pg_errors.ForeignKeyViolation, match="account that does not exist"):
+        ingest_sql.events_insert(
+            rows=[_row(account.pk, meter.pk, "a"), _row(10**12, meter.pk, "b")],
+            received_at=received,
+        )
+    assert not UsageEvent.objects.exists()
+
+    inserted = ingest_sql.events_insert(
+        rows=[_row(account.pk, meter.pk, "a")], received_at=received
+    )
+    assert _inbox() == [(inserted[(account.pk, "", "a")], account.pk)]
+    assert _setting() in (None, "", "off")
