@@ -29,23 +29,53 @@ from typing import Any
 
 import orjson
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
+from psycopg import errors as pg_errors
 
 EventKey = tuple[int, str, str]  # (account_id, source, transaction_id)
 QuarantineKey = tuple[str, str, str]  # (external_customer_id, source, transaction_id)
 
+# One statement writes the new events, their rollup inbox rows, and takes the key-share locks
+# on their accounts and meters that a foreign-key check would take (migration 0010): the two
+# statement triggers on metering_usageevent skip it (`meterops.inbox_written`, migration 0011),
+# and nothing is left for a trigger to do. Only the rows actually inserted (RETURNING) get an
+# inbox row and a lock; duplicates get neither. The last two columns say whether every account,
+# and every meter, of those rows was found and locked (a row deleted meanwhile is not): when
+# one is false, `events_insert` refuses the statement as the reference trigger would.
 INSERT_EVENTS = """
-INSERT INTO metering_usageevent (
-    account_id, meter_id, transaction_id, source, occurred_at, received_at,
-    value, unique_value, properties, content_hash, is_late, kind
+WITH ins AS (
+    INSERT INTO metering_usageevent (
+        account_id, meter_id, transaction_id, source, occurred_at, received_at,
+        value, unique_value, properties, content_hash, is_late, kind
+    )
+    SELECT (r->>0)::bigint, (r->>1)::bigint, r->>2, r->>3, (r->>4)::timestamptz,
+           coalesce((r->>10)::timestamptz, %(received_at)s),
+           (r->>5)::numeric, r->>6, r->7, decode(r->>8, 'hex'), (r->>9)::boolean, 'normal'
+    FROM jsonb_array_elements(%(rows)s::jsonb) AS r
+    ON CONFLICT (account_id, source, transaction_id) DO NOTHING
+    RETURNING id, account_id, meter_id, source, transaction_id
+), inbox AS (
+    INSERT INTO metering_rollupinbox (event_id, account_id) SELECT id, account_id FROM ins
+), accounts AS (
+    SELECT a.id FROM metering_account a
+    WHERE a.id IN (SELECT account_id FROM ins)
+    ORDER BY a.id
+    FOR KEY SHARE
+), meters AS (
+    SELECT m.id FROM metering_meter m
+    WHERE m.id IN (SELECT meter_id FROM ins)
+    ORDER BY m.id
+    FOR KEY SHARE
 )
-SELECT (r->>0)::bigint, (r->>1)::bigint, r->>2, r->>3, (r->>4)::timestamptz,
-       coalesce((r->>10)::timestamptz, %(received_at)s),
-       (r->>5)::numeric, r->>6, r->7, decode(r->>8, 'hex'), (r->>9)::boolean, 'normal'
-FROM jsonb_array_elements(%(rows)s::jsonb) AS r
-ON CONFLICT (account_id, source, transaction_id) DO NOTHING
-RETURNING id, account_id, source, transaction_id
+SELECT id, account_id, source, transaction_id,
+       (SELECT count(*) FROM accounts) = (SELECT count(DISTINCT account_id) FROM ins),
+       (SELECT count(*) FROM meters) = (SELECT count(DISTINCT meter_id) FROM ins)
+FROM ins
 """
+
+# Around INSERT_EVENTS only: transaction-local, and a rolled-back savepoint undoes it too.
+SKIP_INSERT_TRIGGERS = "SELECT set_config('meterops.inbox_written', 'on', true)"
+KEEP_INSERT_TRIGGERS = "SELECT set_config('meterops.inbox_written', 'off', true)"
 
 EXISTING_EVENTS = """
 SELECT e.id, e.account_id, e.source, e.transaction_id, e.content_hash
@@ -128,17 +158,38 @@ EVENT_ROW_FIELDS = (
 def events_insert(*, rows: list[tuple], received_at: datetime) -> dict[EventKey, int]:
     """Insert rows (tuples in EVENT_ROW_FIELDS order); return {key: id} of those inserted.
 
+    Each inserted event gets its rollup inbox row in the same statement, and its account and
+    meter are locked FOR KEY SHARE; a row whose account or meter does not exist makes the whole
+    statement fail (psycopg's ForeignKeyViolation, as the reference trigger raises for other
+    writers), and the caller's transaction or savepoint must roll back.
+
     `received_at` may be None in a row: the statement's `received_at` is used then.
 
     `value` and `properties` must be orjson.Fragment (raw JSON) so numbers are not re-encoded.
     """
     if not rows:
         return {}
-    with _cursor() as cur:
+    # The setting is transaction-local: in autocommit it would be gone before the insert (and
+    # the triggers would queue a second inbox row). Inside the caller's atomic block this opens
+    # nothing.
+    with transaction.atomic(savepoint=False), _cursor() as cur:
+        cur.execute(SKIP_INSERT_TRIGGERS)
         cur.execute(
             INSERT_EVENTS, {"rows": orjson.dumps(rows).decode(), "received_at": received_at}
         )
-        return {(a, s, t): event_id for event_id, a, s, t in cur.fetchall()}
+        inserted = cur.fetchall()
+        cur.execute(KEEP_INSERT_TRIGGERS)
+        if inserted:  # raised inside the block, so that it rolls the rows back
+            _id, _a, _s, _t, accounts_found, meters_found = inserted[0]
+            if not accounts_found:
+                raise pg_errors.ForeignKeyViolation(
+                    "a usage event refers to an account that does not exist"
+                )
+            if not meters_found:
+                raise pg_errors.ForeignKeyViolation(
+                    "a usage event refers to a meter that does not exist"
+                )
+    return {(a, s, t): event_id for event_id, a, s, t, _accounts, _meters in inserted}
 
 
 def events_existing(*, keys: list[EventKey]) -> dict[EventKey, tuple[int, bytes]]:

@@ -221,7 +221,8 @@ class UsageEvent(models.Model):
     #
     # Account and meter are checked once per statement, not per row (migration 0010): a
     # statement trigger locks the batch's few distinct accounts and meters (FOR KEY SHARE, as a
-    # foreign key would) and refuses the statement if one is missing, and a trigger on
+    # foreign key would) and refuses the statement if one is missing (the API's insert does the
+    # same in the statement itself, migration 0011), and a trigger on
     # metering_account and metering_meter refuses deleting one that has events. A database
     # foreign key instead queues two checks per inserted row, which cost a 1,000-event batch
     # about as much as inserting it.
@@ -336,8 +337,10 @@ class QuarantinedEvent(models.Model):
 class RollupInbox(models.Model):
     """Events not yet folded into rollups.
 
-    A statement-level trigger on the event table (see migration 0002) inserts one row per new
-    event in the same transaction as the event, for every write path (API, COPY, replays). The
+    One row per new event, in the same transaction as the event, for every write path: the
+    API's insert statement writes it itself (metering.ingest_sql.INSERT_EVENTS, migration 0011),
+    and a statement-level trigger on the event table (migration 0002) for every other writer
+    (COPY, the ORM). The
     rollup drains it with DELETE ... RETURNING in the same transaction as its upsert, so a row
     whose transaction commits late is simply drained later: nothing can be skipped the way a
     watermark on an id or a timestamp would skip it.

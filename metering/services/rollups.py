@@ -13,7 +13,8 @@ what it corrects: the original stops counting and the correction counts in its o
 
 How it stays exact:
 
-- Every event gets an inbox row in its own transaction (trigger, migration 0002). A drain
+- Every event gets an inbox row in its own transaction (the API's insert statement, or the
+  trigger of migration 0002 for other writers). A drain
   deletes a batch of inbox rows (DELETE ... RETURNING: of two deleters of a row, only one gets
   it) and merges those events into the rollups in the same transaction. Committed: the events are in the rollups and out of the
   inbox. Rolled back (a crash, an error): neither. An event committed late is simply in the
