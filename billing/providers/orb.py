@@ -417,6 +417,12 @@ class OrbProvider(RetryPolicy, BillingProvider):
             except ProviderUnavailable as exc:
                 out += [ItemResult(i.identifier, ItemStatus.RETRY, message=str(exc)) for i in group]
                 continue
+            if backfill is None and "grace period boundary" in refused:
+                # Orb's grace period is longer than ORB_GRACE_PERIOD_HOURS says: the usage is
+                # still inside it, so Orb takes it live (and its key counts it once).
+                for n in range(0, len(group), self.batch_size):
+                    out += self._ingest(group[n : n + self.batch_size])
+                continue
             if backfill is None:
                 out += [
                     ItemResult(

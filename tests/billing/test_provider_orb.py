@@ -155,6 +155,24 @@ def test_usage_past_the_grace_period_goes_by_a_backfill_and_counts_once_reflecte
     assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 2
 
 
+def test_usage_inside_a_longer_grace_period_at_orb_is_ingested_live_once(
+    orb_fake, account, calls
+):
+    """ORB_GRACE_PERIOD_HOURS shorter than the Orb account's own grace period: Orb refuses a
+    backfill ending inside its grace period, so the usage goes live instead of waiting for
+    ever."""
+    orb_fake.grace_seconds = 3 * 86_400
+    late = make_event(account, calls, Decimal(1), hours_ago(20))  # ours says 12 hours
+
+    result = usage_push()
+
+    entry = PushLedgerEntry.objects.get(event=late)
+    assert entry.status == Status.ACKNOWLEDGED and result.acknowledged == 1
+    assert not orb_fake.backfills
+    assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 1
+    assert orb_fake.count_key(entry.identifier) == 1
+
+
 def test_a_reverted_backfill_no_longer_counts(orb_fake, account, calls):
     make_event(account, calls, Decimal(1), hours_ago(20))
     usage_push()
