@@ -155,9 +155,7 @@ def test_usage_past_the_grace_period_goes_by_a_backfill_and_counts_once_reflecte
     assert orb_fake.total(event_name="mo_calls", customer="orb-acme") == 2
 
 
-def test_usage_inside_a_longer_grace_period_at_orb_is_ingested_live_once(
-    orb_fake, account, calls
-):
+def test_usage_inside_a_longer_grace_period_at_orb_is_ingested_live_once(orb_fake, account, calls):
     """ORB_GRACE_PERIOD_HOURS shorter than the Orb account's own grace period: Orb refuses a
     backfill ending inside its grace period, so the usage goes live instead of waiting for
     ever."""
