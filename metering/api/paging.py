@@ -28,6 +28,17 @@ def invalid_parameter(name: str, message: str) -> ApiError:
     )
 
 
+def refuse_unknown_parameters(request, allowed: Sequence[str]) -> None:
+    """A 400 `invalid_parameter` for a query parameter the operation does not document (a
+    misspelt filter would otherwise widen the answer silently, as Stripe's API refuses an
+    unknown parameter)."""
+    unknown = sorted(set(request.query_params) - set(allowed))
+    if unknown:
+        raise invalid_parameter(
+            unknown[0], f"Unknown query parameter {unknown[0]!r}; known: {', '.join(allowed)}."
+        )
+
+
 def page_limit(request, *, default: int, maximum: int, name: str = "limit") -> int:
     """The `limit` query parameter: a whole number from 1 to `maximum`, else a 400."""
     raw = request.query_params.get(name)

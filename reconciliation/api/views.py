@@ -3,7 +3,7 @@
 Filters: `status` (open, acknowledged, resolved; default open), `account` (external id),
 `meter` (code), `cause` (a cause code anywhere in the ranking), `platform` (the billing
 platform compared against: the primary, or the read-only secondary during a migration),
-`limit` (1-500, default 100). Each result names its `platform`; `provider` stays the
+`limit` (1-500, default 100); any other parameter is a 400. Each result names its `platform`; `provider` stays the
 platform's number (the contract).
 Sorted by money at stake, largest first; paged with an opaque `cursor` in `next`.
 """
@@ -21,13 +21,19 @@ from rest_framework.views import APIView
 
 from billing.providers.base import decimal_text
 from metering.api.authentication import HasScope
-from metering.api.paging import invalid_parameter, keyset_page, page_limit
+from metering.api.paging import (
+    invalid_parameter,
+    keyset_page,
+    page_limit,
+    refuse_unknown_parameters,
+)
 from metering.api.serializers import ErrorSerializer
 from reconciliation.api.serializers import MismatchPageSerializer
 from reconciliation.models import Cause, Mismatch, MismatchDay
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
+LIST_PARAMETERS = ("status", "account", "meter", "cause", "platform", "limit", "cursor")
 
 
 def _text(value: Decimal | None) -> str | None:
@@ -117,8 +123,10 @@ class MismatchListView(APIView):
         tags=["reconciliation"],
     )
     def get(self, request):
+        refuse_unknown_parameters(request, LIST_PARAMETERS)
         params = request.query_params
-        wanted = params.get("status") or Mismatch.Status.OPEN
+        # A parameter given empty is a value like any other (and none of the enums' own).
+        wanted = params.get("status", Mismatch.Status.OPEN)
         if wanted not in Mismatch.Status.values:
             raise invalid_parameter(
                 "status", f"status is one of {', '.join(Mismatch.Status.values)}."
@@ -131,7 +139,7 @@ class MismatchListView(APIView):
         if params.get("platform"):
             mismatches = mismatches.filter(provider=params["platform"])
         cause = params.get("cause")
-        if cause:
+        if cause is not None:
             if cause not in Cause.values:
                 raise invalid_parameter("cause", f"cause is one of {', '.join(Cause.values)}.")
             mismatches = mismatches.filter(causes__contains=[{"code": cause}])

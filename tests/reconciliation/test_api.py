@@ -152,3 +152,19 @@ def test_the_schema_documents_the_endpoint_and_its_fields(client):
     page = schema["components"]["schemas"]["MismatchPage"]
     assert set(page["properties"]) == {"results", "next"}
     assert set(schema["components"]["schemas"]["Mismatch"]["properties"]) == FIELDS
+
+
+def test_an_unknown_or_misspelt_filter_is_refused_not_ignored(reader):
+    # Found by the API fuzzer: `?plataform=orb` answered every platform's mismatches.
+    answer = reader.get(URL, {"plataform": "orb"})
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["code"] == "invalid_parameter" and body["errors"][0]["field"] == "plataform"
+
+
+@pytest.mark.parametrize("param", ["status", "cause"])
+def test_an_empty_status_or_cause_is_refused_not_taken_as_no_filter(reader, param):
+    # Found by the API fuzzer: `?cause=` (not one of the documented causes) answered 200.
+    answer = reader.get(URL, {param: ""})
+    assert answer.status_code == 400
+    assert answer.json()["errors"][0]["field"] == param

@@ -137,7 +137,10 @@ def test_the_mismatch_page_says_when_the_platform_reads_back_per_period_only(
     _seed()
     _manager(django_user_model)
     top = Mismatch.objects.order_by("-delta_amount_minor").first()
-    settings.BILLING_PROVIDER = "lago"  # Lago's read-back window is the billing period
+    # Lago's read-back window is the billing period; the note follows the mismatch's own
+    # platform (with a read-only secondary, each platform has its own mismatches).
+    settings.BILLING_PROVIDER = "lago"
+    Mismatch.objects.filter(pk=top.pk).update(provider="lago")
 
     page.goto(
         f"{live_server.url}/admin/login/?next=/admin/reconciliation/mismatch/{top.pk}/change/"
