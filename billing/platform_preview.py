@@ -31,7 +31,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from billing.explain import humanize_quantity, percent_text
+from billing.explain import humanize_quantity, percent_text, signed_money
 from billing.models import Price, ProviderCustomer
 from billing.money import format_amount, format_money, from_minor_units
 from billing.pricing import LineKind, PriceModel
@@ -488,8 +488,7 @@ def difference_text(comparison: PlatformPreviewComparison) -> str:
         return ""
     if not difference:
         return "none"
-    sign = "+" if difference > 0 else "-"
-    text = f"{sign}{format_money(abs(difference), comparison.currency)}"
+    text = signed_money(difference, comparison.currency)
     if comparison.ours_minor:
         text += f" ({percent_text(comparison.theirs_minor, comparison.ours_minor)})"
     return text
