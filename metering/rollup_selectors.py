@@ -198,6 +198,29 @@ def _bucket_rows(meter: Meter, account_id: int, rng: _Range, dim_key: str) -> di
     return {row[0]: dict(zip(names, row[1:], strict=True))[column] for row in rows}
 
 
+def _series_and_total(meter: Meter, account_id: int, rng: _Range) -> tuple[dict, Decimal | None]:
+    """(bucket -> value, the range's exact total) of the whole meter: one statement (GROUPING
+    SETS) except for unique_count, whose total is a distinct count over the distinct table."""
+    if meter.aggregation == A.UNIQUE_COUNT:
+        return _bucket_rows(meter, account_id, rng, ""), _total(meter, account_id, rng)
+    table, _, bucket = _tables(rng.granularity)
+    column = _VALUE_COLUMN[meter.aggregation]
+    rows = _fetch(
+        f"""
+        SELECT b, whole, {column} FROM (
+            SELECT r.{bucket} AS b, grouping(r.{bucket}) = 1 AS whole, {_COMBINE}
+            FROM {table} r
+            WHERE r.account_id = %(a)s AND r.meter_id = %(m)s AND r.dim_key = ''
+              AND r.{bucket} >= %(lo)s AND r.{bucket} < %(hi)s
+            GROUP BY GROUPING SETS ((r.{bucket}), ())) x
+        """,
+        {"a": account_id, "m": meter.pk, "lo": rng.lo, "hi": rng.hi},
+    )
+    values = {b: value for b, whole, value in rows if not whole}
+    total = next(value for _b, whole, value in rows if whole)
+    return values, _as_decimal(meter, total)
+
+
 def _total(meter: Meter, account_id: int, rng: _Range) -> Decimal | None:
     table, distinct, bucket = _tables(rng.granularity)
     params = {"a": account_id, "m": meter.pk, "lo": rng.lo, "hi": rng.hi}
@@ -223,7 +246,12 @@ def _as_decimal(meter: Meter, value) -> Decimal | None:
 def _groups(
     meter: Meter, account_id: int, rng: _Range, dim_key: str, top: int | None
 ) -> tuple[dict, dict[str, Decimal | None], bool]:
-    """(bucket -> {group: value}, group totals in display order, folded)."""
+    """(bucket -> {group: value}, group totals in display order, folded).
+
+    One statement: the range's rows of the dimension are read once (a materialised CTE, which a
+    whale's month makes thousands of rows), ranked, and aggregated per bucket and group and per
+    group over the range together (GROUPING SETS).
+    """
     table, distinct, bucket = _tables(rng.granularity)
     params = {"a": account_id, "m": meter.pk, "k": dim_key, "lo": rng.lo, "hi": rng.hi}
     params.update(other=ROLLUP_OTHER, top=top if top is not None else 2**31 - 1)
@@ -236,50 +264,50 @@ def _groups(
     # Rank the stored values by their total over the range; the top ones are shown by name
     # and the rest (with anything the rollup folded) under "other".
     if unique:
-        ranked = f"""
+        ranked = """
             SELECT dim_value, count(DISTINCT value) AS total
-            FROM {distinct} WHERE {where} AND dim_value <> %(other)s GROUP BY dim_value"""
+            FROM picked WHERE dim_value <> %(other)s GROUP BY dim_value"""
+        combine, value, folded = (
+            "count(DISTINCT r.value) AS v",
+            "v",
+            (f"(SELECT coalesce(bool_or(folded), false) FROM {table} WHERE {where})"),
+        )
     else:
         ranked = f"""
             SELECT dim_value, {column} AS total
-            FROM (SELECT r.dim_value, {_COMBINE} FROM {table} r
-                  WHERE {where} AND r.dim_value <> %(other)s GROUP BY r.dim_value) t"""
-    top_cte = f"""
-        WITH ranked AS ({ranked}),
+            FROM (SELECT r.dim_value, {_COMBINE} FROM picked r
+                  WHERE r.dim_value <> %(other)s GROUP BY r.dim_value) t"""
+        combine, value, folded = _COMBINE, column, "folded"
+    sql = f"""
+        WITH picked AS MATERIALIZED (SELECT * FROM {distinct if unique else table} WHERE {where}),
+        ranked AS ({ranked}),
         top AS (SELECT dim_value FROM ranked
-                ORDER BY total DESC NULLS LAST, dim_value LIMIT %(top)s)"""
-    group = "CASE WHEN t.dim_value IS NOT NULL THEN r.dim_value ELSE %(other)s END"
-    source = distinct if unique else table
-    join = f"FROM {source} r LEFT JOIN top t ON t.dim_value = r.dim_value WHERE {where}"
-    if unique:
-        per_bucket = f"""{top_cte}
-            SELECT r.{bucket}, {group} AS g, count(DISTINCT r.value) {join} GROUP BY 1, 2"""
-        totals = f"""{top_cte}
-            SELECT {group} AS g, count(DISTINCT r.value), false {join} GROUP BY 1"""
-        folded_sql = f"SELECT coalesce(bool_or(folded), false) FROM {table} WHERE {where}"
-    else:
-        per_bucket = f"""{top_cte}
-            SELECT {bucket}, g, {column} FROM (
-                SELECT r.{bucket}, {group} AS g, {_COMBINE} {join} GROUP BY 1, 2) x"""
-        totals = f"""{top_cte}
-            SELECT g, {column}, folded FROM (
-                SELECT {group} AS g, {_COMBINE} {join} GROUP BY 1) x"""
-        folded_sql = None
+                ORDER BY total DESC NULLS LAST, dim_value LIMIT %(top)s)
+        SELECT b, g, {value}, {folded}, whole FROM (
+            SELECT r.{bucket} AS b, r.g, grouping(r.{bucket}) = 1 AS whole, {combine}
+            FROM (SELECT p.*,
+                         CASE WHEN t.dim_value IS NOT NULL THEN p.dim_value ELSE %(other)s END AS g
+                  FROM picked p LEFT JOIN top t ON t.dim_value = p.dim_value) r
+            GROUP BY GROUPING SETS ((r.{bucket}, r.g), (r.g))) x
+    """
     by_bucket: dict = {}
-    for bucket_value, group_name, value in _fetch(per_bucket, params):
-        by_bucket.setdefault(bucket_value, {})[group_name] = _as_decimal(meter, value)
-    total_rows = _fetch(totals, params)
-    folded = any(row[2] for row in total_rows)
-    if folded_sql:
-        folded = bool(_fetch(folded_sql, params)[0][0])
-    group_totals = {g: _as_decimal(meter, v) for g, v, _ in total_rows}
+    group_totals: dict[str, Decimal | None] = {}
+    any_folded = False
+    for bucket_value, group_name, group_value, row_folded, whole in _fetch(sql, params):
+        if whole:
+            group_totals[group_name] = _as_decimal(meter, group_value)
+            any_folded = any_folded or bool(row_folded)
+        else:
+            by_bucket.setdefault(bucket_value, {})[group_name] = _as_decimal(meter, group_value)
+    if unique and not group_totals:  # no distinct rows to carry the flag
+        any_folded = bool(_fetch(f"SELECT {folded}", params)[0][0])
 
     def display_order(g: str) -> tuple:
-        value = group_totals[g]
-        return (g == ROLLUP_OTHER, value is None, -(value or 0), g)
+        group_value = group_totals[g]
+        return (g == ROLLUP_OTHER, group_value is None, -(group_value or 0), g)
 
     ordered = sorted(group_totals, key=display_order)
-    return by_bucket, {g: group_totals[g] for g in ordered}, folded
+    return by_bucket, {g: group_totals[g] for g in ordered}, any_folded
 
 
 def group_label(dim_value: str) -> str:
@@ -306,8 +334,8 @@ def usage_series(
     each point's breakdown by its values (the `top` largest over the range by name, everything
     else under "other"; all stored values when `top` is None).
 
-    Reads only rollups: 2 queries, 4-5 with group_by. Raises UsageRangeError and
-    UnknownDimension for bad input.
+    Reads only rollups: 1 query (2 for unique_count), one more with group_by. Raises
+    UsageRangeError and UnknownDimension for bad input.
     """
     rng = usage_range(timezone=account.timezone, granularity=granularity, start=start, end=end)
     if group_by is not None and group_by not in (meter.dimensions or []):
@@ -315,8 +343,7 @@ def usage_series(
         raise UnknownDimension(
             f"Meter {meter.code} has no dimension {group_by!r} (its dimensions: {known})."
         )
-    values = _bucket_rows(meter, account.pk, rng, "")
-    total = _total(meter, account.pk, rng)
+    values, total = _series_and_total(meter, account.pk, rng)
     by_bucket: dict = {}
     group_totals: dict[str, Decimal | None] = {}
     folded = False
