@@ -72,3 +72,25 @@ def test_anything_else_takes_the_full_path(item):
     assert _parse_lago_fast(0, item, LIMITS) is None
     # and the full path, through the public entry point, decides as before
     assert parse_item(0, item, "lago", LIMITS) == _parse_lago_checked(0, item, LIMITS)
+
+
+def test_the_hash_prefix_cache_stays_bounded_and_exact_for_any_code():
+    """The fast path caches each code's hash prefix; clients choose codes, so the cache is
+    bounded, and a code that needs escaping hashes as the full path does."""
+    from metering import content_hash
+
+    codes = [f'code-{i}-"ü\\' for i in range(content_hash._MAX_PREFIXES + 50)]
+    for code in codes:
+        expected = canonical_content_hash(
+            meter_code=code,
+            occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+            canonical_properties=b"{}",
+        )
+        micros = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
+        assert (
+            content_hash.canonical_content_hash_at(
+                meter_code=code, epoch_microseconds=micros, canonical_properties=b"{}"
+            )
+            == expected
+        )
+    assert len(content_hash._PREFIXES) <= content_hash._MAX_PREFIXES

@@ -93,10 +93,9 @@ def _unix_seconds(value: Decimal) -> datetime:
 
 def _epoch_plus(microseconds: int) -> datetime:
     """The epoch plus `microseconds`: timedelta(microseconds=N) normalises a large N about four
-    times slower than days, seconds and microseconds already split (the same exact value)."""
-    days, rest = divmod(microseconds, 86_400_000_000)
-    seconds, micros = divmod(rest, 1_000_000)
-    return _EPOCH + timedelta(days, seconds, micros)
+    times slower than seconds and microseconds already split (the same exact value)."""
+    seconds, micros = divmod(microseconds, 1_000_000)
+    return _EPOCH + timedelta(0, seconds, micros)
 
 
 def parse_timestamp(raw: Any, *, numeric: bool = True) -> datetime | None:
@@ -259,8 +258,8 @@ def _parse_lago_fast(index: int, item: dict, limits: IngestLimits) -> ParsedEven
             properties_json = exact_json.canonical_dumps(properties)
         except exact_json.JSONError:
             return None
-        if len(properties_json) > limits.max_properties or exact_json.has_escaped_nul(
-            properties_json
+        if len(properties_json) > limits.max_properties or (
+            b"\\u0000" in properties_json and exact_json.has_escaped_nul(properties_json)
         ):
             return None
     else:
