@@ -10,6 +10,7 @@ from rest_framework import authentication, exceptions, permissions
 from simple_history.models import HistoricalRecords
 
 from metering.models import ApiKey
+from metering.selectors import api_key_get
 from metering.services.api_keys import api_key_hash
 
 # Writing last_used_at on every request would turn every read into a write; once a minute is
@@ -53,12 +54,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "Send the API key as 'Authorization: Bearer <key>'.", code="invalid_authorization"
             )
-        try:
-            key = ApiKey.objects.get(key_hash=api_key_hash(parts[1]))
-        except ApiKey.DoesNotExist:
-            raise exceptions.AuthenticationFailed(
-                "Unknown API key.", code="invalid_api_key"
-            ) from None
+        key = api_key_get(key_hash=api_key_hash(parts[1]))
+        if key is None:
+            raise exceptions.AuthenticationFailed("Unknown API key.", code="invalid_api_key")
         if key.revoked_at is not None:
             raise exceptions.AuthenticationFailed(
                 "This API key was revoked.", code="revoked_api_key"

@@ -131,3 +131,23 @@ def test_the_schema_documents_429_with_retry_after_on_every_keyed_operation(clie
             if operation.get("security"):
                 assert "429" in operation["responses"], (method, path)
                 assert "Retry-After" in operation["responses"]["429"]["headers"]
+
+
+def test_a_window_counter_is_one_redis_integer_that_expires_after_its_window(api_client, settings):
+    """The counter is INCR'd and given its expiry in one round trip; it counts every request of
+    the window and is gone a few seconds after the window, as with Django's ADD then INCR."""
+    from django.core.cache import caches
+
+    settings.API_RATE_READ = "5/min"
+    key, raw = api_key_for(["read"])
+    for _ in range(3):
+        assert api_client.get("/api/v1/meters", **_auth(raw)).status_code == 200
+
+    backend = caches["default"]
+    client = backend._cache.get_client()
+    pattern = backend.make_key(f"ratelimit:read:{key.pk}:60:*")
+    names = [k.decode() for k in client.keys(pattern)]  # two if a minute turned meanwhile
+    assert sum(int(client.get(name)) for name in names) == 3
+    assert all(0 < client.ttl(name) <= 65 for name in names)
+    window = int(names[-1].rsplit(":", 1)[1])
+    assert backend.get(f"ratelimit:read:{key.pk}:60:{window}") == int(client.get(names[-1]))
