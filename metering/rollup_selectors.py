@@ -351,9 +351,13 @@ def usage_series(
         by_bucket, group_totals, folded = _groups(meter, account.pk, rng, group_by, top)
     points = []
     empty = _empty(meter)
-    for bucket in rng.buckets:
+    if rng.granularity == "day":
+        # Each local day ends where the next starts: one zone conversion per day, not two.
+        starts = [periods.day_start_utc(day, account.timezone) for day in rng.buckets]
+        starts.append(rng.end)
+    for index, bucket in enumerate(rng.buckets):
         if rng.granularity == "day":
-            start_utc, end_utc = periods.day_bounds_utc(bucket, account.timezone)
+            start_utc, end_utc = starts[index], starts[index + 1]
             day = bucket
         else:
             start_utc, end_utc, day = bucket, bucket + periods.HOUR, None

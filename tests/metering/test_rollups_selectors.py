@@ -310,3 +310,20 @@ def test_cumulative_usage_runs_per_aggregation_and_ends_at_the_exact_total(kolka
     end = date(2024, 1, 5)
     total = usage_total(account=kolkata, meter=users, start=days["first"], end=end)
     assert usage_cumulative(account=kolkata, meter=users, **days)[-1] == (date(2024, 1, 4), total)
+
+
+def test_daily_points_follow_local_days_across_a_dst_change():
+    """Each point is its local day in UTC: the day clocks go forward is 23 hours long, and every
+    point ends where the next starts."""
+    berlin = AccountFactory(timezone="Europe/Berlin")
+    meter = MeterFactory(code="calls_dst")
+
+    series = usage_series(
+        account=berlin, meter=meter, start=date(2024, 3, 30), end=date(2024, 4, 1)
+    )
+
+    assert [(p.start, p.end) for p in series.points] == [
+        (utc(2024, 3, 29, 23), utc(2024, 3, 30, 23)),
+        (utc(2024, 3, 30, 23), utc(2024, 3, 31, 22)),
+    ]
+    assert (series.start, series.end) == (utc(2024, 3, 29, 23), utc(2024, 3, 31, 22))
