@@ -267,23 +267,21 @@ def _groups(
         ranked = """
             SELECT dim_value, count(DISTINCT value) AS total
             FROM picked WHERE dim_value <> %(other)s GROUP BY dim_value"""
-        combine, value, folded = (
-            "count(DISTINCT r.value) AS v",
-            "v",
-            (f"(SELECT coalesce(bool_or(folded), false) FROM {table} WHERE {where})"),
-        )
+        combine, value_sql = "count(DISTINCT r.value) AS v", "v"
+        # Distinct rows carry no flag: the rollup rows of the same range say whether it folded.
+        folded_sql = f"(SELECT coalesce(bool_or(folded), false) FROM {table} WHERE {where})"
     else:
         ranked = f"""
             SELECT dim_value, {column} AS total
             FROM (SELECT r.dim_value, {_COMBINE} FROM picked r
                   WHERE r.dim_value <> %(other)s GROUP BY r.dim_value) t"""
-        combine, value, folded = _COMBINE, column, "folded"
+        combine, value_sql, folded_sql = _COMBINE, column, "folded"
     sql = f"""
         WITH picked AS MATERIALIZED (SELECT * FROM {distinct if unique else table} WHERE {where}),
         ranked AS ({ranked}),
         top AS (SELECT dim_value FROM ranked
                 ORDER BY total DESC NULLS LAST, dim_value LIMIT %(top)s)
-        SELECT b, g, {value}, {folded}, whole FROM (
+        SELECT b, g, {value_sql}, {folded_sql}, whole FROM (
             SELECT r.{bucket} AS b, r.g, grouping(r.{bucket}) = 1 AS whole, {combine}
             FROM (SELECT p.*,
                          CASE WHEN t.dim_value IS NOT NULL THEN p.dim_value ELSE %(other)s END AS g
@@ -300,7 +298,7 @@ def _groups(
         else:
             by_bucket.setdefault(bucket_value, {})[group_name] = _as_decimal(meter, group_value)
     if unique and not group_totals:  # no distinct rows to carry the flag
-        any_folded = bool(_fetch(f"SELECT {folded}", params)[0][0])
+        any_folded = bool(_fetch(f"SELECT {folded_sql}", params)[0][0])
 
     def display_order(g: str) -> tuple:
         group_value = group_totals[g]

@@ -4,9 +4,9 @@ One counter per key, scope and clock-aligned window (`API_RATE_INGEST` for the e
 `API_RATE_READ` for everything else: reads and manage calls share it). A fixed window costs one
 cache round trip per request on Redis (INCR and EXPIRE pipelined; ADD then INCR on other
 backends), where DRF's SimpleRateThrottle keeps every request's timestamp in one cached list:
-at 6,000/min that is a 6,000-item list read and rewritten on every ingest call. The price of a fixed window is that a client can spend two
-windows' worth across a window boundary; the limit is there against runaway clients, not for
-exact billing.
+at 6,000/min that is a 6,000-item list read and rewritten on every ingest call. The price of a
+fixed window is that a client can spend two windows' worth across a window boundary; the limit
+is there against runaway clients, not for exact billing.
 
 When the cache is unreachable the API fails open: the request is served unthrottled and a
 warning is logged, at most once per `CACHE_DOWN_BACKOFF` during which the cache is not tried
@@ -87,6 +87,7 @@ def _redis_count(backend: RedisCache, cache_key: str, timeout: int) -> int:
     until `timeout` after the window's last request. (Django's Redis backend stores integers as
     plain Redis integers, so INCR and its own `incr` agree on the value.)"""
     key = backend.make_and_validate_key(cache_key)
+    # `_cache` is the backend's RedisCacheClient (private, but what its own methods use).
     pipeline = backend._cache.get_client(key, write=True).pipeline(transaction=False)
     pipeline.incr(key)
     pipeline.expire(key, timeout)
