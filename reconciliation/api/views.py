@@ -3,8 +3,8 @@
 Filters: `status` (open, acknowledged, resolved; default open), `account` (external id),
 `meter` (code), `cause` (a cause code anywhere in the ranking), `platform` (the billing
 platform compared against: the primary, or the read-only secondary during a migration),
-`limit` (1-500, default 100); any other parameter is a 400. Each result names its `platform`; `provider` stays the
-platform's number (the contract).
+`limit` (1-500, default 100); any other parameter is a 400. Each result names its `platform`;
+`provider` stays the platform's number (the contract).
 Sorted by money at stake, largest first; paged with an opaque `cursor` in `next`.
 """
 
