@@ -282,14 +282,20 @@ def _backend_pids(db_url: str) -> list[int]:
     return [pid for (pid,) in rows]
 
 
-def server_cpu(server_pid: int, db_url: str) -> dict[int, float]:
+def server_cpu(server_pid: int, db_url: str) -> dict[str, dict[int, float]]:
     """CPU seconds so far of gunicorn (master and workers) and of the database's backends."""
-    pids = [server_pid, *_children(server_pid), *_backend_pids(db_url)]
-    return {pid: _cpu_seconds(pid) for pid in pids}
+    return {
+        "gunicorn": {pid: _cpu_seconds(pid) for pid in [server_pid, *_children(server_pid)]},
+        "postgres": {pid: _cpu_seconds(pid) for pid in _backend_pids(db_url)},
+    }
 
 
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict:
+    """CPU seconds used between two `server_cpu` readings, by side."""
+    return {
+        side: sum(seconds - before[side].get(pid, 0.0) for pid, seconds in pids.items())
+        for side, pids in after.items()
+    }
 
 
 class MemorySampler(threading.Thread):
@@ -465,7 +471,8 @@ def main() -> None:
         log(f"sending {len(bodies)} batches ({body_mb:.0f} MB) from {args.clients} clients")
         cpu_before = server_cpu(server.pid, db_url)
         first = send_all(port, key, bodies, args.clients)
-        http_cpu = cpu_used(cpu_before, server_cpu(server.pid, db_url))
+        http_split = cpu_used(cpu_before, server_cpu(server.pid, db_url))
+        http_cpu = sum(http_split.values())
         after_first = stored_count(db_url)
         replay = None
         if not args.no_replay:
@@ -505,6 +512,10 @@ def main() -> None:
         f"CPU per event               HTTP {http_cpu * 1e6 / args.events:.1f} us, "
         f"COPY event table {copy_cpu * per:.1f} us, bare {bare_cpu * per:.1f} us; "
         f"ratio bare / HTTP {bare_cpu * per / (http_cpu * 1e6 / args.events):.2f}"
+    )
+    print(
+        f"HTTP CPU per event, by side gunicorn {http_split['gunicorn'] * 1e6 / args.events:.1f} us,"
+        f" PostgreSQL backends {http_split['postgres'] * 1e6 / args.events:.1f} us"
     )
     print(
         f"batch latency               p50 {percentile(lat, 0.5) * 1000:.0f} ms, "

@@ -12,8 +12,12 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 from config.chunked_requests import ReadChunkedBody
+from config.warmup import warm_up
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 # Chunked request bodies are read, not taken for empty (config.chunked_requests).
 application = ReadChunkedBody(get_wsgi_application())
+
+# What the first request would otherwise load, loaded now (config.warmup).
+warm_up()
