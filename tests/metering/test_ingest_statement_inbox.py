@@ -210,3 +210,59 @@ def test_the_statement_outside_a_transaction_still_writes_one_inbox_row_and_refu
     )
     assert _inbox() == [(inserted[(account.pk, "", "a")], account.pk)]
     assert _setting() in (None, "", "off")
+
+
+# --- new batches insert without ON CONFLICT (ingest_sql.INSERT_NEW_EVENTS) -----------------------
+
+
+@pytest.fixture
+def inserts(monkeypatch) -> list[tuple[bool, int]]:
+    """(new_only, rows) of every events_insert call, the real insert still doing the work."""
+    calls: list[tuple[bool, int]] = []
+    real = ingest_sql.events_insert
+
+    def recording(*, rows, received_at, new_only=False):
+        calls.append((new_only, len(rows)))
+        return real(rows=rows, received_at=received_at, new_only=new_only)
+
+    monkeypatch.setattr(ingest_sql, "events_insert", recording)
+    return calls
+
+
+@pytest.mark.django_db
+def test_a_new_batch_is_one_plain_insert_and_a_batch_sent_again_goes_straight_to_the_skip(
+    client, inserts
+):
+    AccountFactory(external_id="acme")
+    MeterFactory(code="calls", aggregation=Meter.Aggregation.COUNT)
+    batch = [_lago(f"t{i}", "acme") for i in range(5)]
+
+    assert _post(client, batch) == ["accepted"] * 5
+    assert inserts == [(True, 5)]
+
+    # Its first, middle and last keys are stored: no insert that would fail is tried.
+    assert _post(client, batch) == ["duplicate"] * 5
+    assert inserts == [(True, 5), (False, 5)]
+    assert UsageEvent.objects.count() == 5
+    assert _inbox() == sorted(UsageEvent.objects.values_list("id", "account_id"))
+
+
+@pytest.mark.django_db
+def test_a_stored_event_the_probe_misses_fails_the_plain_insert_and_the_batch_runs_again(
+    client, inserts
+):
+    AccountFactory(external_id="acme")
+    MeterFactory(code="calls", aggregation=Meter.Aggregation.COUNT)
+    assert _post(client, [_lago("t2", "acme"), _lago("t3", "acme")]) == ["accepted"] * 2
+    stored_before = set(UsageEvent.objects.values_list("id", flat=True))
+
+    # Sorted keys t1, t2, t4, t5, t6: the probe reads t1, t4 and t6, all new; t2 is stored.
+    batch = [_lago(f"t{i}", "acme") for i in (1, 2, 4, 5, 6)]
+    assert _post(client, batch) == ["accepted", "duplicate", "accepted", "accepted", "accepted"]
+    assert inserts[1:] == [(True, 5), (False, 5)]  # the plain insert failed, then the skip
+
+    new = UsageEvent.objects.exclude(id__in=stored_before)
+    assert sorted(new.values_list("transaction_id", flat=True)) == ["t1", "t4", "t5", "t6"]
+    # Nothing of the rolled-back first run is left: one inbox row per stored event.
+    assert _inbox() == sorted(UsageEvent.objects.values_list("id", "account_id"))
+    assert UsageEvent.objects.count() == 6

@@ -4,7 +4,6 @@ NOTHING, duplicate/conflict comparison, deadlock retries, and the batch result
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import orjson
@@ -33,17 +32,16 @@ from metering.services.ingest.values import _MeterInfo, _row_for, late_cutoff
 # --- storing ----------------------------------------------------------------------------------
 
 
-def _lookups(events: Iterable[ParsedEvent]) -> tuple[dict[str, int], dict[str, _MeterInfo]]:
+def _lookups(events: list[ParsedEvent]) -> tuple[dict[str, int], dict[str, _MeterInfo]]:
     """One query for the batch's accounts and one for its meters (a per-request cache)."""
-    customers: set[str] = set()
-    codes: set[str] = set()
-    for event in events:
-        customers.add(event.external_customer_id)
-        codes.add(event.meter_code)
-    accounts = ingest_sql.accounts_by_external_id(external_ids=list(customers))
+    accounts = ingest_sql.accounts_by_external_id(
+        external_ids=list({event.external_customer_id for event in events})
+    )
     meters = {
         code: _MeterInfo(*info)
-        for code, info in ingest_sql.meters_by_code(codes=list(codes)).items()
+        for code, info in ingest_sql.meters_by_code(
+            codes=list({event.meter_code for event in events})
+        ).items()
     }
     return accounts, meters
 
@@ -65,11 +63,13 @@ def _store(
     received_at: datetime,
     late_before: datetime,
     quarantine: bool,
+    new_only: bool = False,
 ) -> None:
     """Resolve, insert and classify `parsed`, filling `results` at each event's index.
 
     With quarantine=False (replays), events that still cannot be attributed are reported
-    `quarantined` without writing anything.
+    `quarantined` without writing anything. With new_only=True, a key that is stored already
+    raises psycopg's UniqueViolation instead (ingest_sql.INSERT_NEW_EVENTS).
     """
     accounts, meters = _lookups(parsed)
 
@@ -94,8 +94,10 @@ def _store(
             rows[key] = (row, event)
 
     ordered = sorted(rows)  # one lock order for every batch: no deadlocks between batches
+    if new_only and ordered and ingest_sql.events_existing(keys=_probe_keys(ordered)):
+        new_only = False  # a batch sent again: skip the insert that would fail on its first row
     inserted = ingest_sql.events_insert(
-        rows=[rows[key][0] for key in ordered], received_at=received_at
+        rows=[rows[key][0] for key in ordered], received_at=received_at, new_only=new_only
     )
 
     # Keys that already existed: stored before, by a concurrent request, or held events whose
@@ -137,6 +139,11 @@ def _store(
             results[event.index] = ItemResult(event.index, event.transaction_id, QUARANTINED)
     if to_quarantine:
         _quarantine(to_quarantine, results, received_at=received_at)
+
+
+def _probe_keys(ordered: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """The first, middle and last key: if a batch was stored before, these were too."""
+    return list(dict.fromkeys((ordered[0], ordered[len(ordered) // 2], ordered[-1])))
 
 
 def _compare(event: ParsedEvent, found: tuple[int, bytes] | None) -> ItemResult:
@@ -246,10 +253,18 @@ def store_parsed(
     late_before: datetime,
     quarantine: bool = True,
 ) -> None:
-    """`_store` in its own transaction (a savepoint when nested), retried on deadlock."""
+    """`_store` in its own transaction (a savepoint when nested), retried on deadlock.
+
+    The first run inserts as if every event were new, the usual case and the cheaper insert;
+    if one is stored already, that run rolls back and the batch runs again, skipping the
+    stored ones and comparing them (a replayed batch fails on its first row, which costs
+    little; a batch mixing new and stored events does part of its insert twice).
+    """
     if not parsed:
         return
-    for attempt in range(DEADLOCK_RETRIES + 1):
+    new_only = True
+    attempt = 0
+    while True:
         try:
             with transaction.atomic():
                 _store(
@@ -258,14 +273,21 @@ def store_parsed(
                     received_at=received_at,
                     late_before=late_before,
                     quarantine=quarantine,
+                    new_only=new_only,
                 )
             return
+        except pg_errors.UniqueViolation:
+            if not new_only:
+                raise
+            new_only = False
+            continue
         except _RetryBatch:
             if attempt == DEADLOCK_RETRIES:
                 raise
         except (OperationalError, pg_errors.OperationalError) as exc:
             if not _is_retryable(exc) or attempt == DEADLOCK_RETRIES:
                 raise
+        attempt += 1
 
 
 def events_ingest(*, items: list[dict], fmt: Format, now: datetime | None = None) -> BatchResult:
