@@ -4,7 +4,9 @@ Why below the ORM: a batch of 1,000 events must be written with one statement th
 is new and silently skips what already exists, and must say which rows it inserted. That is
 PostgreSQL's `INSERT ... ON CONFLICT DO NOTHING RETURNING`, which `bulk_create` cannot express
 (with `ignore_conflicts` it returns no ids). The unique constraint `usage_event_identity`
-decides, so N concurrent requests with one key store exactly one row.
+decides, so N concurrent requests with one key store exactly one row. A batch believed new is
+inserted without ON CONFLICT (INSERT_NEW_EVENTS, cheaper), which the constraint fails as a whole
+if one key exists; the caller then runs it again with DO NOTHING.
 
 Rows travel as ONE JSON document per statement: building it is a single orjson call in C, while
 psycopg adapts Python lists to SQL arrays (`unnest`) element by element in Python, which

@@ -3,7 +3,8 @@
 The one write path for usage events (API, `ingest_file`, quarantine replays). Guarantees:
 
 - Exactly once. Identity is (account, source, transaction_id), enforced by the unique constraint
-  `usage_event_identity` through `INSERT ... ON CONFLICT DO NOTHING` (metering.ingest_sql). A key
+  `usage_event_identity`: a batch is inserted as if all new, and if a key exists it runs again
+  with `INSERT ... ON CONFLICT DO NOTHING` (metering.ingest_sql, store.store_parsed). A key
   that is already stored is a `duplicate` when its content hash matches (nothing written, a
   success) and a `conflict` otherwise (nothing written, an error). This holds across requests,
   within one batch (the first occurrence wins) and under concurrency (PostgreSQL makes the second
