@@ -23,7 +23,8 @@ the local server), recreated at the start and kept afterwards for inspection. St
    gunicorn and its PostgreSQL backends, read from /proc, so the server must run on this
    machine; COPY: this process and its backend), batch latency p50/p99, the server's peak
    memory, and the load average (other work on the machine skews the rates: compare only
-   figures printed by the same run; the CPU times are disturbed less).
+   figures printed by the same run; the CPU times are disturbed less); the HTTP CPU is also
+   printed by side (gunicorn, PostgreSQL), and for the replay.
 
 The HTTP path does strictly more than COPY: authentication, JSON parsing with exact decimals,
 validation, a content hash per event, deduplication with ON CONFLICT, the per-item answer.
@@ -477,7 +478,9 @@ def main() -> None:
         replay = None
         if not args.no_replay:
             log("replaying every batch")
+            replay_before = server_cpu(server.pid, db_url)
             replay = send_all(port, key, bodies, args.clients)
+            replay["cpu"] = sum(cpu_used(replay_before, server_cpu(server.pid, db_url)).values())
         after_replay = stored_count(db_url)
         sampler.stop.set()
         sampler.join()
@@ -535,6 +538,7 @@ def main() -> None:
             f"{replay['totals']}, new rows stored: {new} "
             f"{'OK' if replay_ok else 'FAIL'}"
         )
+        print(f"replay CPU per event        {replay['cpu'] * 1e6 / args.events:.1f} us (HTTP side)")
     print(
         "load average (1/5/15 min)   before "
         + " ".join(f"{x:.2f}" for x in load_before)
