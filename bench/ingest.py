@@ -27,7 +27,8 @@ the local server), recreated at the start and kept afterwards for inspection. St
    printed by side (gunicorn, PostgreSQL), and for the replay.
 
 The HTTP path does strictly more than COPY: authentication, JSON parsing with exact decimals,
-validation, a content hash per event, deduplication with ON CONFLICT, the per-item answer.
+validation, a content hash per event, deduplication on the events' unique key, the per-item
+answer.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def _cursor() -> psycopg.Cursor:
 
 
 def accounts_by_external_id(*, external_ids: list[str]) -> dict[str, int]:
-    """{external_id: id} for the accounts that exist (one query, an array parameter)."""
+    """{external_id: id} for the accounts that exist (one query, the ids as one JSON text)."""
     if not external_ids:
         return {}
     # The ids as one JSON text: psycopg adapts a list item by item in Python, which cost more

@@ -255,10 +255,11 @@ def store_parsed(
 ) -> None:
     """`_store` in its own transaction (a savepoint when nested), retried on deadlock.
 
-    The first run inserts as if every event were new, the usual case and the cheaper insert;
-    if one is stored already, that run rolls back and the batch runs again, skipping the
-    stored ones and comparing them (a replayed batch fails on its first row, which costs
-    little; a batch mixing new and stored events does part of its insert twice).
+    The first run inserts as if every event were new, the usual case and the cheaper insert
+    (a batch sent again is caught before that by `_probe_keys`). If an event is stored
+    already, the run rolls back and the batch runs again, skipping the stored ones and
+    comparing them: a batch that mixes new and stored events pays for its lookups, rows and
+    part of its insert twice, never for its parsing.
     """
     if not parsed:
         return
