@@ -135,22 +135,24 @@ def _cursor() -> psycopg.Cursor:
     return psycopg.Cursor(connection.connection)
 
 
+# The ids as one JSON text: psycopg adapts a list item by item in Python, which cost more than
+# the query for a batch's few hundred accounts; orjson writes them at once. A semi-join, not
+# `= ANY(array)`: with few accounts PostgreSQL scans the table and tests each row against the
+# array one element at a time (texteq under ExecEvalScalarArrayOp in a perf profile of
+# bench/ingest.py's backends, about 3 us an event with 300 ids and 500 accounts), where the join
+# hashes the ids; with many accounts it probes the unique index once per id either way.
+ACCOUNTS_BY_EXTERNAL_ID = (
+    "SELECT external_id, id FROM metering_account"
+    " WHERE external_id IN (SELECT jsonb_array_elements_text(%s::jsonb))"
+)
+
+
 def accounts_by_external_id(*, external_ids: list[str]) -> dict[str, int]:
     """{external_id: id} for the accounts that exist (one query, the ids as one JSON text)."""
     if not external_ids:
         return {}
-    # The ids as one JSON text: psycopg adapts a list item by item in Python, which cost more
-    # than the query for a batch's few hundred accounts; orjson writes them at once. A semi-join,
-    # not `= ANY(array)`: with few accounts PostgreSQL scans the table and tests each row
-    # against the array one element at a time (a batch's 300 ids x 500 accounts was about 3 us
-    # of backend CPU per event in bench/ingest.py), where the join hashes the ids; with many
-    # accounts it probes the unique index once per id either way.
     with _cursor() as cur:
-        cur.execute(
-            "SELECT external_id, id FROM metering_account"
-            " WHERE external_id IN (SELECT jsonb_array_elements_text(%s::jsonb))",
-            [orjson.dumps(external_ids).decode()],
-        )
+        cur.execute(ACCOUNTS_BY_EXTERNAL_ID, [orjson.dumps(external_ids).decode()])
         return dict(cur.fetchall())
 
 

@@ -10,8 +10,8 @@ from metering.models import Account, ApiKey, Meter
 def _one_by(model: type[Model], column: str, value: str):
     """The row whose unique `column` is `value`, or None, through `Model.objects.raw`: every API
     request reads its account and meter (and its key) this way, and compiling the same
-    one-table filter in the ORM costs about twice the query itself (~0.5 ms a read here,
-    bench/usage.py)."""
+    one-table filter in the ORM costs about twice the query itself (~0.5 ms a read here, timed
+    ad hoc in one process; bench/usage.py prints the API's latency it is part of)."""
     table = model._meta.db_table
     rows = model.objects.raw(f'SELECT * FROM "{table}" WHERE "{column}" = %s', [value])
     return next(iter(rows), None)

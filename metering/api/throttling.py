@@ -22,7 +22,7 @@ import re
 import time
 
 from django.conf import settings
-from django.core.cache import cache, caches
+from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.throttling import BaseThrottle
@@ -105,11 +105,11 @@ def _window_count(cache_key: str, period: int) -> int | None:
         backend = caches["default"]
         if isinstance(backend, RedisCache):
             return _redis_count(backend, cache_key, period + 5)
-        cache.add(cache_key, 0, timeout=period + 5)
+        backend.add(cache_key, 0, timeout=period + 5)
         try:
-            return cache.incr(cache_key)
+            return backend.incr(cache_key)
         except ValueError:  # evicted between ADD and INCR
-            cache.add(cache_key, 1, timeout=period + 5)
+            backend.add(cache_key, 1, timeout=period + 5)
             return 1
     except Exception as exc:  # any cache failure: serve the request, say so in the log
         _cache_down_until = time.monotonic() + CACHE_DOWN_BACKOFF

@@ -266,3 +266,25 @@ def test_a_stored_event_the_probe_misses_fails_the_plain_insert_and_the_batch_ru
     # Nothing of the rolled-back first run is left: one inbox row per stored event.
     assert _inbox() == sorted(UsageEvent.objects.values_list("id", "account_id"))
     assert UsageEvent.objects.count() == 6
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("accounts", [500, 20_000])
+def test_the_account_lookup_hashes_or_probes_the_ids_never_tests_each_row_against_a_list(
+    accounts,
+):
+    Account.objects.bulk_create(
+        Account(external_id=f"cust_{i:05d}", name=f"Customer {i}") for i in range(accounts)
+    )
+    ids = [f"cust_{i:05d}" for i in range(0, accounts, max(1, accounts // 300))]
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE metering_account")
+        sql = ingest_sql.ACCOUNTS_BY_EXTERNAL_ID.replace("%s", "%s::text")
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", [json.dumps(ids)])
+        plan = json.dumps(cursor.fetchone()[0])
+
+    assert "ANY" not in plan  # a filter testing each account against the whole array
+    assert ("Hash" in plan) or ("Index" in plan)
+    assert ingest_sql.accounts_by_external_id(external_ids=[*ids[:2], "nobody"]) == {
+        external_id: Account.objects.get(external_id=external_id).pk for external_id in ids[:2]
+    }

@@ -94,7 +94,9 @@ def _store(
             rows[key] = (row, event)
 
     ordered = sorted(rows)  # one lock order for every batch: no deadlocks between batches
-    if new_only and ordered and ingest_sql.events_existing(keys=_probe_keys(ordered)):
+    # Stored events are append-only: what the probe found need not be read again below.
+    probed = ingest_sql.events_existing(keys=_probe_keys(ordered)) if new_only and ordered else {}
+    if probed:
         new_only = False  # a batch sent again: skip the insert that would fail on its first row
     inserted = ingest_sql.events_insert(
         rows=[rows[key][0] for key in ordered], received_at=received_at, new_only=new_only
@@ -110,7 +112,9 @@ def _store(
         for event, _reason, account_id in held
         if account_id is not None
     ]
-    existing = ingest_sql.events_existing(keys=list(dict.fromkeys(to_check)))
+    existing = probed | ingest_sql.events_existing(
+        keys=[key for key in dict.fromkeys(to_check) if key not in probed]
+    )
 
     for key in ordered:
         row, event = rows[key]
